@@ -1,0 +1,44 @@
+"""The one exception type for problems a user can fix, and how entry points report it.
+
+Every error a user can cause (a wrong folder, a bad config value, a corrupt or untrusted file) is
+raised as `LeafnetError` with a message that names the thing and the fix. Entry points wrap their
+main function in `cli_errors`, which turns it into one line on stderr and exit code 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class LeafnetError(Exception):
+    """A problem the user can fix. The message names the thing and the fix, on one line."""
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    """Print `message` as one line on stderr and exit with `code`."""
+    print(f"leafnet: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def cli_errors(fn: F) -> F:
+    """Run `fn`, turning a `LeafnetError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LeafnetError as err:
+            fail(str(err))
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
