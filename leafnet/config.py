@@ -1,0 +1,40 @@
+"""Composing leafnet's Hydra configs outside `@hydra.main`: command-line tools and tests.
+
+Training runs through `@hydra.main` (it owns run directories and sweeps). Commands that only read
+a config (summary, predict, evaluate, export, explain, compare) compose it with Hydra's Compose
+API, so they create no run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from leafnet.errors import LeafnetError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with command-line style `overrides`.
+
+    A bad override (unknown group option, malformed key=value) becomes a `LeafnetError`.
+    """
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise LeafnetError(f"config: {' '.join(str(err).split())}") from None
+
+
+def to_primitive(cfg: DictConfig | dict) -> dict:
+    """A resolved config as plain dicts and lists (what checkpoints and hparams may hold)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)

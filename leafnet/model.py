@@ -1,0 +1,144 @@
+"""The Keras-faithful LeafNet: the seed's Sequential CNN, layer for layer.
+
+Keras original (seed 000)::
+
+    Conv2D(32, (3, 3), padding="same", input_shape=(640, 640, 3), activation="relu")
+    MaxPooling2D(pool_size=(3, 3))
+    Conv2D(16, (3, 3), padding="same", activation="relu")
+    MaxPooling2D(pool_size=(2, 2))
+    Flatten()
+    Dense(8, activation="relu")
+    Dense(3, activation="softmax")
+
+Submodules carry the names Keras gives the layers, so weights map one to one. The network returns
+logits; the seed's softmax output is `logits.softmax(-1)`, and its categorical cross-entropy is
+`F.cross_entropy(logits, y)`, which is the same function computed more stably.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+class KerasFlatten(nn.Module):
+    """Flatten in Keras' channels-last order (H, W, C), so Dense kernels match Keras' row order."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        # For a channels_last tensor this permute is a free view and flatten copies nothing.
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One row of the Keras summary: name, Keras class, output shape (batch as None), params."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int | None, ...]
+    params: int
+
+
+def _pooled(size: int, pool: int) -> int:
+    """Output side of a Keras MaxPooling2D with padding='valid' and stride = pool size."""
+    return (size - pool) // pool + 1
+
+
+class LeafNet(nn.Module):
+    """The seed's CNN. Widths and input size are arguments; the flatten width is derived."""
+
+    def __init__(
+        self,
+        image_size: int = 640,
+        in_channels: int = 3,
+        conv1_filters: int = 32,
+        conv2_filters: int = 16,
+        dense_units: int = 8,
+        num_classes: int = 3,
+    ) -> None:
+        super().__init__()
+        for name, value in {
+            "image_size": image_size,
+            "in_channels": in_channels,
+            "conv1_filters": conv1_filters,
+            "conv2_filters": conv2_filters,
+            "dense_units": dense_units,
+            "num_classes": num_classes,
+        }.items():
+            if int(value) < 1:
+                raise ValueError(f"LeafNet: {name} must be a positive integer, got {value}")
+        if _pooled(_pooled(image_size, 3), 2) < 1:
+            raise ValueError(f"LeafNet: image_size={image_size} is too small; use 6 or more")
+
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.conv2d = nn.Conv2d(in_channels, conv1_filters, 3, padding="same")
+        self.max_pooling2d = nn.MaxPool2d(3)
+        self.conv2d_1 = nn.Conv2d(conv1_filters, conv2_filters, 3, padding="same")
+        self.max_pooling2d_1 = nn.MaxPool2d(2)
+        self.flatten = KerasFlatten()
+        side = _pooled(_pooled(image_size, 3), 2)
+        self.flat_features = side * side * conv2_filters
+        self.dense = nn.Linear(self.flat_features, dense_units)
+        self.dense_1 = nn.Linear(dense_units, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras defaults: glorot_uniform kernels, zero biases.
+
+        Keras' fan_in/fan_out for a conv kernel are receptive field x in/out channels, which is
+        what torch's xavier_uniform_ computes for an OIHW weight, so the bounds agree.
+        """
+        for layer in (self.conv2d, self.conv2d_1, self.dense, self.dense_1):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a float batch [N, C, H, W] scaled as in training (see data.images)."""
+        x = self.max_pooling2d(torch.relu(self.conv2d(x)))
+        x = self.max_pooling2d_1(torch.relu(self.conv2d_1(x)))
+        x = torch.relu(self.dense(self.flatten(x)))
+        return self.dense_1(x)
+
+    def layer_table(self) -> list[LayerInfo]:
+        """The rows of Keras' model.summary() for this network, shapes in channels-last order."""
+        s1 = self.image_size
+        s2 = _pooled(s1, 3)
+        s3 = _pooled(s2, 2)
+        c1 = self.conv2d.out_channels
+        c2 = self.conv2d_1.out_channels
+
+        def count(module: nn.Module) -> int:
+            return sum(p.numel() for p in module.parameters())
+
+        return [
+            LayerInfo("conv2d", "Conv2D", (None, s1, s1, c1), count(self.conv2d)),
+            LayerInfo("max_pooling2d", "MaxPooling2D", (None, s2, s2, c1), 0),
+            LayerInfo("conv2d_1", "Conv2D", (None, s2, s2, c2), count(self.conv2d_1)),
+            LayerInfo("max_pooling2d_1", "MaxPooling2D", (None, s3, s3, c2), 0),
+            LayerInfo("flatten", "Flatten", (None, self.flat_features), 0),
+            LayerInfo("dense", "Dense", (None, self.dense.out_features), count(self.dense)),
+            LayerInfo("dense_1", "Dense", (None, self.num_classes), count(self.dense_1)),
+        ]
+
+    def forward_flops(self) -> int:
+        """Multiply-adds of one forward pass for one image (convolutions and dense layers)."""
+        s1 = self.image_size
+        s2 = _pooled(s1, 3)
+        conv1 = s1 * s1 * self.conv2d.out_channels * self.in_channels * 9
+        conv2 = s2 * s2 * self.conv2d_1.out_channels * self.conv2d.out_channels * 9
+        dense = self.flat_features * self.dense.out_features
+        dense_1 = self.dense.out_features * self.num_classes
+        return conv1 + conv2 + dense + dense_1
+
+
+def glorot_bound(weight: Tensor) -> float:
+    """Keras' glorot_uniform limit sqrt(6 / (fan_in + fan_out)) for an OIHW or [out, in] weight."""
+    receptive = math.prod(weight.shape[2:]) if weight.dim() > 2 else 1
+    fan_in = weight.shape[1] * receptive
+    fan_out = weight.shape[0] * receptive
+    return math.sqrt(6.0 / (fan_in + fan_out))
