@@ -99,9 +99,11 @@ class LeafNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a float batch [N, C, H, W] scaled as in training (see data.images)."""
-        x = self.max_pooling2d(torch.relu(self.conv2d(x)))
-        x = self.max_pooling2d_1(torch.relu(self.conv2d_1(x)))
-        x = torch.relu(self.dense(self.flatten(x)))
+        # In-place ReLU is valid here: a convolution's backward needs its input, not its output,
+        # and at 640x640 the first activation is 52 MB per image, so a copy costs real time.
+        x = self.max_pooling2d(torch.relu_(self.conv2d(x)))
+        x = self.max_pooling2d_1(torch.relu_(self.conv2d_1(x)))
+        x = torch.relu_(self.dense(self.flatten(x)))
         return self.dense_1(x)
 
     def layer_table(self) -> list[LayerInfo]:
