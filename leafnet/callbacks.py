@@ -1,0 +1,289 @@
+"""Training-time side effects: atomic checkpoints, divergence stop, per-epoch metrics file,
+reproducible shuffles across resume, and TensorBoard images.
+
+Every file goes under the run directory, which is `Trainer.default_root_dir`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = (
+    "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
+    "images_per_s",
+)  # fmt: skip
+
+
+def _tensorboards(trainer: pl.Trainer) -> list[Any]:
+    """The SummaryWriters of the run's TensorBoard loggers (none when logger=none or csv)."""
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def _scalar(value: Any) -> float:
+    return float(value) if value is not None else math.nan
+
+
+class AtomicCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that writes `checkpoints/best.ckpt` and `last.ckpt` atomically.
+
+    A checkpoint is written to a temporary file and renamed over the old one, so a killed process
+    never leaves a truncated `last.ckpt` behind. A diverged model (NaN weights) is not saved: the
+    best checkpoint stays the best finite one. Ctrl-C saves `last.ckpt` before the run ends.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if getattr(trainer.lightning_module, "diverged_at", None) is not None:
+            return
+        tmp = f"{filepath}.tmp"
+        super()._save_checkpoint(trainer, tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        self._last_checkpoint_saved = filepath
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt) and self.dirpath is not None:
+            path = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+            self._save_checkpoint(trainer, path)
+            log.warning("interrupted: saved %s", path)
+
+
+class DivergenceStop(Callback):
+    """End training cleanly when the loss becomes NaN or infinite.
+
+    The module records the first non-finite step on the device; this callback reads it back every
+    `check_every_n_steps` steps and before each validation, one host sync per check rather than
+    per step. It sets `pl_module.diverged_at = {"epoch", "step"}` (epochs counted from 1, steps
+    from 0) and stops the trainer.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        self.every = max(1, int(check_every_n_steps))
+
+    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if getattr(pl_module, "diverged_at", None) is not None:
+            return
+        step = int(pl_module.nonfinite_step)
+        if not trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
+            return
+        pl_module.diverged_at = {"epoch": trainer.current_epoch + 1, "step": max(step, 0)}
+        trainer.should_stop = True
+        log.warning(
+            "loss is not finite at epoch %d step %d: stopping", trainer.current_epoch + 1, step
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self._check(trainer, pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check(trainer, pl_module)
+
+
+class EpochMetrics(Callback):
+    """Epoch time and training images/s (logged), and `metrics.csv`: one row per epoch.
+
+    Epochs are counted from 1 (the number of epochs completed). On resume, rows beyond the
+    checkpoint's epoch are dropped, so the file matches the weights.
+    """
+
+    filename = "metrics.csv"
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._start = 0.0
+        self._train_time: float | None = None
+        self._images = 0
+        self._lr = math.nan
+
+    def _path(self, trainer: pl.Trainer) -> Path:
+        return Path(trainer.default_root_dir) / self.filename
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = self._path(trainer)
+        if trainer.is_global_zero and path.exists():
+            with path.open(newline="") as f:
+                old = [r for r in csv.DictReader(f) if int(r["epoch"]) <= trainer.current_epoch]
+            self.rows = [{k: float(v) for k, v in r.items()} for r in old]
+            self._write(path)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self._train_time = None
+        self._images = 0
+        optimizers = trainer.optimizers
+        self._lr = optimizers[0].param_groups[0]["lr"] if optimizers else math.nan
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch[1])
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._train_time is None:
+            self._train_time = time.perf_counter() - self._start
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch_time = time.perf_counter() - self._start
+        train_time = self._train_time or epoch_time
+        images_per_s = self._images * trainer.world_size / max(train_time, 1e-9)
+        pl_module.log("epoch_time_s", epoch_time, on_epoch=True, sync_dist=False)
+        pl_module.log("images_per_s", images_per_s, on_epoch=True, sync_dist=False)
+        m = trainer.callback_metrics
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "step": trainer.global_step,
+            "train_loss": _scalar(m.get("train_loss")),
+            "train_acc": _scalar(m.get("train_acc")),
+            "val_loss": _scalar(m.get("val_loss")),
+            "val_acc": _scalar(m.get("val_acc")),
+            "lr": self._lr,
+            "epoch_time_s": round(epoch_time, 3),
+            "images_per_s": round(images_per_s, 2),
+        }
+        self.rows.append(row)
+        log.info(
+            "epoch %d: train_loss %.4f acc %.3f | val_loss %.4f acc %.3f | %.1fs, %.1f img/s",
+            row["epoch"], row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+            epoch_time, images_per_s,
+        )  # fmt: skip
+        if trainer.is_global_zero:
+            self._write(self._path(trainer))
+
+    def _write(self, path: Path) -> None:
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({k: int(row[k]) if k in ("epoch", "step") else row[k] for k in row})
+        os.replace(tmp, path)
+
+
+class EpochSeed(Callback):
+    """Reseed the shuffle with `seed + epoch` before each epoch's loader starts.
+
+    Shuffling (and worker seeds) then depend on the epoch alone, so a run resumed from
+    `last.ckpt` draws the same batches as one that never stopped. Both the global RNGs and the
+    training loader's own `generator` (LeafDataModule gives it one) are reseeded. Lightning
+    creates the first iterator of a fit (fresh or resumed) before any epoch hook, so the first
+    epoch is seeded in `on_fit_start`, later ones in `on_train_epoch_start`.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self._seeded_epoch: int | None = None
+        self._generator: torch.Generator | None = None
+
+    def _reseed(self, epoch: int) -> None:
+        pl.seed_everything(self.seed + epoch, workers=True, verbose=False)
+        if self._generator is not None:
+            self._generator.manual_seed(self.seed + epoch)
+        self._seeded_epoch = epoch
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The datamodule hands every train loader the same generator; reach it the public way.
+        if trainer.datamodule is not None:
+            loader = trainer.datamodule.train_dataloader()
+            self._generator = getattr(loader, "generator", None)
+        self._reseed(trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._seeded_epoch != trainer.current_epoch:
+            self._reseed(trainer.current_epoch)
+
+
+class ValidationImages(Callback):
+    """A TensorBoard grid of validation images titled with true and predicted class."""
+
+    def __init__(self, num_images: int = 16, every_n_epochs: int = 5) -> None:
+        self.num_images = num_images
+        self.every = max(1, int(every_n_epochs))
+        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return not trainer.sanity_checking and (
+            epoch % self.every == 0 or last or trainer.should_stop
+        )
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and _tensorboards(trainer) and self._due(trainer):
+            n = self.num_images
+            x, y = batch
+            self._batch = (x[:n].float().cpu(), y[:n].cpu(), outputs["preds"][:n].cpu())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._batch is None or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x, y, preds = self._batch
+        self._batch = None
+        names = pl_module.hparams.class_names
+        cols = min(4, len(x))
+        rows = math.ceil(len(x) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img, true, pred in zip(axes.flat, x, y, preds, strict=False):
+            # Stretch each image to [0, 1] for display, whatever the normalisation was.
+            img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ok = bool(true == pred)
+            ax.set_title(
+                f"true: {names[true]}\npred: {names[pred]}",
+                fontsize=7,
+                color="green" if ok else "red",
+            )
+        fig.suptitle(f"validation, epoch {trainer.current_epoch + 1}")
+        fig.tight_layout()
+        for writer in _tensorboards(trainer):
+            writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
+        plt.close(fig)
+
+
+class ConfusionMatrixImage(Callback):
+    """The test confusion matrix as a TensorBoard image (torchmetrics draws it)."""
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not _tensorboards(trainer) or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, _ = pl_module.test_confmat.plot(labels=pl_module.hparams.class_names)
+        fig.set_size_inches(6, 6)
+        fig.tight_layout()
+        for writer in _tensorboards(trainer):
+            writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
+        plt.close(fig)

@@ -1,0 +1,250 @@
+"""`LeafClassifier`: LeafNet wrapped for Lightning: loss, metrics, optimizer and schedule.
+
+The loss is cross-entropy on logits (the seed's softmax + categorical cross-entropy, computed
+stably). Training uses manual optimization so that `batch_size` is the optimizer's batch whatever
+fits in memory: each batch is split into micro-batches whose gradients add up to exactly the full
+batch's mean gradient, then the optimizer steps once.
+
+Everything in `hparams` is a plain dict/list/str/int/float, so a checkpoint loads with
+`torch.load(path, weights_only=True)` and carries the class names and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from leafnet.data.images import Preprocessing, to_float
+from leafnet.errors import LeafnetError
+from leafnet.model import LeafNet
+
+SCHEDULERS = ("none", "cosine", "step", "plateau")
+
+
+def _primitive(value: Any) -> Any:
+    """Plain Python containers and scalars (config nodes and tuples become dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _primitive(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_primitive(v) for v in value]
+    return value
+
+
+def activation_bytes_per_image(net: LeafNet) -> int:
+    """Training memory one image costs, estimated from the layer shapes.
+
+    Forward keeps every layer's float output (the float input too), max-pooling keeps int64
+    indices, and backward holds a gradient as large as the biggest of them alongside. A factor of
+    2 on the sum covers gradients and the convolution backward's workspace (measured: see the
+    README's training section).
+    """
+    floats = net.in_channels * net.image_size**2
+    for row in net.layer_table():
+        size = math.prod(d for d in row.output_shape if d is not None)
+        floats += size * (3 if row.kind == "MaxPooling2D" else 1)  # + int64 indices = 2 floats
+    return 2 * 4 * floats
+
+
+def auto_micro_batch_size(net: LeafNet, batch_size: int, max_memory_gb: float) -> int:
+    """The largest micro-batch whose activations fit `max_memory_gb`, at most `batch_size`."""
+    per_image = activation_bytes_per_image(net)
+    fits = int(max_memory_gb * 2**30 // per_image)
+    if fits < 1:
+        raise LeafnetError(
+            f"max_memory_gb={max_memory_gb} is too small for one {net.image_size}x{net.image_size} "
+            f"image (needs about {per_image / 2**30:.2f} GB); raise max_memory_gb or lower "
+            "data.image_size"
+        )
+    return min(batch_size, fits)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]):
+    """A torch LR scheduler from a `conf/scheduler/*.yaml` dict (`name` plus its arguments)."""
+    kwargs = {k: v for k, v in cfg.items() if k != "name"}
+    name = cfg.get("name", "none")
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **kwargs)
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, **kwargs)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
+    raise LeafnetError(f"scheduler.name={name!r} is unknown; use one of {', '.join(SCHEDULERS)}")
+
+
+class LeafClassifier(pl.LightningModule):
+    """LeafNet with its loss, metrics and optimizer: what a checkpoint holds."""
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        scheduler: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        micro_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        model = _primitive(model)
+        class_names = [str(c) for c in class_names] if class_names else None
+        num_classes = len(class_names) if class_names else int(model.get("num_classes") or 3)
+        model["num_classes"] = num_classes
+        prep = Preprocessing.from_dict(
+            preprocessing or {"image_size": model.get("image_size", 640)}
+        )
+        model.setdefault("image_size", prep.image_size)
+        # Only primitives: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "model": model,
+                "optimizer": _primitive(optimizer),
+                "lr": float(lr),
+                "weight_decay": float(weight_decay),
+                "scheduler": _primitive(scheduler or {"name": "none"}),
+                "class_names": class_names or [str(i) for i in range(num_classes)],
+                "preprocessing": prep.to_dict(),
+                "micro_batch_size": int(micro_batch_size) if micro_batch_size else None,
+            },
+            logger=False,  # leafnet.train logs flat hparams with the final metrics instead
+        )
+        self.automatic_optimization = False
+        self.prep = prep
+        # channels_last is the fast layout for CPU (oneDNN) and GPU convolutions alike.
+        self.net = LeafNet(**model).to(memory_format=torch.channels_last)
+
+        n = num_classes
+        # validate_args=False: argument checks read values back to the host on every update.
+        self.train_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(n, average="micro")
+        self.test_f1 = MulticlassF1Score(n, average="macro")
+        self.test_precision = MulticlassPrecision(n, average=None)
+        self.test_recall = MulticlassRecall(n, average=None)
+        self.test_confmat = MulticlassConfusionMatrix(n)
+        # Divergence is tracked on the device (no host sync per step); DivergenceStop reads it.
+        self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
+        self.diverged_at: dict[str, int] | None = None
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a uint8 batch (scaled here) or an already scaled float batch."""
+        x = to_float(x, self.prep).contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Class probabilities (the seed's softmax output)."""
+        return self(x).softmax(dim=-1)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 -> float on the device, per batch, in channels_last."""
+        if isinstance(batch, Tensor):
+            return to_float(batch, self.prep).contiguous(memory_format=torch.channels_last)
+        x, *rest = batch
+        return (to_float(x, self.prep).contiguous(memory_format=torch.channels_last), *rest)
+
+    # -- training --------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        n = x.shape[0]
+        step = self.global_step  # the optimizer step this batch makes (0-based)
+        micro = self.hparams.micro_batch_size or n
+        chunks = math.ceil(n / micro)
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        loss_sum = x.new_zeros((), dtype=torch.float32)
+        # Equal-sized chunks; each backward adds (sum of its losses) / n, so the accumulated
+        # gradient is exactly the mean over the whole batch, a smaller last batch included.
+        for xc, yc in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
+            logits = self.net(xc)
+            chunk_loss = F.cross_entropy(logits, yc, reduction="sum")
+            self.manual_backward(chunk_loss / n)
+            loss_sum += chunk_loss.detach()
+            self.train_acc.update(logits.detach(), yc)
+        opt.step()
+
+        loss = loss_sum / n
+        # First step with a non-finite loss, kept on the device (-1 while all is well).
+        bad = ~torch.isfinite(loss) & (self.nonfinite_step < 0)
+        self.nonfinite_step = torch.where(bad, step, self.nonfinite_step)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Schedules step once per epoch; plateau watches the validation loss of this epoch.
+        scheduler = self.lr_schedulers()
+        if scheduler is None or self.diverged_at is not None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            val_loss = self.trainer.callback_metrics.get("val_loss")
+            if val_loss is not None:
+                scheduler.step(val_loss)
+        else:
+            scheduler.step()
+
+    # -- validation and test ---------------------------------------------------------------------
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        logits = self.net(x)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
+        self.val_acc.update(logits, y)
+        self.log("val_acc", self.val_acc, on_epoch=True)
+        return {"preds": logits.argmax(dim=-1)}
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
+        for metric in (self.test_acc, self.test_f1, self.test_precision, self.test_recall):
+            metric.update(logits, y)
+        self.test_confmat.update(logits, y)
+        self.log("test_acc", self.test_acc, on_epoch=True)
+        self.log("test_f1_macro", self.test_f1, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        # Per-class values are vectors: log one scalar per class name.
+        names = self.hparams.class_names
+        for label, metric in (("precision", self.test_precision), ("recall", self.test_recall)):
+            for name, value in zip(names, metric.compute(), strict=True):
+                self.log(f"test_{label}/{name}", value)
+            metric.reset()
+
+    def confusion_matrix(self) -> Tensor:
+        """The test confusion matrix (rows: true class, columns: predicted)."""
+        return self.test_confmat.compute()
+
+    # -- optimizer -------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        from leafnet.optim import build_optimizer
+
+        hp = self.hparams
+        optimizer = build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
+        scheduler = build_scheduler(optimizer, hp.scheduler)
+        if scheduler is None:
+            return optimizer
+        # Stepped by hand in on_train_epoch_end (manual optimization); the config tells
+        # LearningRateMonitor and checkpoints about it.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

@@ -1,0 +1,115 @@
+"""Reading a finished run: its checkpoint, config, summary and per-epoch metrics.
+
+There is one way to load a checkpoint (`load_classifier`), always through
+`torch.load(weights_only=True)`: a file whose pickle would build arbitrary Python objects (and so
+could run code) is refused with a `LeafnetError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from leafnet.errors import LeafnetError
+from leafnet.module import LeafClassifier
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A `.ckpt` file as given, or a run directory's `checkpoints/best.ckpt`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise LeafnetError(
+            f"{path} holds no checkpoints/best.ckpt or last.ckpt; is it a run directory?"
+        )
+    raise LeafnetError(f"checkpoint {path} not found; give a .ckpt file or a run directory")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint dict, loaded with `weights_only=True` (tensors and plain containers only)."""
+    path = find_checkpoint(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise LeafnetError(
+            f"{path} is refused: it holds Python objects that could run code when loaded "
+            "(only tensors and plain values are allowed); use a checkpoint written by leafnet"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise LeafnetError(
+            f"{path} is not a readable checkpoint: {' '.join(str(err).split())}"
+        ) from None
+
+
+def load_classifier(path: str | os.PathLike, map_location: Any = "cpu") -> LeafClassifier:
+    """A `LeafClassifier` in eval mode from a checkpoint or run directory."""
+    ckpt = load_checkpoint(path, map_location)
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise LeafnetError(
+            f"{find_checkpoint(path)} is not a leafnet checkpoint (no hyper_parameters)"
+        )
+    classifier = LeafClassifier(**ckpt["hyper_parameters"])
+    classifier.load_state_dict(ckpt["state_dict"])
+    return classifier.to(
+        map_location if isinstance(map_location, str | torch.device) else "cpu"
+    ).eval()
+
+
+def save_classifier(classifier: LeafClassifier, path: str | os.PathLike) -> Path:
+    """Write a Lightning-compatible checkpoint of a bare module (no trainer), atomically.
+
+    It loads with `load_classifier` and with `LeafClassifier.load_from_checkpoint`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "state_dict": classifier.state_dict(),
+        LeafClassifier.CHECKPOINT_HYPER_PARAMS_KEY: dict(classifier.hparams),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Run:
+    """What a run directory holds: resolved config, summary.json, metrics.csv rows."""
+
+    path: Path
+    config: DictConfig | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+def read_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run directory, finished or not: missing files give an empty summary or metrics."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LeafnetError(f"run directory {run_dir} not found")
+    config_file = run_dir / ".hydra" / "config.yaml"
+    config = OmegaConf.load(config_file) if config_file.is_file() else None
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    metrics: list[dict[str, float]] = []
+    metrics_file = run_dir / "metrics.csv"
+    if metrics_file.is_file():
+        with metrics_file.open(newline="") as f:
+            metrics = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return Run(run_dir, config, summary, metrics)  # type: ignore[arg-type]

@@ -1,0 +1,433 @@
+"""`python -m leafnet.train [key=value ...]`: train LeafNet with Hydra configs (conf/train.yaml).
+
+One run writes everything into its run directory (docs/architecture.md): `.hydra/`, `train.log`,
+`checkpoints/{best,last}.ckpt`, `split.csv`, `data_report.json`, `metrics.csv`, `summary.json`
+and the TensorBoard events. At the end the best checkpoint is tested and a result table printed.
+
+- `resume=<run dir>` continues that run from `last.ckpt` with the run's own saved config, in the
+  same directory and TensorBoard log (only `epochs`, `trainer.*` and memory settings may change).
+- A NaN or infinite loss ends the run with status `diverged`; a single run then exits non-zero
+  with one line, while a sweep (`-m`) goes on to its next job. A run that fails with an error in
+  a sweep is recorded as `failed` and the sweep goes on too.
+- `tune.lr_find=true` runs Lightning's learning-rate finder, saves its plot and suggestion in the
+  run directory and stops: train again with the suggested `lr=`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from leafnet.config import CONFIG_DIR, to_primitive
+from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
+from leafnet.model import LeafNet
+from leafnet.module import LeafClassifier, auto_micro_batch_size
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+# What `resume=` may change: how long and where it runs, never what it computes.
+RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers")
+
+
+# -- checks ----------------------------------------------------------------------------------------
+
+
+def _runs_on_cpu(trainer_cfg: DictConfig) -> bool:
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    if accelerator == "auto":
+        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return accelerator == "cpu"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); emulated bf16 is ~100x slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def validate(cfg: DictConfig) -> None:
+    """One-line errors for values that would fail later, deep inside torch or Lightning."""
+    if not isinstance(cfg.lr, int | float) or not cfg.lr > 0:
+        raise LeafnetError(f"lr={cfg.lr} must be a positive number, e.g. lr=1e-4")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise LeafnetError(
+            f"batch_size={cfg.batch_size} must be a positive integer, e.g. batch_size=32"
+        )
+    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
+        raise LeafnetError(f"epochs={cfg.epochs} must be a positive integer")
+    micro = cfg.micro_batch_size
+    if micro != "auto" and micro is not None and (not isinstance(micro, int) or micro < 1):
+        raise LeafnetError(f"micro_batch_size={micro} must be auto or a positive integer")
+    if not cfg.max_memory_gb > 0:
+        raise LeafnetError(f"max_memory_gb={cfg.max_memory_gb} must be positive")
+    if cfg.weight_decay < 0:
+        raise LeafnetError(f"weight_decay={cfg.weight_decay} must be >= 0")
+    precision = str(cfg.precision)
+    if precision not in PRECISIONS:
+        raise LeafnetError(f"precision={precision} is unknown; use one of {', '.join(PRECISIONS)}")
+    if _runs_on_cpu(cfg.trainer):
+        if precision.startswith("16"):
+            raise LeafnetError(
+                f"precision={precision} needs a GPU; on the CPU use precision=32-true"
+            )
+        if precision.startswith("bf16") and not cpu_has_bf16():
+            raise LeafnetError(
+                f"precision={precision}: this CPU has no native bfloat16 (AVX512-BF16/AMX), so it "
+                "would run many times slower; use precision=32-true"
+            )
+
+
+# -- resume ----------------------------------------------------------------------------------------
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
+    """The resumed run's own saved config, with the few changes `resume=` allows."""
+    run_dir = Path(str(cfg.resume))
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise LeafnetError(f"resume={run_dir}: no .hydra/config.yaml there; give a run directory")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise LeafnetError(f"resume={run_dir}: no checkpoints/last.ckpt to continue from")
+    original = OmegaConf.load(saved)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith("hydra."):
+            continue
+        if not key.startswith(RESUME_CHANGEABLE):
+            raise LeafnetError(
+                f"resume: {override!r} would change what the run computes; only epochs, trainer.*, "
+                "micro_batch_size, max_memory_gb and data.num_workers may change (start a new run)"
+            )
+        with open_dict(original):
+            OmegaConf.update(original, key, OmegaConf.select(cfg, key), merge=False)
+    with open_dict(original):
+        original.resume = str(run_dir)
+    return original, run_dir
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def _hydra_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return round(kb / 2**20 if sys.platform != "darwin" else kb / 2**30, 3)
+
+
+def _flat_hparams(cfg: DictConfig, classifier: LeafClassifier) -> dict[str, Any]:
+    """The HParams tab's columns: one flat value per knob that distinguishes runs."""
+    hp = classifier.hparams
+    return {
+        "optimizer": hp.optimizer.get("name", "?"),
+        "lr": hp.lr,
+        "batch_size": cfg.batch_size,
+        "micro_batch_size": hp.micro_batch_size or cfg.batch_size,
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "weight_decay": hp.weight_decay,
+        "scheduler": hp.scheduler.get("name", "none"),
+        "precision": str(cfg.precision),
+        "image_size": hp.model["image_size"],
+        "conv1_filters": hp.model.get("conv1_filters", 32),
+        "conv2_filters": hp.model.get("conv2_filters", 16),
+        "dense_units": hp.model.get("dense_units", 8),
+        "resize": hp.preprocessing["resize"],
+        "normalize": hp.preprocessing["normalize"],
+        "augment": str(cfg.data.get("augment", "none")),
+    }
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, run_dir / "summary.json")
+
+
+def format_result(summary: dict[str, Any], run_dir: Path) -> str:
+    """The short table printed at the end of a run."""
+
+    def num(value: Any, fmt: str = ".4f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = [
+        f"leafnet: {summary['status']}  {run_dir}",
+        f"  optimizer        {summary['optimizer']}  lr={summary['lr']:g}  batch={summary['batch_size']}"
+        f"  image={summary['image_size']}",
+        f"  epochs           {summary['epochs_completed']}  (best {summary['best_epoch'] or '-'})",
+        f"  best val acc     {num(summary['best_val_acc'])}",
+        f"  final val loss   {num(summary['final_val_loss'])}   train loss {num(summary['final_train_loss'])}",
+        f"  test acc         {num(summary['test_acc'])}   macro F1 {num(summary['test_f1_macro'])}",
+    ]
+    per_class = summary.get("test_per_class") or {}
+    if per_class:
+        width = max(len(name) for name in per_class)
+        lines.append(f"    {'class':<{width}}  precision  recall")
+        for name, pr in per_class.items():
+            lines.append(
+                f"    {name:<{width}}  {num(pr['precision'], '9.3f')}  {num(pr['recall'], '6.3f')}"
+            )
+    lines.append(
+        f"  time             {summary['wall_time_s']:.1f} s   {num(summary['images_per_s'], '.1f')} train img/s"
+        f"   peak RSS {summary['peak_rss_gb']:.2f} GB"
+    )
+    if summary.get("diverged_at"):
+        d = summary["diverged_at"]
+        lines.append(f"  diverged         epoch {d['epoch']} step {d['step']}")
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | None:
+    """Train one run; returns the best validation accuracy (what sweepers maximise)."""
+    started = time.perf_counter()
+    try:
+        from leafnet.perf import tune_process
+    except ImportError:  # the bench teammate's module; optional until it lands
+        tune_process = None
+    if tune_process is not None:
+        tune_process()
+
+    overrides = _hydra_overrides()
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, resumed_dir = resume_config(cfg, overrides)
+        run_dir = resumed_dir
+        ckpt_path = str(resumed_dir / "checkpoints" / "last.ckpt")
+        saved = resumed_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(saved)) if saved.is_file() else []
+    if run_dir is None:
+        run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    summary: dict[str, Any] = {
+        "status": "failed",
+        "optimizer": cfg.optimizer.get("name") if "optimizer" in cfg else None,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.data.image_size,
+        "epochs_completed": 0,
+        "best_val_acc": None,
+        "best_epoch": None,
+        "final_val_loss": None,
+        "final_train_loss": None,
+        "test_acc": None,
+        "test_f1_macro": None,
+        "wall_time_s": 0.0,
+        "images_per_s": None,
+        "peak_rss_gb": 0.0,
+        "diverged_at": None,
+        "overrides": overrides,
+    }
+    previous = run_dir / "summary.json"
+    earlier_time = 0.0  # a resumed run's time includes the time before it stopped
+    if ckpt_path and previous.is_file():
+        earlier_time = json.loads(previous.read_text()).get("wall_time_s") or 0.0
+    try:
+        return _fit_and_test(cfg, run_dir, ckpt_path, summary, started - earlier_time)
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        raise
+    except BaseException as err:
+        summary["status"] = "failed"
+        summary["error"] = " ".join(str(err).split()) or type(err).__name__
+        raise
+    finally:
+        summary["wall_time_s"] = round(earlier_time + time.perf_counter() - started, 2)
+        summary["peak_rss_gb"] = _peak_rss_gb()
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+            write_summary(run_dir, summary)
+
+
+def _fit_and_test(
+    cfg: DictConfig, run_dir: Path, ckpt_path: str | None, summary: dict[str, Any], started: float
+) -> float | None:
+    from leafnet.data.datamodule import LeafDataModule
+
+    validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = LeafDataModule(
+        **to_primitive(cfg.data), batch_size=cfg.batch_size, seed=cfg.seed, run_dir=str(run_dir)
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    class_names = list(datamodule.class_names)
+    model_cfg = to_primitive(cfg.model)
+    if model_cfg.get("num_classes") not in (None, len(class_names)):
+        raise LeafnetError(
+            f"model.num_classes={model_cfg['num_classes']} but data.dir has {len(class_names)} classes "
+            f"({', '.join(class_names)}); leave model.num_classes=null"
+        )
+    model_cfg.update(num_classes=len(class_names), image_size=int(cfg.data.image_size))
+    micro = cfg.micro_batch_size
+    if micro in ("auto", None):
+        micro = auto_micro_batch_size(LeafNet(**model_cfg), cfg.batch_size, cfg.max_memory_gb)
+    classifier = LeafClassifier(
+        model=model_cfg,
+        optimizer=to_primitive(cfg.optimizer),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        scheduler=to_primitive(cfg.scheduler),
+        class_names=class_names,
+        preprocessing=datamodule.preprocessing.to_dict(),
+        micro_batch_size=min(int(micro), cfg.batch_size),
+    )
+
+    loggers = [instantiate(c, save_dir=str(run_dir)) for c in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
+    )
+
+    if cfg.get("tune", {}).get("lr_find"):
+        from leafnet.tune import lr_find
+
+        suggestion = lr_find(trainer, classifier, datamodule, run_dir)
+        summary["status"] = "lr_find"
+        summary["lr_suggestion"] = suggestion
+        log.info(
+            "lr finder suggests lr=%g (plot in %s); train with lr=%g",
+            suggestion,
+            run_dir,
+            suggestion,
+        )
+        return None
+
+    log.info(
+        "training %s lr=%g batch %d (micro-batches of %d) at %dx%d on %d classes -> %s",
+        summary["optimizer"], cfg.lr, cfg.batch_size, classifier.hparams.micro_batch_size,
+        cfg.data.image_size, cfg.data.image_size, len(class_names), run_dir,
+    )  # fmt: skip
+    try:
+        trainer.fit(classifier, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) after the callbacks' on_exception (which saved
+        # last.ckpt); report it as an interruption.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+
+    rows = next((cb.rows for cb in callbacks if hasattr(cb, "rows")), [])
+    diverged = classifier.diverged_at
+    summary["status"] = "diverged" if diverged else "completed"
+    summary["diverged_at"] = diverged
+    summary["epochs_completed"] = len(rows)
+    if rows:
+        best = max(rows, key=lambda r: -1.0 if math.isnan(r["val_acc"]) else r["val_acc"])
+        summary["best_val_acc"] = _finite(best["val_acc"])
+        summary["best_epoch"] = int(best["epoch"]) if _finite(best["val_acc"]) is not None else None
+        summary["final_val_loss"] = _finite(rows[-1]["val_loss"])
+        summary["final_train_loss"] = _finite(rows[-1]["train_loss"])
+        speeds = [r["images_per_s"] for r in rows if _finite(r["images_per_s"])]
+        summary["images_per_s"] = round(sum(speeds) / len(speeds), 2) if speeds else None
+    summary["micro_batch_size"] = classifier.hparams.micro_batch_size
+    summary["seed"] = cfg.seed
+
+    best_ckpt = run_dir / "checkpoints" / "best.ckpt"
+    if best_ckpt.is_file():
+        metrics = trainer.test(
+            classifier, datamodule=datamodule, ckpt_path=str(best_ckpt), verbose=False
+        )
+        m = metrics[0] if metrics else {}
+        summary["test_acc"] = _finite(m.get("test_acc"))
+        summary["test_f1_macro"] = _finite(m.get("test_f1_macro"))
+        summary["test_per_class"] = {
+            name: {
+                "precision": _finite(m.get(f"test_precision/{name}")),
+                "recall": _finite(m.get(f"test_recall/{name}")),
+            }
+            for name in class_names
+        }
+        summary["confusion_matrix"] = classifier.confusion_matrix().tolist()
+
+    final = {
+        "final/best_val_acc": summary["best_val_acc"],
+        "final/val_loss": summary["final_val_loss"],
+        "final/train_loss": summary["final_train_loss"],
+        "final/test_acc": summary["test_acc"],
+        "final/test_f1_macro": summary["test_f1_macro"],
+    }
+    for logger in trainer.loggers:
+        logger.log_hyperparams(
+            _flat_hparams(cfg, classifier), {k: v for k, v in final.items() if v is not None}
+        )
+        logger.finalize("success")
+
+    if trainer.is_global_zero:
+        summary["wall_time_s"] = round(time.perf_counter() - started, 2)
+        summary["peak_rss_gb"] = _peak_rss_gb()
+        log.info("\n%s", format_result(summary, run_dir))
+    if diverged:
+        raise Diverged(
+            f"training diverged (loss not finite) at epoch {diverged['epoch']} step {diverged['step']}"
+            f" with lr={cfg.lr:g}; try a lower learning rate, e.g. lr={cfg.lr / 10:g}"
+        )
+    return summary["best_val_acc"]
+
+
+class Diverged(LeafnetError):
+    """The loss became NaN or infinite; the run was saved with status diverged."""
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _task(cfg: DictConfig) -> float | None:
+    """Hydra's task function: a sweep must go on when one of its runs fails or diverges."""
+    try:
+        return train(cfg)
+    except KeyboardInterrupt:
+        fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", EXIT_INTERRUPTED)
+    except LeafnetError as err:
+        if not _is_multirun():
+            fail(str(err))
+        log.error("%s", " ".join(str(err).split()))
+    except Exception:
+        if not _is_multirun():
+            raise
+        log.exception("run failed; the sweep goes on")
+    return None
+
+
+def main() -> None:
+    # resume=<run dir> reopens that directory: Hydra writes this invocation's config under
+    # .hydra/resume/ so the run's own .hydra/config.yaml is kept (train() loads it).
+    resume = [a.split("=", 1)[1].strip("'\"") for a in sys.argv[1:] if a.startswith("resume=")]
+    if resume and resume[-1] not in ("", "null"):
+        sys.argv += [f"hydra.run.dir='{resume[-1]}'", "hydra.output_subdir=.hydra/resume"]
+    _task()
+
+
+if __name__ == "__main__":
+    main()
