@@ -199,7 +199,11 @@ def _background(rng: np.random.Generator, size: int) -> tuple[Image.Image, str]:
         )
         draw = ImageDraw.Draw(img)
         for _ in range(int(rng.integers(20, 80))):  # pebbles and clods
-            x, y, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(1, size * 0.012)
+            x, y, r = (
+                rng.uniform(0, size),
+                rng.uniform(0, size),
+                rng.uniform(size * 0.0016, size * 0.012),
+            )
             g = rng.uniform(60, 170)
             draw.ellipse(
                 (x - r, y - r * 0.7, x + r, y + r * 0.7), fill=_c((g, g * 0.9, g * 0.8), 8, rng)
