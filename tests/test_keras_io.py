@@ -241,3 +241,48 @@ def test_summary_equals_keras_summary(
     seed_model(*config).summary(line_length=line_length, print_fn=lambda s, **_: captured.append(s))
     ours = format_summary(LeafNet(size, 3, c1, c2, dense, classes), line_length=line_length)
     assert ours.splitlines() == captured[0].splitlines()
+
+
+def _small_keras_file(path: Path, classes: int = 3) -> keras.Model:
+    keras.utils.set_random_seed(3)
+    model = seed_model(64, classes=classes)
+    rng = np.random.default_rng(3)
+    model.set_weights(
+        [
+            w if w.ndim > 1 else rng.normal(0, 0.1, w.shape).astype(np.float32)
+            for w in model.get_weights()
+        ]
+    )
+    model.save(path)
+    return model
+
+
+def test_import_keras_makes_a_working_checkpoint(tmp_path: Path) -> None:
+    from leafnet.data.synthetic import CLASS_NAMES
+    from leafnet.import_keras import main
+    from leafnet.runs import load_classifier
+
+    model = _small_keras_file(tmp_path / "seed64.keras")
+    out = tmp_path / "imported.ckpt"
+    main([str(tmp_path / "seed64.keras"), str(out), "data.image_size=64"])
+    ckpt = torch.load(out, weights_only=True)  # only primitives in it
+    assert ckpt["hyper_parameters"]["class_names"] == list(CLASS_NAMES)
+    classifier = load_classifier(out)
+    x = np.random.default_rng(4).random((4, 64, 64, 3), dtype=np.float32)
+    with torch.no_grad():
+        ours = classifier.predict_proba(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(ours - keras_probs(model, x)).max() <= TOLERANCE
+
+
+def test_import_keras_refuses_wrong_class_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from leafnet.import_keras import main
+
+    _small_keras_file(tmp_path / "five.keras", classes=5)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "five.keras"), str(tmp_path / "x.ckpt"), "data.image_size=64"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "5 outputs" in err and "3 classes" in err
+    assert not (tmp_path / "x.ckpt").exists()

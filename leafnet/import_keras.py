@@ -1,0 +1,81 @@
+"""`python -m leafnet.import_keras SRC OUT.ckpt [overrides]`: a Keras model as a leafnet checkpoint.
+
+SRC is a Keras 3 `.keras` archive, a Keras 3 `.weights.h5` or a Keras 2 / tf.keras `.h5` file of
+the seed's model (see `leafnet.keras_io`). The overrides are the training ones and describe the
+network and its input: `data.image_size=320 model.dense_units=16`, and how images are prepared
+(`data.resize=stretch` is what Keras' `image_dataset_from_directory` does). The class names come
+from the data config: the seed's three diseases for the synthetic set, or the sorted sub-folders
+of `data.dir`. The checkpoint then works with predict, evaluate, export and explain.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from leafnet.errors import LeafnetError, cli_errors
+
+USAGE = "usage: python -m leafnet.import_keras SRC OUT.ckpt [key=value overrides]"
+
+
+def class_names_from_data(data: Any) -> list[str]:
+    """The class names the data config stands for, in label order (sorted, as Keras sorts)."""
+    if data.get("synthetic"):
+        from leafnet.data.synthetic import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    from leafnet.data.datamodule import scan_folder
+
+    return scan_folder(data.dir)[0]
+
+
+def import_keras(src: str | Path, out: str | Path, overrides: Sequence[str] = ()) -> Path:
+    """Read a Keras file into a `LeafClassifier` built from the config, save it as `out`."""
+    from leafnet.config import compose, to_primitive
+    from leafnet.data.images import Preprocessing
+    from leafnet.keras_io import load_keras_weights, read_keras_layers
+    from leafnet.module import LeafClassifier
+    from leafnet.runs import save_classifier
+
+    cfg = compose("train", overrides)
+    layers = read_keras_layers(src)  # refuses a missing or unreadable file before any work
+    class_names = class_names_from_data(cfg.data)
+    file_classes = layers[-1].kernel.shape[-1] if layers else None
+    if file_classes != len(class_names):
+        raise LeafnetError(
+            f"{src} has {file_classes} outputs but the data config has {len(class_names)} classes "
+            f"({', '.join(class_names)}); set data.dir to the folder the Keras model was trained on"
+        )
+    model_cfg = to_primitive(cfg.model)
+    model_cfg.update(num_classes=len(class_names), image_size=int(cfg.data.image_size))
+    classifier = LeafClassifier(
+        model=model_cfg,
+        optimizer=to_primitive(cfg.optimizer),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        scheduler=to_primitive(cfg.scheduler),
+        class_names=class_names,
+        preprocessing=Preprocessing.from_dict(to_primitive(cfg.data)).to_dict(),
+    )
+    load_keras_weights(classifier.net, src)
+    return save_classifier(classifier.eval(), out)
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry: SRC OUT.ckpt, then Hydra overrides."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = [a for a in args if "=" not in a]
+    if len(paths) != 2 or args[:2] != paths:
+        raise LeafnetError(f"expected SRC and OUT.ckpt before the overrides; {USAGE}")
+    src, out = paths
+    if not out.endswith(".ckpt"):
+        raise LeafnetError(f"OUT must end in .ckpt, got {out}; {USAGE}")
+    written = import_keras(src, out, args[2:])
+    print(f"wrote {written} from {src}")
+
+
+if __name__ == "__main__":
+    main()
