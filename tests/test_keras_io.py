@@ -47,6 +47,21 @@ def seed_model(
     return model
 
 
+def random_seed_model(seed: int, **kwargs: int) -> keras.Model:
+    """`seed_model(**kwargs)` with Glorot kernels and random (not zero) biases."""
+    keras.utils.set_random_seed(seed)
+    model = seed_model(**kwargs)
+    rng = np.random.default_rng(seed)
+    # Keras initialises biases to zero; random ones make a swapped or dropped bias visible.
+    model.set_weights(
+        [
+            w if w.ndim > 1 else rng.normal(0, 0.1, w.shape).astype(np.float32)
+            for w in model.get_weights()
+        ]
+    )
+    return model
+
+
 def keras_probs(model: keras.Model, images_nhwc: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(model(images_nhwc, training=False))
 
@@ -67,16 +82,7 @@ def images() -> np.ndarray:
 def seed(tmp_path_factory: pytest.TempPathFactory, images: np.ndarray) -> dict:
     """The seed model built once, with non-zero biases (so bias mapping is tested), saved in
     every format, and its softmax outputs on `images`."""
-    keras.utils.set_random_seed(1)
-    model = seed_model()
-    rng = np.random.default_rng(1)
-    # Keras initialises biases to zero; random ones make a swapped or dropped bias visible.
-    model.set_weights(
-        [
-            w if w.ndim > 1 else rng.normal(0, 0.1, w.shape).astype(np.float32)
-            for w in model.get_weights()
-        ]
-    )
+    model = random_seed_model(1)
     out = tmp_path_factory.mktemp("keras")
     files = {
         "keras": out / "seed.keras",
@@ -244,15 +250,7 @@ def test_summary_equals_keras_summary(
 
 
 def _small_keras_file(path: Path, classes: int = 3) -> keras.Model:
-    keras.utils.set_random_seed(3)
-    model = seed_model(64, classes=classes)
-    rng = np.random.default_rng(3)
-    model.set_weights(
-        [
-            w if w.ndim > 1 else rng.normal(0, 0.1, w.shape).astype(np.float32)
-            for w in model.get_weights()
-        ]
-    )
+    model = random_seed_model(3, size=64, classes=classes)
     model.save(path)
     return model
 
