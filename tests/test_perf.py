@@ -1,0 +1,141 @@
+"""Regression guards for leafnet.perf and the training step's speed habits (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_runs import REPO, tiny_args, write_tiny_images
+
+from leafnet import perf
+
+# Runs `python -m leafnet.train` in-process after wrapping the training step, so the first step
+# records what the live allocator does *inside a real training process*.
+_PROBE = """
+import json, os, sys
+from leafnet import perf
+from leafnet.module import LeafClassifier
+seen = {}
+step = LeafClassifier.training_step
+def probed(self, batch, batch_idx):
+    seen.setdefault("allocator", perf.allocator_state())
+    seen.setdefault("threads", __import__("torch").get_num_threads())
+    return step(self, batch, batch_idx)
+LeafClassifier.training_step = probed
+from leafnet.train import main
+sys.argv = ["leafnet.train", *json.loads(os.environ["PROBE_ARGS"])]
+try:
+    main()
+except SystemExit as e:
+    if e.code not in (0, None):
+        raise
+with open(os.environ["PROBE_OUT"], "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def _python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_tune_process_sets_allocator_and_threads_idempotently() -> None:
+    code = (
+        "import json; from leafnet import perf\n"
+        "before = perf.allocator_state()\n"
+        "first = perf.tune_process(); second = perf.tune_process()\n"
+        "print(json.dumps([before, first, second, perf.allocator_state()]))"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, first, second, after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert first == second
+    assert first["threads"] == perf.physical_cores()
+    if not before["glibc"]:
+        pytest.skip("not glibc: tune_process leaves the allocator alone")
+    assert before["tuned"] is False  # glibc's default: a 48 MB block comes from mmap
+    assert first["allocator"]["mmap_threshold"] and first["allocator"]["trim_threshold"]
+    assert after == {"glibc": True, "tuned": True, "probe_mmapped": False}
+
+
+def test_allocator_is_tuned_inside_a_training_process(tmp_path: Path) -> None:
+    images = write_tiny_images(tmp_path / "images", per_class=6)
+    args = [*tiny_args(images, tmp_path / "out", "epochs=1"), f"hydra.run.dir={tmp_path / 'run'}"]
+    out = tmp_path / "probe.json"
+    result = _python(_PROBE, {"PROBE_ARGS": json.dumps(args), "PROBE_OUT": str(out)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(out.read_text())
+    assert seen["threads"] == perf.physical_cores()
+    if not seen["allocator"]["glibc"]:
+        pytest.skip("not glibc")
+    assert seen["allocator"]["tuned"] is True
+
+
+# Every way a CPU tensor's value reaches Python: each one waits for the device on a GPU.
+_SYNCS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
+
+
+def _fit_counting_syncs(
+    images: Path, cache: Path, steps: int, monkeypatch: pytest.MonkeyPatch, leak: bool = False
+) -> int:
+    from leafnet.bench import steps_trainer
+    from leafnet.data.datamodule import LeafDataModule
+    from leafnet.module import LeafClassifier
+
+    dm = LeafDataModule(
+        dir=images, image_size=32, cache_dir=cache, num_workers=0, batch_size=2, seed=0
+    )
+    dm.setup("fit")
+    module = LeafClassifier(
+        model={"image_size": 32, "num_classes": 3},
+        optimizer={"name": "adam"},
+        class_names=dm.class_names,
+        preprocessing=dm.preprocessing.to_dict(),
+        micro_batch_size=1,  # micro-batching on: its loop must not sync either
+    )
+    count = 0
+    with monkeypatch.context() as m:
+        for name in _SYNCS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *a, _original=original, **k):
+                nonlocal count
+                # torch.optim keeps its step counters on the host on purpose (reading them is
+                # free even with a GPU); every other read of a tensor's value counts.
+                if f"torch{os.sep}optim{os.sep}" not in sys._getframe(1).f_code.co_filename:
+                    count += 1
+                return _original(self, *a, **k)
+
+            m.setattr(torch.Tensor, name, counted)
+        if leak:  # the control: a step that prints its loss, as the habit forbids
+            step = LeafClassifier.training_step
+            m.setattr(LeafClassifier, "training_step", lambda s, b, i: print(step(s, b, i).item()))
+        trainer = steps_trainer(steps)
+        trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == steps
+    return count
+
+
+def test_training_step_makes_no_host_sync_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 3 x 30 images -> about 21 training batches of 2: both fits stay inside one epoch, so only
+    # the number of steps differs between them.
+    images = write_tiny_images(tmp_path / "images", per_class=30, size=32)
+    short = _fit_counting_syncs(images, tmp_path / "cache", 3, monkeypatch)
+    long = _fit_counting_syncs(images, tmp_path / "cache", 12, monkeypatch)
+    assert long == short, f"{long - short} host syncs in 9 extra training steps"
+    # The counter sees a sync when there is one.
+    leaky = _fit_counting_syncs(images, tmp_path / "cache", 6, monkeypatch, leak=True)
+    assert leaky >= short + 6
