@@ -1,0 +1,171 @@
+"""`python -m leafnet.evaluate ckpt=<checkpoint | run dir> data.dir=<labelled folder> [out=DIR]`.
+
+Measures a trained model on a folder in image-folder layout (`<dir>/<class>/<image>`), scanned as
+training scans it (`data.datamodule.scan_folder`) and read through the checkpoint's own
+preprocessing (`data.images`). Class folders are matched to the checkpoint's classes by name, so
+their order on disk does not matter; any difference between the two sets is an error.
+
+Prints accuracy, macro F1, per-class precision / recall / support and the confusion matrix, and
+writes `confusion_matrix.png` and `metrics.json` (with the misclassified files) into `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from leafnet.data.datamodule import scan_folder
+from leafnet.errors import LeafnetError, cli_errors
+from leafnet.inference import command_config, load_model, predict_files
+
+
+def match_classes(folder_classes: Sequence[str], ckpt_classes: Sequence[str], root: Any) -> None:
+    """The folder's classes must be exactly the checkpoint's (by name, any order)."""
+    if set(folder_classes) == set(ckpt_classes):
+        return
+    extra = sorted(set(folder_classes) - set(ckpt_classes))
+    missing = sorted(set(ckpt_classes) - set(folder_classes))
+    diff = "; ".join(
+        part
+        for part in (
+            f"unknown to the checkpoint: {', '.join(extra)}" if extra else "",
+            f"missing from the folder: {', '.join(missing)}" if missing else "",
+        )
+        if part
+    )
+    raise LeafnetError(
+        f"class folders of {root} [{', '.join(folder_classes)}] do not match the checkpoint's "
+        f"classes [{', '.join(ckpt_classes)}] ({diff}); name the sub-folders as the classes"
+    )
+
+
+def compute_metrics(
+    preds: torch.Tensor, target: torch.Tensor, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, macro F1, per-class precision/recall/support, confusion matrix (torchmetrics)."""
+    n = len(class_names)
+    precision = MulticlassPrecision(n, average=None)(preds, target)
+    recall = MulticlassRecall(n, average=None)(preds, target)
+    support = torch.bincount(target, minlength=n)
+    return {
+        "accuracy": float(MulticlassAccuracy(n, average="micro")(preds, target)),
+        "f1_macro": float(MulticlassF1Score(n, average="macro")(preds, target)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "support": int(s)}
+            for name, p, r, s in zip(class_names, precision, recall, support, strict=True)
+        },
+        "confusion_matrix": MulticlassConfusionMatrix(n)(preds, target).tolist(),
+    }
+
+
+def format_report(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
+    """The printed report: headline numbers, per-class table, confusion matrix."""
+    w = max(len("class"), *(len(c) for c in class_names))
+    lines = [
+        f"accuracy   {metrics['accuracy']:.4f}",
+        f"macro F1   {metrics['f1_macro']:.4f}",
+        "",
+        f"{'class':<{w}}  precision  recall  support",
+    ]
+    for name in class_names:
+        m = metrics["per_class"][name]
+        lines.append(f"{name:<{w}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['support']:7d}")
+    cm = metrics["confusion_matrix"]
+    cell = max(5, *(len(c) for c in class_names), *(len(str(v)) for row in cm for v in row))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+    lines.append(" " * w + "  " + " ".join(f"{c:>{cell}}" for c in class_names))
+    for name, row in zip(class_names, cm, strict=True):
+        lines.append(f"{name:<{w}}  " + " ".join(f"{v:>{cell}d}" for v in row))
+    return "\n".join(lines)
+
+
+def save_confusion_png(confmat: list[list[int]], class_names: Sequence[str], path: Path) -> None:
+    """The confusion matrix drawn by torchmetrics (counts in the cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = MulticlassConfusionMatrix(len(class_names))
+    fig, ax = metric.plot(torch.tensor(confmat), labels=list(class_names))
+    size = 2.5 + 0.8 * len(class_names)
+    fig.set_size_inches(size, size)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run the command on a composed `conf/evaluate.yaml`; returns the metrics."""
+    root = Path(str(cfg.data.dir)).expanduser()
+    classifier, device = load_model(cfg)
+    folder_classes, files_per_class = scan_folder(root)
+    names = list(classifier.hparams.class_names)
+    match_classes(folder_classes, names, root)
+
+    truth = {
+        str(f): names.index(cls)
+        for cls, files in zip(folder_classes, files_per_class, strict=True)
+        for f in files
+    }
+    files = [Path(f) for f in truth]
+    if not files:
+        raise LeafnetError(f"data.dir={root}: the class folders hold no image files")
+    results, skipped = predict_files(
+        classifier, files, device, cfg.batch_size, cfg.workers, cfg.get("progress")
+    )
+    if not results:
+        raise LeafnetError(f"data.dir={root}: none of the {len(files)} images could be read")
+    preds = torch.tensor([names.index(r["predicted"]) for r in results])
+    target = torch.tensor([truth[r["file"]] for r in results])
+    metrics = compute_metrics(preds, target, names)
+    metrics.update(
+        checkpoint=str(cfg.ckpt),
+        data_dir=str(root),
+        images=len(results),
+        skipped=skipped,
+        misclassified=[
+            {"file": r["file"], "true": names[t], "predicted": r["predicted"]}
+            for r, t in zip(results, target.tolist(), strict=True)
+            if r["predicted"] != names[t]
+        ],
+    )
+
+    out = Path(str(cfg.out))
+    out.mkdir(parents=True, exist_ok=True)
+    save_confusion_png(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+    print(f"{len(results)} images in {len(names)} classes from {root}")
+    if skipped:
+        print(f"leafnet: skipped {len(skipped)} unreadable files (listed in metrics.json)",
+              file=sys.stderr)  # fmt: skip
+    print(format_report(metrics, names))
+    print(f"wrote {out / 'confusion_matrix.png'} and {out / 'metrics.json'}")
+    return metrics
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    cfg = command_config(
+        "evaluate", sys.argv[1:] if argv is None else argv, required=("ckpt", "data.dir")
+    )
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""evaluate: metrics on a labelled folder, class folders matched by name, one-line mismatch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_runs import TINY_CLASSES
+from test_predict import run_error
+
+from leafnet.evaluate import compute_metrics, main
+from leafnet.module import LeafClassifier
+from leafnet.runs import load_classifier, save_classifier
+
+
+def test_evaluate_prints_metrics_and_writes_png(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "eval"
+    metrics = main([f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={out}"])
+    printed = capsys.readouterr().out
+    for text in ("accuracy", "macro F1", "precision", "recall", "confusion matrix", *TINY_CLASSES):
+        assert text in printed
+    assert metrics["images"] == 36
+    cm = torch.tensor(metrics["confusion_matrix"])
+    assert cm.shape == (3, 3) and int(cm.sum()) == 36
+    assert metrics["accuracy"] == pytest.approx(float(cm.diag().sum()) / 36)
+    assert [metrics["per_class"][c]["support"] for c in TINY_CLASSES] == [12, 12, 12]
+    assert len(metrics["misclassified"]) == 36 - int(cm.diag().sum())
+    png = out / "confusion_matrix.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert json.loads((out / "metrics.json").read_text())["f1_macro"] == metrics["f1_macro"]
+
+
+def test_class_folders_are_matched_by_name(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same network with its classes stored in reverse order scores exactly the same."""
+    original = load_classifier(tiny_run)
+    hp = dict(original.hparams)
+    hp["class_names"] = list(reversed(hp["class_names"]))
+    flipped = LeafClassifier(**hp)
+    state = original.state_dict()
+    for key in ("net.dense_1.weight", "net.dense_1.bias"):
+        state[key] = state[key].flip(0)  # output unit i now belongs to reversed class i
+    flipped.load_state_dict(state)
+    ckpt = save_classifier(flipped, tmp_path / "flipped.ckpt")
+
+    a = main([f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'a'}"])
+    b = main([f"ckpt={ckpt}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'b'}"])
+    capsys.readouterr()
+    assert b["accuracy"] == a["accuracy"] and b["f1_macro"] == pytest.approx(a["f1_macro"])
+    assert torch.equal(
+        torch.tensor(b["confusion_matrix"]), torch.tensor(a["confusion_matrix"]).flip(0, 1)
+    )
+
+
+def test_class_mismatch_is_one_line_naming_both_sets(
+    tiny_run: Path, tiny_image_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"data.dir={tiny_image_dir}"], main)
+    assert "do not match" in err
+    for name in (*TINY_CLASSES, *(p.name for p in tiny_image_dir.iterdir())):
+        assert name in err
+
+
+def test_evaluate_errors(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run_error(capsys, [f"ckpt={tiny_run}"], main)
+    assert "data.dir= is required" in err
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"data.dir={tmp_path / 'nowhere'}"], main)
+    assert "does not exist" in err
+    for name in TINY_CLASSES:
+        (tmp_path / "empty" / name).mkdir(parents=True)
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"data.dir={tmp_path / 'empty'}"], main)
+    assert "no image files" in err
+
+
+def test_compute_metrics_known_values() -> None:
+    preds = torch.tensor([0, 0, 1, 1, 2, 0])
+    target = torch.tensor([0, 0, 1, 2, 2, 2])
+    m = compute_metrics(preds, target, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"]["a"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "support": 2}
+    assert m["per_class"]["c"]["recall"] == pytest.approx(1 / 3)
+    assert m["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [1, 1, 1]]

@@ -1,0 +1,156 @@
+"""predict: on the session's tiny run; table, CSV/JSON, skipped files, a large EXIF-rotated photo,
+and one-line errors for bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_runs import REPO, TINY_CLASSES
+from PIL import Image
+
+from leafnet.predict import main
+
+
+def run_error(capsys: pytest.CaptureFixture[str], argv: list[str], command=main) -> str:
+    """Run a command expected to fail; return its single stderr line."""
+    with pytest.raises(SystemExit) as exc:
+        command(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("leafnet: error: ")
+    return err
+
+
+def test_predict_folder_prints_table_and_writes_csv(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "preds.csv"
+    results = main([f"ckpt={tiny_run}", f"input={tiny_train_images}", f"output={out}"])
+    printed = capsys.readouterr().out
+    files = sorted(tiny_train_images.rglob("*.jpg"))
+    assert len(results) == len(files) == 36
+    header = printed.splitlines()[0].split()
+    assert header == ["file", "predicted", *TINY_CLASSES]
+    assert f"{TINY_CLASSES[0]}/{TINY_CLASSES[0]}_00.jpg" in printed  # names relative to input
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36
+    for row in rows:
+        probs = [float(row[c]) for c in TINY_CLASSES]
+        assert abs(sum(probs) - 1) < 1e-4
+        assert row["predicted"] == TINY_CLASSES[int(np.argmax(probs))]
+    # The tiny run learned its three colours: most training images come out right.
+    right = sum(Path(r["file"]).parent.name == r["predicted"] for r in rows)
+    assert right >= 24, f"{right}/36 right"
+
+
+def test_predict_glob_json_skips_unreadable(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for src in sorted((tiny_train_images / TINY_CLASSES[2]).glob("*.jpg"))[:3]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "broken.jpg").write_text("not an image")
+    (folder / "notes.txt").write_text("ignored by the glob")
+    out = tmp_path / "preds.json"
+    results = main([f"ckpt={tiny_run}", f"input={folder}/*.jpg", f"output={out}", "batch_size=2"])
+    captured = capsys.readouterr()
+    assert len(results) == 3
+    assert "skipped" in captured.err and "broken.jpg" in captured.err
+    doc = json.loads(out.read_text())
+    assert doc["class_names"] == list(TINY_CLASSES)
+    assert doc["preprocessing"]["image_size"] == 32
+    assert [Path(s["file"]).name for s in doc["skipped"]] == ["broken.jpg"]
+    assert {Path(p["file"]).name for p in doc["predictions"]} == {
+        p.name for p in folder.glob("*.jpg") if p.name != "broken.jpg"
+    }
+
+
+def _photo(width: int, height: int) -> Image.Image:
+    """A smooth 'camera photo': a green leaf on a light background, a dark band along the top."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.empty((height, width, 3), np.float32)
+    img[..., 0] = 200 - 60 * yy / height
+    img[..., 1] = 210 - 30 * xx / width
+    img[..., 2] = 180
+    leaf = ((xx - width / 2) / (0.35 * width)) ** 2 + ((yy - height / 2) / (0.3 * height)) ** 2 < 1
+    img[leaf] = (50, 150, 40)
+    img[: height // 6] = (40, 30, 20)
+    return Image.fromarray(img.astype(np.uint8))
+
+
+def test_predict_large_exif_rotated_photo_is_upright(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 3000x2000 JPEG stored sideways with EXIF "rotate 90": predicted as its upright copy."""
+    upright = _photo(2000, 3000)  # portrait, as the camera holder saw it
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # sensor pixels: 3000x2000 landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display, which undoes ROTATE_90
+    rotated_file = tmp_path / "camera.jpg"
+    stored.save(rotated_file, "JPEG", quality=92, exif=exif)
+    upright.save(tmp_path / "upright.jpg", "JPEG", quality=92)
+    stored.save(tmp_path / "sideways.jpg", "JPEG", quality=92)  # the same pixels, no EXIF
+    assert Image.open(rotated_file).size == (3000, 2000)
+
+    results = main([f"ckpt={tiny_run}", f"input={tmp_path}/*.jpg"])
+    capsys.readouterr()
+    probs = {
+        Path(r["file"]).stem: np.array([r["probabilities"][c] for c in TINY_CLASSES])
+        for r in results
+    }
+    assert set(probs) == {"camera", "upright", "sideways"}
+    upright_gap = np.abs(probs["camera"] - probs["upright"]).max()
+    sideways_gap = np.abs(probs["camera"] - probs["sideways"]).max()
+    assert upright_gap < 2e-3, upright_gap
+    assert sideways_gap > 5 * upright_gap, (upright_gap, sideways_gap)
+
+
+def test_predict_errors_are_one_line(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = next(tiny_train_images.rglob("*.jpg"))
+    err = run_error(capsys, [f"ckpt={tmp_path / 'nope.ckpt'}", f"input={image}"])
+    assert "not found" in err
+    err = run_error(capsys, [f"ckpt={tmp_path}", f"input={image}"])  # a folder, not a run
+    assert "run directory" in err
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello, I am not a checkpoint\n")
+    err = run_error(capsys, [f"ckpt={text}", f"input={image}"])
+    assert "not a" in err and "checkpoint" in err
+    err = run_error(capsys, [f"ckpt={image}", f"input={image}"])  # a JPEG given as checkpoint
+    assert "not a checkpoint" in err
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path}/*.png"])
+    assert "matches no files" in err
+    (tmp_path / "empty").mkdir()
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path / 'empty'}"])
+    assert "no image files" in err
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={image}", "output=preds.xlsx"])
+    assert ".csv or .json" in err
+    err = run_error(capsys, [f"input={image}"])
+    assert "ckpt= is required" in err
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 truncated")
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={bad}"])
+    assert "bad.jpg" in err and "not an image" in err
+
+
+def test_predict_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "leafnet.predict", f"ckpt={tmp_path / 'missing.ckpt'}", f"input={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"leafnet: error: checkpoint {tmp_path / 'missing.ckpt'} not found; give a .ckpt file or a run directory"
+    ]
