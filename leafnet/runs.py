@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,27 +43,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """The checkpoint dict, loaded with `weights_only=True` (tensors and plain containers only)."""
     path = find_checkpoint(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():
+            # An old-protocol pickle makes torch warn on stderr; the error below says enough.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():
+            # Not a pickle of objects at all (an image, random bytes): say so, not "unsafe".
+            raise LeafnetError(f"{path} is not a checkpoint (not a torch.save file)") from None
         raise LeafnetError(
             f"{path} is refused: it holds Python objects that could run code when loaded "
             "(only tensors and plain values are allowed); use a checkpoint written by leafnet"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
+        # A text file makes the unpickler raise KeyError; a zip of other files RuntimeError.
         raise LeafnetError(
-            f"{path} is not a readable checkpoint: {' '.join(str(err).split())}"
+            f"{path} is not a readable checkpoint: {' '.join(str(err).split()) or type(err).__name__}"
         ) from None
 
 
 def load_classifier(path: str | os.PathLike, map_location: Any = "cpu") -> LeafClassifier:
     """A `LeafClassifier` in eval mode from a checkpoint or run directory."""
     ckpt = load_checkpoint(path, map_location)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise LeafnetError(
             f"{find_checkpoint(path)} is not a leafnet checkpoint (no hyper_parameters)"
         )
-    classifier = LeafClassifier(**ckpt["hyper_parameters"])
-    classifier.load_state_dict(ckpt["state_dict"])
+    try:
+        classifier = LeafClassifier(**ckpt["hyper_parameters"])
+        classifier.load_state_dict(ckpt["state_dict"])
+    except (TypeError, KeyError, RuntimeError) as err:
+        # Hyper-parameters or weights of another model: one line, not a traceback.
+        raise LeafnetError(
+            f"{find_checkpoint(path)} does not match leafnet's model: {' '.join(str(err).split())[:300]}"
+        ) from None
     return classifier.to(
         map_location if isinstance(map_location, str | torch.device) else "cpu"
     ).eval()
