@@ -108,7 +108,8 @@ def _datamodule(a: dict[str, Any]) -> Any:
 
     cfg = compose("train", [f"data.image_size={a['image_size']}"])
     data = {**to_primitive(cfg.data), "dir": a["data_dir"], "synthetic": False}
-    return LeafDataModule(**data, cache_dir=a["cache_dir"], batch_size=a["batch"], seed=0)
+    data["cache_dir"] = a["cache_dir"]
+    return LeafDataModule(**data, batch_size=a["batch"], seed=0)
 
 
 def _work_leafnet(a: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,36 @@ def tune_process(threads: int | None = None) -> dict[str, Any]:
     return {"allocator": dict(_state["allocator"]), "threads": _state["threads"]}
 
 
+def _heap_free_bytes(libc: ctypes.CDLL) -> int:
+    """Free bytes held in the main heap (glibc's mallinfo2().fordblks; 0 if unavailable)."""
+    try:
+        mallinfo2 = libc.mallinfo2
+    except AttributeError:  # glibc < 2.33
+        return 0
+    mallinfo2.restype = type(
+        "mallinfo2",
+        (ctypes.Structure,),
+        {
+            "_fields_": [
+                (f, ctypes.c_size_t)
+                for f in (
+                    "arena",
+                    "ordblks",
+                    "smblks",
+                    "hblks",
+                    "hblkhd",
+                    "usmblks",
+                    "fsmblks",
+                    "uordblks",
+                    "fordblks",
+                    "keepcost",
+                )
+            ]
+        },
+    )
+    return int(mallinfo2().fordblks)
+
+
 def allocator_state() -> dict[str, Any]:
     """What the live allocator does now: whether a 48 MB block comes from the heap (tuned) or mmap.
 
@@ -106,7 +136,12 @@ def allocator_state() -> dict[str, Any]:
     libc = _glibc()
     if libc is None:
         return {"glibc": False, "tuned": False, "probe_mmapped": None}
-    ptr = libc.malloc(_PROBE_BYTES)
+    # A free heap chunk as large as the probe would serve it with or without tuning, so probe
+    # above the heap's free bytes (still below the raised threshold).
+    probe = _PROBE_BYTES + _heap_free_bytes(libc)
+    if probe >= _THRESHOLD:
+        return {"glibc": True, "tuned": None, "probe_mmapped": None}
+    ptr = libc.malloc(probe)
     if not ptr:
         return {"glibc": True, "tuned": False, "probe_mmapped": None}
     try:
