@@ -58,6 +58,22 @@ class AtomicCheckpoint(ModelCheckpoint):
             os.replace(tmp, filepath)
         self._last_checkpoint_saved = filepath
 
+    # Lightning (2.6) writes last.ckpt only in a step that also wrote a top-k checkpoint; resume
+    # needs it after every epoch, so write it when the parent did not.
+    def _save_last_every_epoch(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_epoch(trainer)
+
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
@@ -187,13 +203,15 @@ class EpochSeed(Callback):
     Shuffling (and worker seeds) then depend on the epoch alone, so a run resumed from
     `last.ckpt` draws the same batches as one that never stopped. Both the global RNGs and the
     training loader's own `generator` (LeafDataModule gives it one) are reseeded. Lightning
-    creates the first iterator of a fit (fresh or resumed) before any epoch hook, so the first
-    epoch is seeded in `on_fit_start`, later ones in `on_train_epoch_start`.
+    creates the first iterator of a fit before any epoch hook and restores the loop's epoch only
+    after `on_fit_start`, so the first epoch is seeded in `on_fit_start` from the epoch this
+    callback saved in the checkpoint; later ones in `on_train_epoch_start`.
     """
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
         self._seeded_epoch: int | None = None
+        self._next_epoch = 0  # the epoch a checkpoint taken now would resume at
         self._generator: torch.Generator | None = None
 
     def _reseed(self, epoch: int) -> None:
@@ -207,11 +225,24 @@ class EpochSeed(Callback):
         if trainer.datamodule is not None:
             loader = trainer.datamodule.train_dataloader()
             self._generator = getattr(loader, "generator", None)
-        self._reseed(trainer.current_epoch)
+        self._reseed(self._next_epoch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._seeded_epoch != trainer.current_epoch:
             self._reseed(trainer.current_epoch)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._next_epoch = trainer.current_epoch + 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._next_epoch = trainer.current_epoch + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_epoch": self._next_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._next_epoch = int(state_dict.get("next_epoch", 0))
 
 
 class ValidationImages(Callback):

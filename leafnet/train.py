@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,18 @@ from leafnet.module import LeafClassifier, auto_micro_batch_size
 
 log = logging.getLogger(__name__)
 
+# TensorBoard's writer imports TensorFlow when it is installed (the `bench` extra installs it):
+# 10 s and 0.5 GB per run, for nothing, since event files need only TensorBoard's own stub.
+# An importable `tensorboard.compat.notf` is TensorBoard's switch for the stub.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 # What `resume=` may change: how long and where it runs, never what it computes.
 RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers")
+
+
+class Diverged(LeafnetError):
+    """The loss became NaN or infinite; the run was saved with status diverged."""
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -211,6 +221,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
         tune_process = None
     if tune_process is not None:
         tune_process()
+    from leafnet.sweep import split_threads
+
+    split_threads()  # a parallel sweep (hydra/launcher=joblib): cpus // n_jobs threads per job
 
     overrides = _hydra_overrides()
     ckpt_path = None
@@ -253,6 +266,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
     except KeyboardInterrupt:
         summary["status"] = "interrupted"
         raise
+    except Diverged:
+        raise  # status diverged is already set
     except BaseException as err:
         summary["status"] = "failed"
         summary["error"] = " ".join(str(err).split()) or type(err).__name__
@@ -391,10 +406,6 @@ def _fit_and_test(
     return summary["best_val_acc"]
 
 
-class Diverged(LeafnetError):
-    """The loss became NaN or infinite; the run was saved with status diverged."""
-
-
 # -- entry point -----------------------------------------------------------------------------------
 
 
@@ -430,4 +441,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not this __main__ copy: joblib's workers then receive the
+    # task function by reference (leafnet.train._task) instead of a by-value pickle of __main__.
+    from leafnet.train import main as _main
+
+    _main()

@@ -1,0 +1,120 @@
+"""Every config group composes (Hydra Compose API) and the values the trainer refuses are refused."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from leafnet import train as train_mod
+from leafnet.config import CONFIG_DIR
+from leafnet.config import compose as leafnet_compose
+from leafnet.errors import LeafnetError
+from leafnet.module import build_scheduler
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_defaults_are_the_seed_setup() -> None:
+    cfg = leafnet_compose("train", ["optimizer=adam", "lr=1e-4"])
+    assert cfg.lr == 1e-4 and cfg.batch_size == 32 and cfg.optimizer.name == "adam"
+    assert cfg.data.image_size == 640 and cfg.scheduler.name == "none"
+    assert cfg.trainer.accelerator == "auto" and cfg.precision == "32-true"
+    OmegaConf.resolve(cfg)  # every interpolation resolves outside a Hydra run too
+
+
+@pytest.mark.parametrize(
+    "group", ["data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "hydra"]
+)
+def test_every_option_composes(group: str) -> None:
+    assert options(group), group
+    for option in options(group):
+        cfg = leafnet_compose("train", [f"{group}={option}"])
+        OmegaConf.resolve(cfg)
+
+
+def test_bad_group_option_lists_the_valid_ones() -> None:
+    with pytest.raises(LeafnetError, match="adam"):
+        leafnet_compose("train", ["optimizer=adamw"])
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_schedulers_build(name: str) -> None:
+    cfg = leafnet_compose("train", [f"scheduler={name}"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = build_scheduler(opt, OmegaConf.to_container(cfg.scheduler, resolve=True))
+    assert (scheduler is None) == (name == "none")
+
+
+@pytest.mark.parametrize("option", ["default", "cpu", "ddp"])
+def test_trainer_configs_instantiate_on_cpu(option: str, tmp_path) -> None:
+    cfg = leafnet_compose("train", [f"trainer={option}", "trainer.accelerator=cpu"])
+    trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
+    assert isinstance(trainer, pl.Trainer) and trainer.max_epochs == cfg.epochs
+
+
+def test_gpu_and_mps_configs_select_their_accelerator() -> None:
+    assert leafnet_compose("train", ["trainer=gpu"]).trainer.accelerator == "gpu"
+    assert leafnet_compose("train", ["trainer=mps"]).trainer.accelerator == "mps"
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_loggers_write_into_the_run_dir(option: str, tmp_path) -> None:
+    cfg = leafnet_compose("train", [f"logger={option}"])
+    for logger_cfg in (cfg.logger or {}).values():
+        logger = instantiate(logger_cfg, save_dir=str(tmp_path))
+        assert str(tmp_path) in str(logger.log_dir)
+
+
+def test_callbacks_instantiate() -> None:
+    cfg = leafnet_compose("train")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert {type(c).__name__ for c in callbacks} >= {
+        "AtomicCheckpoint",
+        "DivergenceStop",
+        "EpochMetrics",
+    }
+
+
+def test_run_and_sweep_directories() -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", ["optimizer=sgd", "lr=0.1"], return_hydra_config=True)
+    hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
+    assert hydra_cfg["run"]["dir"] == "${paths.output_dir}/runs/${now:%Y-%m-%d_%H-%M-%S}"
+    assert hydra_cfg["sweep"]["dir"].startswith("${paths.output_dir}/multiruns/")
+    assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}_${hydra.job.override_dirname}"
+    assert "data.dir" in cfg.hydra.job.config.override_dirname.exclude_keys
+    assert cfg.hydra.job.name == "train"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr=0", "lr=0"),
+        ("lr=-1e-3", "lr=-0.001"),
+        ("batch_size=0", "batch_size=0"),
+        ("epochs=0", "epochs=0"),
+        ("micro_batch_size=0", "micro_batch_size=0"),
+        ("precision=8-bit", "precision=8-bit"),
+        ("precision=16-mixed", "needs a GPU"),
+    ],
+)
+def test_bad_values_are_one_line_errors(override: str, message: str) -> None:
+    cfg = leafnet_compose("train", [override, "trainer=cpu"])
+    with pytest.raises(LeafnetError, match=message) as err:
+        train_mod.validate(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_bf16_refused_on_a_cpu_without_bf16(monkeypatch) -> None:
+    monkeypatch.setattr(train_mod, "cpu_has_bf16", lambda: False)
+    cfg = leafnet_compose("train", ["precision=bf16-mixed", "trainer=cpu"])
+    with pytest.raises(LeafnetError, match="bfloat16"):
+        train_mod.validate(cfg)
+    monkeypatch.setattr(train_mod, "cpu_has_bf16", lambda: True)
+    train_mod.validate(cfg)

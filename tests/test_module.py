@@ -1,0 +1,94 @@
+"""LeafClassifier: micro-batching gives the full batch's gradient; memory-based auto size."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from leafnet.errors import LeafnetError
+from leafnet.model import LeafNet
+from leafnet.module import LeafClassifier, auto_micro_batch_size
+
+MODEL = {"image_size": 24, "conv1_filters": 8, "conv2_filters": 4, "dense_units": 8}
+SGD = {"name": "sgd", "momentum": 0.0}
+
+
+def classifier(micro: int | None, optimizer: dict = SGD) -> LeafClassifier:
+    torch.manual_seed(0)
+    return LeafClassifier(
+        model=MODEL,
+        optimizer=optimizer,
+        lr=0.5,
+        class_names=["a", "b", "c"],
+        preprocessing={"image_size": 24},
+        micro_batch_size=micro,
+    )
+
+
+def one_step(module: LeafClassifier, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=batch))
+    return {k: v.clone() for k, v in module.net.state_dict().items()}
+
+
+@pytest.mark.parametrize(("batch", "micro"), [(64, 16), (64, 24), (50, 16)])
+def test_micro_batches_give_the_full_batch_step(batch: int, micro: int) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (batch, 3, 24, 24), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 3, (batch,), generator=gen)
+    whole = one_step(classifier(batch), x, y, batch)
+    split = one_step(classifier(micro), x, y, batch)
+    start = classifier(None).net.state_dict()
+    assert any(not torch.equal(whole[k], start[k]) for k in whole)  # the step did move the weights
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key], rtol=0, atol=1e-6)
+
+
+def test_forward_takes_uint8_or_scaled_float() -> None:
+    module = classifier(None).eval()
+    x = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
+    torch.testing.assert_close(module(x), module(x.float() / 255))
+    torch.testing.assert_close(module.predict_proba(x).sum(-1), torch.ones(2))
+
+
+def test_hparams_are_primitives() -> None:
+    def primitive(v) -> bool:
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and primitive(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(primitive(x) for x in v)
+        return v is None or isinstance(v, str | int | float | bool)
+
+    hp = dict(classifier(4).hparams)
+    assert primitive(hp)
+    assert hp["class_names"] == ["a", "b", "c"] and hp["preprocessing"]["image_size"] == 24
+
+
+def test_auto_micro_batch_size() -> None:
+    net = LeafNet(image_size=640)
+    micro = auto_micro_batch_size(net, 256, 6.0)
+    assert 8 <= micro < 256
+    assert auto_micro_batch_size(LeafNet(image_size=32), 32, 6.0) == 32  # never above the batch
+    with pytest.raises(LeafnetError, match="max_memory_gb"):
+        auto_micro_batch_size(net, 32, 0.01)
+
+
+def test_divergence_is_tracked_on_the_device() -> None:
+    module = classifier(None)
+    x = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8)
+    y = torch.randint(0, 3, (8,))
+    assert int(module.nonfinite_step) == -1
+    with torch.no_grad():
+        module.net.dense_1.weight.fill_(float("nan"))
+    one_step(module, x, y, 8)  # no exception, no host sync: the step is only recorded
+    assert int(module.nonfinite_step) == 0

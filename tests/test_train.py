@@ -1,0 +1,212 @@
+"""`python -m leafnet.train` end to end: run directory, divergence, errors, sweeps, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_runs import REPO, tiny_args, train_cli
+
+import leafnet.train  # noqa: F401  (TensorBoard without TensorFlow, see leafnet/train.py)
+
+SUMMARY_KEYS = {
+    "status", "optimizer", "lr", "batch_size", "image_size", "epochs_completed", "best_val_acc",
+    "best_epoch", "final_val_loss", "final_train_loss", "test_acc", "test_f1_macro", "wall_time_s",
+    "images_per_s", "peak_rss_gb", "diverged_at", "overrides",
+}  # fmt: skip
+METRICS_HEADER = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s"
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_tiny_run_has_every_output_and_learns(tiny_run: Path) -> None:
+    for name in (
+        ".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log",
+        "checkpoints/best.ckpt", "checkpoints/last.ckpt", "split.csv", "data_report.json",
+        "metrics.csv", "summary.json",
+    ):  # fmt: skip
+        assert (tiny_run / name).is_file(), name
+    assert list(tiny_run.glob("events.out.tfevents.*"))
+    assert not list(tiny_run.rglob("*.tmp"))
+
+    s = summary(tiny_run)
+    assert set(s) >= SUMMARY_KEYS
+    assert s["status"] == "completed" and s["epochs_completed"] == 4 and s["diverged_at"] is None
+    assert s["optimizer"] == "adam" and s["lr"] == 0.01 and s["batch_size"] == 8
+    assert 0 <= s["test_acc"] <= 1 and s["best_val_acc"] >= 0.5
+    assert "lr=1e-2" in s["overrides"]
+
+    lines = (tiny_run / "metrics.csv").read_text().splitlines()
+    assert lines[0] == METRICS_HEADER and len(lines) == 5
+    losses = [float(line.split(",")[2]) for line in lines[1:]]
+    assert losses[-1] < losses[0]  # the loss falls
+
+
+def test_tensorboard_has_hparams_with_final_metrics_and_images(tiny_run: Path) -> None:
+    # leafnet.train (imported) switched TensorBoard to its TensorFlow-free stub.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: set[str] = set()
+    images: set[str] = set()
+    plugins: set[str] = set()
+    for events in tiny_run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        tags = acc.Tags()
+        scalars |= set(tags["scalars"])
+        images |= set(tags["images"])
+        with contextlib.suppress(KeyError):  # a file without an HParams session
+            plugins |= set(acc.PluginTagToContent("hparams"))
+    assert {
+        "train_loss",
+        "val_acc",
+        "epoch_time_s",
+        "images_per_s",
+        "final/best_val_acc",
+        "final/test_acc",
+    } <= scalars
+    assert any(t.startswith("lr-") for t in scalars)
+    assert "hp_metric" not in scalars
+    assert {"val/predictions", "test/confusion_matrix"} <= images
+    assert plugins  # the HParams tab's session
+
+
+def test_divergence_ends_cleanly(tmp_path: Path, tiny_train_images: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = train_cli(
+        *tiny_args(tiny_train_images, tmp_path, "optimizer=sgd", "lr=1e3", "epochs=2"),
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("leafnet: error")]
+    assert len(errors) == 1 and "lower learning rate" in errors[0], result.stderr[-2000:]
+    s = summary(run_dir)
+    assert s["status"] == "diverged"
+    assert set(s["diverged_at"]) == {"epoch", "step"} and s["diverged_at"]["epoch"] == 1
+
+
+def test_a_sweep_goes_on_past_a_diverged_and_a_failed_run(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    result = train_cli(
+        "-m", *tiny_args(tiny_train_images, tmp_path, "optimizer=sgd", "epochs=1", "lr=1e3,-1,0.01")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(
+        (p for p in (tmp_path / "multiruns").glob("*/*") if p.is_dir()),
+        key=lambda p: int(p.name.split("_", 1)[0]),
+    )
+    names = [r.name for r in runs]
+    assert len(names) == 3 and all("optimizer=sgd" in n and "data.dir" not in n for n in names)
+    assert ["lr=1000.0" in names[0], "lr=-1" in names[1], "lr=0.01" in names[2]] == [True] * 3
+    assert [summary(r)["status"] for r in runs] == ["diverged", "failed", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("lr=0", "lr=0 must be a positive number"), ("batch_size=0", "batch_size=0")],
+)
+def test_bad_values_exit_2_with_one_line(tmp_path: Path, override: str, expected: str) -> None:
+    result = train_cli(f"paths.output_dir={tmp_path}", "trainer=cpu", override)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("leafnet: error")
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_optimizer_lists_the_options(tmp_path: Path) -> None:
+    result = train_cli(f"paths.output_dir={tmp_path}", "optimizer=adamw")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Available options in 'optimizer'" in result.stderr
+    for name in ("adagrad", "adam", "rmsprop", "sgd"):
+        assert name in result.stderr
+
+
+def _wait_for_epochs(
+    metrics: Path, proc: subprocess.Popen, epochs: int, timeout: float = 240
+) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > epochs:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the run did not reach epoch {epochs} (exit {proc.poll()})")
+
+
+def _popen_train(*args: str) -> subprocess.Popen:
+    env = {"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "leafnet.train", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_resume_after_sigkill_gives_the_same_weights(
+    tmp_path: Path, tiny_train_images: Path, tiny_run: Path
+) -> None:
+    """tiny_run trained 4 epochs straight; this one is killed after epoch 2 and resumed to 4."""
+    run_dir = tmp_path / "run"
+    proc = _popen_train(*tiny_args(tiny_train_images, tmp_path), f"hydra.run.dir={run_dir}")
+    try:
+        _wait_for_epochs(run_dir / "metrics.csv", proc, 2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists()  # killed mid-run
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["epoch"] < 4
+
+    result = train_cli(f"resume={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary(run_dir)["status"] == "completed" and summary(run_dir)["epochs_completed"] == 4
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == (
+        tiny_run / ".hydra" / "config.yaml"
+    ).read_text().replace(str(tiny_run.parent), str(tmp_path))
+    straight = torch.load(tiny_run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    resumed = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_saves_last_and_ends_interrupted(tmp_path: Path, tiny_train_images: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _popen_train(
+        *tiny_args(tiny_train_images, tmp_path, "epochs=50"), f"hydra.run.dir={run_dir}"
+    )
+    try:
+        _wait_for_epochs(run_dir / "metrics.csv", proc, 1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert summary(run_dir)["status"] == "interrupted"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(tmp_path: Path, tiny_train_images: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = train_cli(
+        *tiny_args(tiny_train_images, tmp_path, "epochs=1"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"hydra.run.dir={run_dir}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert summary(run_dir)["status"] == "completed"
