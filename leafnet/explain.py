@@ -1,0 +1,238 @@
+"""`python -m leafnet.explain ckpt=<checkpoint | run dir> input=<image> [out=DIR]`: what the network learned.
+
+Writes four PNGs into `out`:
+
+- `filters.png`: the first conv layer's 3x3 RGB kernels, each scaled to its own range;
+- `feature_maps_conv2d.png`, `feature_maps_conv2d_1.png`: both conv layers' outputs (after ReLU,
+  as Keras' `activation="relu"` gives them) for this image;
+- `gradcam.png`: Grad-CAM for the predicted class over the image as the network sees it.
+
+Grad-CAM is captum's `LayerGradCam` on the last conv layer (`conv2d_1`): captum is maintained by
+the PyTorch team, light (no OpenCV), and its attribution is the textbook one (channel weights =
+spatially averaged gradients, ReLU of the weighted sum), so there is nothing of ours to get wrong.
+
+`ExplainImages` is a Lightning callback that logs the same figures to TensorBoard at the end of
+training, for the first validation image.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+from torch import Tensor
+
+from leafnet.errors import LeafnetError, cli_errors
+from leafnet.inference import command_config, expand_inputs, load_model
+from leafnet.model import LeafNet
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+CONV_LAYERS = ("conv2d", "conv2d_1")
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def filters_figure(net: LeafNet) -> Figure:
+    """The first conv layer's kernels as tiny RGB images, each stretched to [0, 1]."""
+    plt = _plt()
+    w = net.conv2d.weight.detach().float().cpu()  # [out, in, 3, 3]
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    rows, cols = _grid(len(w))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(w):
+            kernel = w[i].permute(1, 2, 0) if w.shape[1] == 3 else w[i].mean(0)
+            ax.imshow(
+                kernel.numpy(), interpolation="nearest", cmap=None if w.shape[1] == 3 else "gray"
+            )
+            ax.set_title(str(i), fontsize=7)
+    fig.suptitle(
+        f"conv2d: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
+    )
+    return fig
+
+
+def feature_maps(net: LeafNet, x: Tensor) -> dict[str, Tensor]:
+    """Each conv layer's output after ReLU for one scaled image `x` [3, S, S] -> [C, H, W]."""
+    maps: dict[str, Tensor] = {}
+    hooks = [
+        getattr(net, name).register_forward_hook(
+            lambda _m, _i, out, name=name: maps.__setitem__(name, torch.relu(out[0]).detach().cpu())
+        )
+        for name in CONV_LAYERS
+    ]
+    try:
+        with torch.no_grad():
+            net(x.unsqueeze(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps
+
+
+def feature_maps_figure(name: str, maps: Tensor) -> Figure:
+    """One panel per channel, each with its own colour scale (viridis)."""
+    plt = _plt()
+    rows, cols = _grid(len(maps))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(maps):
+            ax.imshow(maps[i].float().numpy(), cmap="viridis")
+            ax.set_title(str(i), fontsize=7)
+    c, h, w = maps.shape
+    fig.suptitle(f"{name}: {c} feature maps of {h}x{w} (after ReLU)")
+    return fig
+
+
+def gradcam(net: LeafNet, x: Tensor, target: int | None = None) -> tuple[Tensor, int, Tensor]:
+    """Grad-CAM heatmap [S, S] in [0, 1] for `target` (default: the predicted class), the target
+    and the class probabilities, for one scaled image `x` [3, S, S]."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    x = x.unsqueeze(0).detach().clone()  # a normal tensor even if `x` came from inference mode
+    with torch.no_grad():
+        probs = net(x).softmax(-1)[0].cpu()
+    target = int(probs.argmax()) if target is None else int(target)
+    with torch.enable_grad():
+        cam = LayerGradCam(net, net.conv2d_1).attribute(x, target=target, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), "bilinear")[0, 0]
+    cam = cam.clamp_min(0).cpu()
+    return cam / cam.max().clamp_min(1e-12), target, probs
+
+
+def gradcam_figure(image: Tensor, cam: Tensor, title: str) -> Figure:
+    """The image, and the image with the Grad-CAM heatmap over it. `image`: [3, S, S], any range."""
+    plt = _plt()
+    img = image.detach().float().cpu()
+    img = ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)).permute(1, 2, 0).numpy()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4))
+    left.imshow(img)
+    left.set_title("input (as the network sees it)", fontsize=9)
+    right.imshow(img)
+    right.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    right.set_title(title, fontsize=9)
+    for ax in (left, right):
+        ax.axis("off")
+    return fig
+
+
+def explain_figures(
+    net: LeafNet, x: Tensor, class_names: Sequence[str], display: Tensor | None = None
+) -> dict[str, Figure]:
+    """All figures for one scaled image `x` [3, S, S]; `display` is the picture to draw
+    (default: `x` stretched to [0, 1])."""
+    was_training = net.training
+    net.eval()
+    try:
+        figures = {"filters": filters_figure(net)}
+        for name, maps in feature_maps(net, x).items():
+            figures[f"feature_maps_{name}"] = feature_maps_figure(name, maps)
+        cam, target, probs = gradcam(net, x)
+        title = (
+            f"Grad-CAM ({CONV_LAYERS[-1]}) for {class_names[target]} (p={float(probs[target]):.3f})"
+        )
+        figures["gradcam"] = gradcam_figure(x if display is None else display, cam, title)
+    finally:
+        net.train(was_training)
+    return figures
+
+
+def explain(cfg: DictConfig) -> dict[str, Path]:
+    """Run the command on a composed `conf/explain.yaml`; returns the written PNGs by name."""
+    from leafnet.data.images import load_for_model, to_float
+
+    classifier, device = load_model(cfg)
+    files = expand_inputs(cfg.input)
+    if len(files) != 1:
+        raise LeafnetError(f"input={cfg.input} matches {len(files)} files; explain takes one image")
+    image = load_for_model(files[0], classifier.prep)  # uint8 [3, S, S], the network's view
+    x = to_float(image.to(device), classifier.prep)
+    names = list(classifier.hparams.class_names)
+    figures = explain_figures(classifier.net, x, names, display=image)
+    out = Path(str(cfg.out)) if cfg.get("out") else Path(f"explain_{files[0].stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    written = {}
+    for name, fig in figures.items():
+        written[name] = out / f"{name}.png"
+        fig.savefig(written[name], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    with torch.no_grad():
+        probs = classifier.predict_proba(image.unsqueeze(0).to(device))[0].cpu()
+    best = int(probs.argmax())
+    print(f"{files[0]}: {names[best]} (p={float(probs[best]):.4f})")
+    print(f"wrote {', '.join(p.name for p in written.values())} to {out}")
+    return written
+
+
+class ExplainImages(Callback):
+    """At the end of training, log the explain figures for the first validation image to
+    TensorBoard (tags `explain/filters`, `explain/feature_maps_conv2d`, ..., `explain/gradcam`)."""
+
+    def __init__(self) -> None:
+        self._x: Tensor | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            self._x = x[0].detach().cpu()  # already scaled by the module's batch transfer
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if self._x is None or not writers or not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        device = next(net.parameters()).device
+        # Cloned outside validation's inference mode, so Grad-CAM can backpropagate through it.
+        x = self._x.clone().to(device)
+        if not x.is_floating_point():
+            from leafnet.data.images import to_float
+
+            x = to_float(x, pl_module.prep)
+        figures = explain_figures(net, x, list(pl_module.hparams.class_names))
+        plt = _plt()
+        for name, fig in figures.items():
+            for writer in writers:
+                writer.add_figure(f"explain/{name}", fig, global_step=trainer.global_step)
+            plt.close(fig)
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    cfg = command_config(
+        "explain", sys.argv[1:] if argv is None else argv, required=("ckpt", "input")
+    )
+    return explain(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""explain: filters, feature maps and Grad-CAM PNGs for one image; the TensorBoard callback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from fixtures_runs import TINY_CLASSES
+from test_predict import run_error
+
+from leafnet.data.images import load_for_model, to_float
+from leafnet.explain import ExplainImages, feature_maps, gradcam, main
+from leafnet.runs import load_classifier
+
+PNGS = ("filters", "feature_maps_conv2d", "feature_maps_conv2d_1", "gradcam")
+
+
+def test_explain_writes_the_four_pngs(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = sorted((tiny_train_images / TINY_CLASSES[1]).glob("*.jpg"))[0]
+    written = main([f"ckpt={tiny_run}", f"input={image}", f"out={tmp_path / 'x'}"])
+    printed = capsys.readouterr().out
+    assert set(written) == set(PNGS)
+    for name in PNGS:
+        png = tmp_path / "x" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 3000, name
+    assert image.name in printed and any(c in printed for c in TINY_CLASSES)
+
+
+def test_feature_maps_and_gradcam_shapes(tiny_run: Path, tiny_train_images: Path) -> None:
+    classifier = load_classifier(tiny_run)
+    image = load_for_model(next(tiny_train_images.rglob("*.jpg")), classifier.prep)
+    x = to_float(image, classifier.prep)
+    maps = feature_maps(classifier.net, x)
+    assert maps["conv2d"].shape == (32, 32, 32) and maps["conv2d_1"].shape == (16, 10, 10)
+    assert (maps["conv2d"] >= 0).all()  # after ReLU, as Keras' activation gives them
+    cam, target, probs = gradcam(classifier.net, x)
+    assert cam.shape == (32, 32) and float(cam.min()) >= 0 and float(cam.max()) <= 1
+    with torch.no_grad():
+        assert target == int(classifier(image.unsqueeze(0)).argmax())
+    assert probs.sum() == pytest.approx(1, abs=1e-5)
+
+
+def test_explain_input_errors(
+    tiny_run: Path, tiny_train_images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tiny_train_images}"], main)
+    assert "explain takes one image" in err
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tiny_train_images}/*.gif"], main)
+    assert "matches no files" in err
+
+
+def test_callback_logs_figures_to_tensorboard(tiny_train_images: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from leafnet.data.datamodule import LeafDataModule
+    from leafnet.module import LeafClassifier
+
+    dm = LeafDataModule(
+        dir=tiny_train_images, image_size=16, min_size=16, cache=False, batch_size=8, seed=0
+    )
+    dm.setup()
+    classifier = LeafClassifier(
+        model={"image_size": 16},
+        optimizer={"name": "adam"},
+        class_names=dm.class_names,
+        preprocessing=dm.preprocessing.to_dict(),
+    )
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    trainer = pl.Trainer(
+        max_epochs=1, logger=logger, callbacks=[ExplainImages()], accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(classifier, datamodule=dm)
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
+    events.Reload()
+    assert {f"explain/{n}" for n in PNGS} <= set(events.Tags()["images"])
