@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from fixtures_runs import TINY_CLASSES
 from test_predict import run_error
+from test_tune import tiny_fit_setup
 
 from leafnet.data.images import load_for_model, to_float
 from leafnet.explain import ExplainImages, feature_maps, gradcam, main
@@ -57,24 +57,10 @@ def test_callback_logs_figures_to_tensorboard(tiny_train_images: Path, tmp_path:
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from leafnet.data.datamodule import LeafDataModule
-    from leafnet.module import LeafClassifier
-
-    dm = LeafDataModule(
-        dir=tiny_train_images, image_size=16, min_size=16, cache=False, batch_size=8, seed=0
-    )
-    dm.setup()
-    classifier = LeafClassifier(
-        model={"image_size": 16},
-        optimizer={"name": "adam"},
-        class_names=dm.class_names,
-        preprocessing=dm.preprocessing.to_dict(),
-    )
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
-    trainer = pl.Trainer(
-        max_epochs=1, logger=logger, callbacks=[ExplainImages()], accelerator="cpu",
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer, classifier, dm = tiny_fit_setup(
+        tiny_train_images, tmp_path, max_epochs=1, logger=logger, callbacks=[ExplainImages()]
+    )
     trainer.fit(classifier, datamodule=dm)
     logger.experiment.flush()
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -18,7 +19,10 @@ from leafnet.module import LeafClassifier
 from leafnet.tune import lr_find
 
 
-def _setup(images: Path, root: Path) -> tuple[pl.Trainer, LeafClassifier, LeafDataModule]:
+def tiny_fit_setup(
+    images: Path, root: Path, **trainer_kwargs: Any
+) -> tuple[pl.Trainer, LeafClassifier, LeafDataModule]:
+    """A 16 px data module, a micro-batched classifier and a quiet CPU trainer (also explain's)."""
     dm = LeafDataModule(dir=images, image_size=16, min_size=16, cache=False, batch_size=8, seed=0)
     dm.setup()
     classifier = LeafClassifier(
@@ -28,10 +32,11 @@ def _setup(images: Path, root: Path) -> tuple[pl.Trainer, LeafClassifier, LeafDa
         preprocessing=dm.preprocessing.to_dict(),
         micro_batch_size=4,  # the manual micro-batching path
     )
-    trainer = pl.Trainer(
+    settings = dict(
         max_epochs=2, logger=False, enable_checkpointing=False, accelerator="cpu",
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
     )  # fmt: skip
+    trainer = pl.Trainer(**{**settings, **trainer_kwargs})
     return trainer, classifier, dm
 
 
@@ -43,14 +48,14 @@ def test_lightning_does_not_step_schedules_under_manual_optimization(
     failing, Lightning steps schedules under manual optimization now: drop the hook in tune.py."""
     from lightning.pytorch.tuner import Tuner
 
-    trainer, classifier, dm = _setup(tiny_train_images, tmp_path)
+    trainer, classifier, dm = tiny_fit_setup(tiny_train_images, tmp_path)
     finder = Tuner(trainer).lr_find(classifier, datamodule=dm, num_training=6, update_attr=False)
     lrs = finder.results["lr"]
     assert lrs[0] == lrs[1] == lrs[2] == 1e-8, lrs
 
 
 def test_lr_find_sweeps_saves_and_restores(tiny_train_images: Path, tmp_path: Path) -> None:
-    trainer, classifier, dm = _setup(tiny_train_images, tmp_path)
+    trainer, classifier, dm = tiny_fit_setup(tiny_train_images, tmp_path)
     before = {k: v.clone() for k, v in classifier.state_dict().items()}
     hooks = len(torch_optimizer._global_optimizer_post_hooks)
     # 20 steps over 2-epoch limits (4 batches per epoch): the finder must cross epochs.
