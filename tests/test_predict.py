@@ -62,10 +62,12 @@ def test_predict_glob_json_skips_unreadable(
     (folder / "broken.jpg").write_text("not an image")
     (folder / "notes.txt").write_text("ignored by the glob")
     out = tmp_path / "preds.json"
-    results = main([f"ckpt={tiny_run}", f"input={folder}/*.jpg", f"output={out}", "batch_size=2"])
+    args = [f"input={folder}/*.jpg", f"output={out}", "batch_size=2", "progress=true"]
+    results = main([f"ckpt={tiny_run}", *args])
     captured = capsys.readouterr()
     assert len(results) == 3
     assert "skipped" in captured.err and "broken.jpg" in captured.err
+    assert "img/s" in captured.err or "4/4" in captured.err  # the progress bar
     doc = json.loads(out.read_text())
     assert doc["class_names"] == list(TINY_CLASSES)
     assert doc["preprocessing"]["image_size"] == 32
