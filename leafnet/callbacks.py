@@ -119,6 +119,49 @@ class DivergenceStop(Callback):
         self._check(trainer, pl_module)
 
 
+class DeadUnits(Callback):
+    """Count the hidden Dense units that still fire on the validation set (dying ReLU).
+
+    The seed's Dense(8) reads 179,776 features at 640x640. Adam moves every one of its weights by
+    about lr per step, all in one direction when the features look alike, so the units'
+    pre-activations jump by many times their spread and a unit pushed below zero for every image
+    never gets a gradient again. With all of them dead the logits are constant and the loss sits
+    at ln(num_classes) for good. A forward hook on `dense` records on the device which units were
+    positive for at least one validation image; the count is read once per epoch, logged as
+    `val_alive_units`, kept as `pl_module.hidden_units_alive`, and a warning says what to change.
+    """
+
+    def __init__(self, layer: str = "dense") -> None:
+        self.layer = layer
+        self._alive: torch.Tensor | None = None
+        self._handle: Any = None
+        self._warned = False
+
+    def _record(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        fired = (output > 0).any(dim=0)
+        self._alive = fired if self._alive is None else self._alive | fired
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._alive = None
+        self._handle = getattr(pl_module.net, self.layer).register_forward_hook(self._record)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._handle.remove()
+        if trainer.sanity_checking or self._alive is None:
+            return
+        alive, total = int(self._alive.sum()), self._alive.numel()
+        pl_module.hidden_units_alive = alive
+        pl_module.log("val_alive_units", float(alive), sync_dist=False)
+        if alive == 0 and not self._warned:
+            self._warned = True
+            log.warning(
+                "all %d units of layer '%s' output 0 for every validation image (dying ReLU): "
+                "predictions can no longer change and the loss stays at ln(%d); train again with "
+                "a lower lr or another optimizer (see the learning-rate study in the README)",
+                total, self.layer, pl_module.net.num_classes,
+            )  # fmt: skip
+
+
 class EpochMetrics(Callback):
     """Epoch time and training images/s (logged), and `metrics.csv`: one row per epoch.
 

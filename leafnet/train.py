@@ -31,12 +31,16 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from leafnet.config import CONFIG_DIR, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
 from leafnet.model import LeafNet
 from leafnet.module import LeafClassifier, auto_micro_batch_size
+from leafnet.perf import tune_process
+from leafnet.sweep import split_threads
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +210,8 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
         f"  time             {summary['wall_time_s']:.1f} s   {num(summary['images_per_s'], '.1f')} train img/s"
         f"   peak RSS {summary['peak_rss_gb']:.2f} GB"
     )
+    if summary.get("hidden_units_alive") == 0:
+        lines.append("  hidden units     all dead (dying ReLU): try a lower lr or another optimizer")
     if summary.get("diverged_at"):
         d = summary["diverged_at"]
         lines.append(f"  diverged         epoch {d['epoch']} step {d['step']}")
@@ -215,14 +221,7 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | None:
     """Train one run; returns the best validation accuracy (what sweepers maximise)."""
     started = time.perf_counter()
-    try:
-        from leafnet.perf import tune_process
-    except ImportError:  # the bench teammate's module; optional until it lands
-        tune_process = None
-    if tune_process is not None:
-        tune_process()
-    from leafnet.sweep import split_threads
-
+    tune_process()
     split_threads()  # a parallel sweep (hydra/launcher=joblib): cpus // n_jobs threads per job
 
     overrides = _hydra_overrides()
@@ -316,6 +315,8 @@ def _fit_and_test(
 
     loggers = [instantiate(c, save_dir=str(run_dir)) for c in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not loggers:  # logger=none: nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
     )
@@ -362,6 +363,7 @@ def _fit_and_test(
         speeds = [r["images_per_s"] for r in rows if _finite(r["images_per_s"])]
         summary["images_per_s"] = round(sum(speeds) / len(speeds), 2) if speeds else None
     summary["micro_batch_size"] = classifier.hparams.micro_batch_size
+    summary["hidden_units_alive"] = getattr(classifier, "hidden_units_alive", None)
     summary["seed"] = cfg.seed
 
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
@@ -388,10 +390,14 @@ def _fit_and_test(
         "final/test_acc": summary["test_acc"],
         "final/test_f1_macro": summary["test_f1_macro"],
     }
+    final = {k: v for k, v in final.items() if v is not None}
     for logger in trainer.loggers:
-        logger.log_hyperparams(
-            _flat_hparams(cfg, classifier), {k: v for k, v in final.items() if v is not None}
-        )
+        if isinstance(logger, TensorBoardLogger):
+            # The HParams tab pairs hparams with these metrics (instead of hp_metric = -1).
+            logger.log_hyperparams(_flat_hparams(cfg, classifier), final)
+        else:
+            logger.log_hyperparams(_flat_hparams(cfg, classifier))
+            logger.log_metrics(final)
         logger.finalize("success")
 
     if trainer.is_global_zero:
@@ -424,6 +430,10 @@ def _task(cfg: DictConfig) -> float | None:
         if not _is_multirun():
             fail(str(err))
         log.error("%s", " ".join(str(err).split()))
+        if isinstance(err, Diverged):
+            # A sweeper that optimises the return value (hparams_search=optuna) must learn that
+            # this learning rate is bad, not treat the trial as failed and learn nothing.
+            return 0.0
     except Exception:
         if not _is_multirun():
             raise

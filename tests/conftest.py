@@ -5,5 +5,5 @@ import os
 # Keras parity tests run Keras 3 on the torch backend; set before any test imports keras.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from fixtures_data import *  # noqa: E402, F403
-from fixtures_runs import *  # noqa: E402, F403
+from fixtures_data import *  # noqa: F403
+from fixtures_runs import *  # noqa: F403

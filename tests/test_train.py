@@ -210,3 +210,23 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, tiny_train_images: Path) -> No
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary(run_dir)["status"] == "completed"
+
+
+@pytest.mark.parametrize("logger", ["csv", "none"])
+def test_other_loggers_train_and_keep_the_run_files(
+    tmp_path: Path, tiny_train_images: Path, logger: str
+) -> None:
+    run_dir = tmp_path / "run"
+    result = train_cli(
+        *tiny_args(tiny_train_images, tmp_path, f"logger={logger}", "epochs=1"),
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert (run_dir / "metrics.csv").is_file()
+    csv_logs = list(run_dir.rglob("metrics.csv"))
+    # logger=csv writes Lightning's own metrics.csv (with the final metrics) beside leafnet's.
+    assert len(csv_logs) == (2 if logger == "csv" else 1)
+    if logger == "csv":
+        lightning_csv = next(p for p in csv_logs if p != run_dir / "metrics.csv")
+        assert "final/best_val_acc" in lightning_csv.read_text()
