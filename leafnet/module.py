@@ -143,21 +143,29 @@ class LeafClassifier(pl.LightningModule):
 
     # -- inference -------------------------------------------------------------------------------
 
+    def to_input(self, x: Tensor) -> Tensor:
+        """A uint8 batch scaled to the network's float input, in channels_last (float passes)."""
+        return to_float(x, self.prep).contiguous(memory_format=torch.channels_last)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a uint8 batch (scaled here) or an already scaled float batch."""
-        x = to_float(x, self.prep).contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self.to_input(x))
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Class probabilities (the seed's softmax output)."""
         return self(x).softmax(dim=-1)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 -> float on the device, per batch, in channels_last."""
-        if isinstance(batch, Tensor):
-            return to_float(batch, self.prep).contiguous(memory_format=torch.channels_last)
-        x, *rest = batch
-        return (to_float(x, self.prep).contiguous(memory_format=torch.channels_last), *rest)
+    def _micro_batches(self, n: int) -> int:
+        """How many chunks a batch of `n` images is split into (micro_batch_size each, at most)."""
+        return math.ceil(n / (self.hparams.micro_batch_size or n))
+
+    def _logits(self, x: Tensor) -> Tensor:
+        """Logits for a whole uint8 batch, computed micro-batch by micro-batch.
+
+        Batches stay uint8 until a micro-batch is used: at 640x640 a batch of 256 would take
+        1.3 GB as float and its first conv output 13 GB, which is what micro_batch_size avoids.
+        """
+        return torch.cat([self(xc) for xc in x.tensor_split(self._micro_batches(x.shape[0]))])
 
     # -- training --------------------------------------------------------------------------------
 
@@ -165,15 +173,14 @@ class LeafClassifier(pl.LightningModule):
         x, y = batch
         n = x.shape[0]
         step = self.global_step  # the optimizer step this batch makes (0-based)
-        micro = self.hparams.micro_batch_size or n
-        chunks = math.ceil(n / micro)
+        chunks = self._micro_batches(n)
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         loss_sum = x.new_zeros((), dtype=torch.float32)
         # Equal-sized chunks; each backward adds (sum of its losses) / n, so the accumulated
         # gradient is exactly the mean over the whole batch, a smaller last batch included.
         for xc, yc in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
-            logits = self.net(xc)
+            logits = self(xc)
             chunk_loss = F.cross_entropy(logits, yc, reduction="sum")
             self.manual_backward(chunk_loss / n)
             loss_sum += chunk_loss.detach()
@@ -204,7 +211,7 @@ class LeafClassifier(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
-        logits = self.net(x)
+        logits = self._logits(x)
         self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
         self.val_acc.update(logits, y)
         self.log("val_acc", self.val_acc, on_epoch=True)
@@ -212,7 +219,7 @@ class LeafClassifier(pl.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self.net(x)
+        logits = self._logits(x)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
         for metric in (self.test_acc, self.test_f1, self.test_precision, self.test_recall):
             metric.update(logits, y)

@@ -211,7 +211,9 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
         f"   peak RSS {summary['peak_rss_gb']:.2f} GB"
     )
     if summary.get("hidden_units_alive") == 0:
-        lines.append("  hidden units     all dead (dying ReLU): try a lower lr or another optimizer")
+        lines.append(
+            "  hidden units     all dead (dying ReLU): try a lower lr or another optimizer"
+        )
     if summary.get("diverged_at"):
         d = summary["diverged_at"]
         lines.append(f"  diverged         epoch {d['epoch']} step {d['step']}")

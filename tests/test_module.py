@@ -92,3 +92,26 @@ def test_divergence_is_tracked_on_the_device() -> None:
         module.net.dense_1.weight.fill_(float("nan"))
     one_step(module, x, y, 8)  # no exception, no host sync: the step is only recorded
     assert int(module.nonfinite_step) == 0
+
+
+def test_train_val_and_test_feed_the_net_float_micro_batches_only() -> None:
+    # A uint8 batch of 12 with micro_batch_size=4: the network never sees more than 4 images at
+    # once, in train, validation or test, so a batch of 256 at 640x640 fits in a few GB.
+    module = classifier(micro=4)
+    seen: list[tuple[int, torch.dtype]] = []
+    module.net.register_forward_pre_hook(lambda m, args: seen.append((len(args[0]), args[0].dtype)))
+    x = torch.randint(0, 256, (12, 3, 24, 24), dtype=torch.uint8)
+    loader = DataLoader(TensorDataset(x, torch.arange(12) % 3), batch_size=12)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, loader, loader)
+    trainer.test(module, loader, verbose=False)
+    assert len(seen) == 9  # 3 micro-batches each in train, validation and test
+    assert all(n == 4 and dtype == torch.float32 for n, dtype in seen)
