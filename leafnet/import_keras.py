@@ -48,16 +48,10 @@ def import_keras(src: str | Path, out: str | Path, overrides: Sequence[str] = ()
             f"{src} has {file_classes} outputs but the data config has {len(class_names)} classes "
             f"({', '.join(class_names)}); set data.dir to the folder the Keras model was trained on"
         )
-    model_cfg = to_primitive(cfg.model)
-    model_cfg.update(num_classes=len(class_names), image_size=int(cfg.data.image_size))
-    classifier = LeafClassifier(
-        model=model_cfg,
-        optimizer=to_primitive(cfg.optimizer),
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        scheduler=to_primitive(cfg.scheduler),
-        class_names=class_names,
-        preprocessing=Preprocessing.from_dict(to_primitive(cfg.data)).to_dict(),
+    classifier = LeafClassifier.from_config(
+        to_primitive(cfg),
+        class_names,
+        Preprocessing.from_dict(to_primitive(cfg.data)).to_dict(),
     )
     load_keras_weights(classifier.net, src)
     return save_classifier(classifier.eval(), out)

@@ -141,6 +141,40 @@ class LeafClassifier(pl.LightningModule):
         self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
         self.diverged_at: dict[str, int] | None = None
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Mapping[str, Any],
+        class_names: Sequence[str],
+        preprocessing: Mapping[str, Any],
+    ) -> LeafClassifier:
+        """A classifier for a training config (a plain dict: model, optimizer, lr, data, ...).
+
+        The output width comes from `class_names`; `micro_batch_size: auto` becomes the largest
+        micro-batch that fits `max_memory_gb`.
+        """
+        model = dict(cfg["model"])
+        if model.get("num_classes") not in (None, len(class_names)):
+            raise LeafnetError(
+                f"model.num_classes={model['num_classes']} but the data has {len(class_names)} "
+                f"classes ({', '.join(class_names)}); leave model.num_classes=null"
+            )
+        model.update(num_classes=len(class_names), image_size=int(cfg["data"]["image_size"]))
+        batch_size = int(cfg["batch_size"])
+        micro = cfg.get("micro_batch_size")
+        if micro in ("auto", None):
+            micro = auto_micro_batch_size(LeafNet(**model), batch_size, cfg["max_memory_gb"])
+        return cls(
+            model=model,
+            optimizer=cfg["optimizer"],
+            lr=cfg["lr"],
+            weight_decay=cfg["weight_decay"],
+            scheduler=cfg["scheduler"],
+            class_names=class_names,
+            preprocessing=preprocessing,
+            micro_batch_size=min(int(micro), batch_size),
+        )
+
     # -- inference -------------------------------------------------------------------------------
 
     def to_input(self, x: Tensor) -> Tensor:

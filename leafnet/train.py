@@ -37,8 +37,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from leafnet.config import CONFIG_DIR, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
-from leafnet.model import LeafNet
-from leafnet.module import LeafClassifier, auto_micro_batch_size
+from leafnet.module import LeafClassifier
 from leafnet.perf import tune_process
 from leafnet.sweep import split_threads
 
@@ -294,25 +293,8 @@ def _fit_and_test(
     datamodule.prepare_data()
     datamodule.setup("fit")
     class_names = list(datamodule.class_names)
-    model_cfg = to_primitive(cfg.model)
-    if model_cfg.get("num_classes") not in (None, len(class_names)):
-        raise LeafnetError(
-            f"model.num_classes={model_cfg['num_classes']} but data.dir has {len(class_names)} classes "
-            f"({', '.join(class_names)}); leave model.num_classes=null"
-        )
-    model_cfg.update(num_classes=len(class_names), image_size=int(cfg.data.image_size))
-    micro = cfg.micro_batch_size
-    if micro in ("auto", None):
-        micro = auto_micro_batch_size(LeafNet(**model_cfg), cfg.batch_size, cfg.max_memory_gb)
-    classifier = LeafClassifier(
-        model=model_cfg,
-        optimizer=to_primitive(cfg.optimizer),
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        scheduler=to_primitive(cfg.scheduler),
-        class_names=class_names,
-        preprocessing=datamodule.preprocessing.to_dict(),
-        micro_batch_size=min(int(micro), cfg.batch_size),
+    classifier = LeafClassifier.from_config(
+        to_primitive(cfg), class_names, datamodule.preprocessing.to_dict()
     )
 
     loggers = [instantiate(c, save_dir=str(run_dir)) for c in (cfg.get("logger") or {}).values()]
