@@ -27,16 +27,20 @@ def classifier(micro: int | None, optimizer: dict = SGD) -> LeafClassifier:
     )
 
 
-def one_step(module: LeafClassifier, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
-    trainer = pl.Trainer(
+def quiet_trainer(**kwargs: object) -> pl.Trainer:
+    """A CPU Trainer that writes nothing and prints nothing."""
+    return pl.Trainer(
         accelerator="cpu",
-        max_steps=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        limit_val_batches=0,
+        **kwargs,
     )
+
+
+def one_step(module: LeafClassifier, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict:
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=batch))
     return {k: v.clone() for k, v in module.net.state_dict().items()}
 
@@ -102,15 +106,7 @@ def test_train_val_and_test_feed_the_net_float_micro_batches_only() -> None:
     module.net.register_forward_pre_hook(lambda m, args: seen.append((len(args[0]), args[0].dtype)))
     x = torch.randint(0, 256, (12, 3, 24, 24), dtype=torch.uint8)
     loader = DataLoader(TensorDataset(x, torch.arange(12) % 3), batch_size=12)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_epochs=1, num_sanity_val_steps=0)
     trainer.fit(module, loader, loader)
     trainer.test(module, loader, verbose=False)
     assert len(seen) == 9  # 3 micro-batches each in train, validation and test
