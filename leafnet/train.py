@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from leafnet.config import CONFIG_DIR, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
 from leafnet.module import LeafClassifier
-from leafnet.perf import tune_process
+from leafnet.perf import peak_rss_bytes, tune_process
 from leafnet.sweep import split_threads
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,7 @@ def _hydra_overrides() -> list[str]:
 
 
 def _peak_rss_gb() -> float:
-    import resource
-
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return round(kb / 2**20 if sys.platform != "darwin" else kb / 2**30, 3)
+    return round(peak_rss_bytes() / 2**30, 3)
 
 
 def _flat_hparams(cfg: DictConfig, classifier: LeafClassifier) -> dict[str, Any]:
@@ -405,13 +402,19 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _task(cfg: DictConfig) -> float | None:
-    """Hydra's task function: a sweep must go on when one of its runs fails or diverges."""
+    """Hydra's task function."""
+    return run_job(cfg, multirun=_is_multirun())
+
+
+def run_job(cfg: DictConfig, multirun: bool) -> float | None:
+    """Train, applying the error policy: a single run ends with one line and a non-zero exit; a
+    sweep job logs the error and returns, so the sweep goes on."""
     try:
         return train(cfg)
     except KeyboardInterrupt:
         fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", EXIT_INTERRUPTED)
     except LeafnetError as err:
-        if not _is_multirun():
+        if not multirun:
             fail(str(err))
         log.error("%s", " ".join(str(err).split()))
         if isinstance(err, Diverged):
@@ -419,7 +422,7 @@ def _task(cfg: DictConfig) -> float | None:
             # this learning rate is bad, not treat the trial as failed and learn nothing.
             return 0.0
     except Exception:
-        if not _is_multirun():
+        if not multirun:
             raise
         log.exception("run failed; the sweep goes on")
     return None

@@ -15,7 +15,8 @@ import pytest
 import torch
 from fixtures_runs import REPO, tiny_args, train_cli
 
-import leafnet.train  # noqa: F401  (TensorBoard without TensorFlow, see leafnet/train.py)
+import leafnet.errors
+import leafnet.train  # (also: TensorBoard without TensorFlow, see leafnet/train.py)
 
 SUMMARY_KEYS = {
     "status", "optimizer", "lr", "batch_size", "image_size", "epochs_completed", "best_val_acc",
@@ -230,3 +231,37 @@ def test_other_loggers_train_and_keep_the_run_files(
     if logger == "csv":
         lightning_csv = next(p for p in csv_logs if p != run_dir / "metrics.csv")
         assert "final/best_val_acc" in lightning_csv.read_text()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (leafnet.train.Diverged("loss not finite"), 0.0),  # a sweeper learns this lr is bad
+        (leafnet.errors.LeafnetError("bad value"), None),  # failed: nothing to learn from
+        (RuntimeError("boom"), None),
+    ],
+)
+def test_a_sweep_job_returns_instead_of_raising(
+    monkeypatch: pytest.MonkeyPatch, error: Exception, expected: float | None
+) -> None:
+    def failing_train(cfg: object) -> float:
+        raise error
+
+    monkeypatch.setattr(leafnet.train, "train", failing_train)
+    assert leafnet.train.run_job({}, multirun=True) == expected
+    # A single run does not swallow it: one line and exit 2, or the error itself.
+    with pytest.raises(
+        SystemExit if isinstance(error, leafnet.errors.LeafnetError) else RuntimeError
+    ):
+        leafnet.train.run_job({}, multirun=False)
+
+
+def test_tiny_run_logs_the_explain_figures_by_default(tiny_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    images: set[str] = set()
+    for events_file in tiny_run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events_file), size_guidance={"images": 0})
+        acc.Reload()
+        images |= set(acc.Tags()["images"])
+    assert {"explain/filters", "explain/gradcam"} <= images, images
