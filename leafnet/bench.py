@@ -388,10 +388,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     skipped = {c: why for c in contenders if (why := available(c))}
     contenders = [c for c in contenders if c not in skipped]
     micro = args.micro_batch or args.batch
-    data_dir = Path(args.data_dir or f"outputs/bench/data/synthetic_{args.image_size}_{args.batch}")
-    print(f"data: {data_dir} (generated on first use)", file=sys.stderr)
-    ensure_data(data_dir, args.image_size, args.batch)
     rounds = max(1, min(args.rounds, args.steps))
+    # Enough training images that each worker's warm-up and timed steps are full batches of one
+    # epoch: a partial last batch or an epoch boundary inside the timing skews the median.
+    needed = args.batch * (args.warmup + math.ceil(args.steps / rounds))
+    data_dir = Path(args.data_dir or f"outputs/bench/data/synthetic_{args.image_size}_{needed}")
+    print(f"data: {data_dir} (generated on first use)", file=sys.stderr)
+    ensure_data(data_dir, args.image_size, needed)
     base = {
         "image_size": args.image_size,
         "batch": args.batch,
