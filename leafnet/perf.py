@@ -4,8 +4,12 @@ Why the allocator matters: at 640x640 one training step allocates and frees acti
 hundreds of MB to GB. glibc serves anything above its mmap threshold (at most 32 MB by default,
 dynamically) with a fresh ``mmap`` and returns it with ``munmap`` on free, so every step pays the
 page faults and zeroing of those pages again; measured on a 2-core EPYC that made a step ~3x
-slower (220 vs 73 ms per image). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps freed
-buffers in the heap, where the next step reuses them.
+slower (220 vs 73 ms per image). Raising ``M_MMAP_THRESHOLD`` keeps those buffers in the heap.
+That is not enough on its own: when a step frees its conv1 output and gradient together (2 x 1.7
+GB at batch 32), the heap's free top passes any trim threshold an int can express (2 GiB), glibc
+gives it back, and the next step faults it all in again: 53-79 ms per image instead of 26, the
+bimodal step times seen before this was found. ``M_TRIM_THRESHOLD = -1`` disables trimming
+(``man mallopt``), so the process keeps its peak heap, which the next step reuses.
 
 ``tune_process()`` is idempotent and a no-op where the C library is not glibc.
 ``allocator_state()`` reads the setting back from the live allocator (a probe allocation), so a
@@ -26,9 +30,11 @@ import torch
 # mallopt parameter numbers from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# mallopt takes an int: the largest value is 2 GiB - 1, which covers a batch-32 conv1 activation
-# at 640x640 (32 x 52 MB); bigger buffers still get mmap, but they are rare with micro-batching.
+# mallopt takes an int: the largest mmap threshold is 2 GiB - 1, which covers a batch-32 conv1
+# activation at 640x640 (32 x 52 MB); bigger buffers still get mmap, but micro-batching keeps
+# them rare. A trim threshold of -1 becomes SIZE_MAX inside glibc: never trim.
 _THRESHOLD = 2**31 - 1
+_NEVER_TRIM = -1
 # The probe size: above glibc's default dynamic mmap ceiling (32 MB), below _THRESHOLD.
 _PROBE_BYTES = 48 << 20
 # glibc chunk header: the size word sits just before the user pointer; bit 1 marks an mmapped chunk.
@@ -71,7 +77,9 @@ def physical_cores() -> int:
 
 
 def tune_process(threads: int | None = None) -> dict[str, Any]:
-    """Raise glibc's mmap/trim thresholds and set torch's intra-op threads; returns what it set.
+    """Raise glibc's mmap threshold, stop heap trimming, set torch's intra-op threads.
+
+    Returns what it set.
 
     ``threads`` None means: keep an explicit ``OMP_NUM_THREADS``, else use the physical cores.
     Calling it again only changes the thread count when ``threads`` is given.
@@ -83,9 +91,9 @@ def tune_process(threads: int | None = None) -> dict[str, Any]:
         if libc is not None:
             allocator["glibc_version"] = libc.gnu_get_libc_version().decode()
             ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD) == 1
-            ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD) == 1
+            ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
             allocator["mmap_threshold"] = _THRESHOLD if ok_mmap else None
-            allocator["trim_threshold"] = _THRESHOLD if ok_trim else None
+            allocator["trim"] = "never" if ok_trim else None
         _state = {"allocator": allocator}
     if threads is None and "threads" not in _state:
         threads = None if os.environ.get("OMP_NUM_THREADS") else physical_cores()
@@ -127,29 +135,52 @@ def _heap_free_bytes(libc: ctypes.CDLL) -> int:
     return int(mallinfo2().fordblks)
 
 
-def allocator_state() -> dict[str, Any]:
-    """What the live allocator does now: whether a 48 MB block comes from the heap (tuned) or mmap.
+def _is_mmapped(ptr: int) -> bool:
+    """Whether glibc served this block with its own mmap (bit 1 of the chunk's size word)."""
+    size_word = ctypes.c_size_t.from_address(ptr - ctypes.sizeof(ctypes.c_size_t)).value
+    return bool(size_word & _IS_MMAPPED)
 
-    Reads the chunk header glibc keeps before every block, so it reports the real behaviour of the
-    process, not what some Python variable remembers.
+
+def _heap_keeps_freed_top(libc: ctypes.CDLL) -> bool | None:
+    """Whether freeing more than 2 GiB at the heap's top leaves it in the heap (no trimming).
+
+    Two 1.1 GiB blocks are allocated and freed untouched: their pages are never faulted in, so
+    the probe costs address space, not memory. None if glibc put them outside the main heap.
+    """
+    block = 1100 << 20
+    ptrs = [libc.malloc(block) for _ in range(2)]
+    held = _heap_free_bytes(libc)
+    inside = all(ptrs) and not any(_is_mmapped(p) for p in ptrs)
+    for ptr in ptrs:
+        if ptr:
+            libc.free(ptr)
+    # Measured against the free bytes while the blocks were held: a heap that already kept a
+    # large free top serves the probe from it, and still keeps it.
+    # Trimming would leave only its top pad (128 KB) of the 2.2 GB.
+    return _heap_free_bytes(libc) - held > block if inside else None
+
+
+def allocator_state() -> dict[str, Any]:
+    """What the live allocator does now, read from glibc itself rather than remembered.
+
+    ``tuned``: a 48 MB block comes from the heap, not a fresh mmap (read from the chunk header
+    glibc keeps before every block). ``keeps_freed_top``: freeing over 2 GiB at the heap's top
+    does not hand it back to the OS (None where the probe could not tell).
     """
     libc = _glibc()
     if libc is None:
-        return {"glibc": False, "tuned": False, "probe_mmapped": None}
+        return {"glibc": False, "tuned": False, "probe_mmapped": None, "keeps_freed_top": None}
     # A free heap chunk as large as the probe would serve it with or without tuning, so probe
     # above the heap's free bytes (still below the raised threshold).
     probe = _PROBE_BYTES + _heap_free_bytes(libc)
-    if probe >= _THRESHOLD:
-        return {"glibc": True, "tuned": None, "probe_mmapped": None}
-    ptr = libc.malloc(probe)
-    if not ptr:
-        return {"glibc": True, "tuned": False, "probe_mmapped": None}
-    try:
-        size_word = ctypes.c_size_t.from_address(ptr - ctypes.sizeof(ctypes.c_size_t)).value
-    finally:
+    ptr = libc.malloc(probe) if probe < _THRESHOLD else None
+    mmapped = _is_mmapped(ptr) if ptr else None
+    if ptr:
         libc.free(ptr)
-    mmapped = bool(size_word & _IS_MMAPPED)
-    return {"glibc": True, "tuned": not mmapped, "probe_mmapped": mmapped}
+    # After the mmap probe: this one leaves a large free top, which the mmap probe would use.
+    keeps = _heap_keeps_freed_top(libc)
+    tuned = None if mmapped is None else not mmapped
+    return {"glibc": True, "tuned": tuned, "probe_mmapped": mmapped, "keeps_freed_top": keeps}
 
 
 def peak_rss_bytes(children: bool = False) -> int:

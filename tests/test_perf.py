@@ -65,8 +65,27 @@ def test_tune_process_sets_allocator_and_threads_idempotently() -> None:
     if not before["glibc"]:
         pytest.skip("not glibc: tune_process leaves the allocator alone")
     assert before["tuned"] is False  # glibc's default: a 48 MB block comes from mmap
-    assert first["allocator"]["mmap_threshold"] and first["allocator"]["trim_threshold"]
-    assert after == {"glibc": True, "tuned": True, "probe_mmapped": False}
+    assert first["allocator"]["mmap_threshold"] and first["allocator"]["trim"] == "never"
+    assert after == {"glibc": True, "tuned": True, "probe_mmapped": False, "keeps_freed_top": True}
+
+
+def test_trim_probe_tells_a_finite_threshold_from_never() -> None:
+    # The setting before this probe existed: a 2 GiB trim threshold, which a batch-32 step at
+    # 640x640 exceeds when it frees conv1's output and gradient together.
+    code = (
+        "import ctypes, json; from leafnet import perf\n"
+        "libc = perf._glibc()\n"
+        "libc.mallopt(perf._M_MMAP_THRESHOLD, perf._THRESHOLD)\n"
+        "libc.mallopt(perf._M_TRIM_THRESHOLD, perf._THRESHOLD)\n"
+        "print(json.dumps(perf.allocator_state()))"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    if not state["glibc"]:
+        pytest.skip("not glibc")
+    assert state["tuned"] is True
+    assert state["keeps_freed_top"] is False
 
 
 def test_allocator_is_tuned_inside_a_training_process(tmp_path: Path) -> None:
@@ -80,6 +99,7 @@ def test_allocator_is_tuned_inside_a_training_process(tmp_path: Path) -> None:
     if not seen["allocator"]["glibc"]:
         pytest.skip("not glibc")
     assert seen["allocator"]["tuned"] is True
+    assert seen["allocator"]["keeps_freed_top"] is True
 
 
 # Every way a CPU tensor's value reaches Python: each one waits for the device on a GPU.
