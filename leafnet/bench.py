@@ -144,6 +144,10 @@ def _work_leafnet(a: dict[str, Any]) -> dict[str, Any]:
             self.prof: Any = None
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if "allocator" not in info:
+                # Before the first step: afterwards the heap holds GBs of free memory, which
+                # serves the 48 MB probe whatever the threshold (allocator_state says None).
+                info["allocator"] = allocator_state()
             if "channels_last" not in info:
                 x = module.to_input(batch[0][:1])  # what the network is fed, per micro-batch
                 info["batch_channels_last"] = x.is_contiguous(memory_format=torch.channels_last)
@@ -171,7 +175,7 @@ def _work_leafnet(a: dict[str, Any]) -> dict[str, Any]:
     if timer.prof is not None:
         timer.prof.__exit__(None, None, None)
         info["profile"] = _profile_rows(timer.prof, a["steps"])
-    return {"times": timer.times, "allocator": allocator_state(), **info}
+    return {"times": timer.times, **info}
 
 
 def _profile_rows(prof: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
@@ -216,7 +220,8 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
             (F.cross_entropy(run(xc), yc, reduction="sum") / len(x)).backward()
         opt.step()
 
-    return {"times": _timed(step, a), "allocator": allocator_state()}
+    allocator = allocator_state()  # before the first step, as for leafnet
+    return {"times": _timed(step, a), "allocator": allocator}
 
 
 def _timed(step: Any, a: dict[str, Any]) -> list[float]:
@@ -357,6 +362,16 @@ def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1][len("BENCH_RESULT ") :])
 
 
+def _auto_micro_batch(image_size: int, batch: int) -> int:
+    """The micro-batch `python -m leafnet.train` picks for this size and batch (micro_batch_size=auto)."""
+    from leafnet.config import compose
+    from leafnet.model import LeafNet
+    from leafnet.module import auto_micro_batch_size
+
+    max_memory_gb = float(compose("train", []).max_memory_gb)
+    return auto_micro_batch_size(LeafNet(image_size), batch, max_memory_gb)
+
+
 def available(name: str) -> str | None:
     """Why a contender cannot run here, or None."""
     import importlib.util
@@ -387,7 +402,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     skipped = {c: why for c in contenders if (why := available(c))}
     contenders = [c for c in contenders if c not in skipped]
-    micro = args.micro_batch or args.batch
+    micro = args.micro_batch or _auto_micro_batch(args.image_size, args.batch)
     rounds = max(1, min(args.rounds, args.steps))
     # Enough training images that each worker's warm-up and timed steps are full batches of one
     # epoch: a partial last batch or an epoch boundary inside the timing skews the median.
@@ -457,7 +472,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if args.profile and "leafnet" in contenders:
         print("profile: leafnet, 2 steps", file=sys.stderr)
-        prof = _spawn("leafnet", {**base, "steps": 2, "profile": True}, args.timeout)
+        # Three more warm-up steps than the timed runs: the steps right after warm-up can still
+        # grow the heap (first-touch page faults charged to fill_), which the medians leave out.
+        profiled = {**base, "warmup": base["warmup"] + 3, "steps": 2, "profile": True}
+        prof = _spawn("leafnet", profiled, args.timeout)
         extra["profile"] = prof.get("profile", prof.get("error"))
     if not args.no_data:
         print("data pipeline and predict", file=sys.stderr)
@@ -557,7 +575,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--batch", type=int, default=32, help="optimizer batch")
     p.add_argument(
-        "--micro-batch", type=int, default=None, help="images per forward/backward (default: batch)"
+        "--micro-batch",
+        type=int,
+        default=None,
+        help="images per forward/backward (default: what leafnet.train picks, micro_batch_size=auto)",
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per contender (median; >= 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per process")

@@ -30,6 +30,7 @@ from torchmetrics.classification import (
 from leafnet.data.images import Preprocessing, to_float
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
+from leafnet.perf import HEAP_KEEP_BYTES
 
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 
@@ -48,8 +49,8 @@ def activation_bytes_per_image(net: LeafNet) -> int:
 
     Forward keeps every layer's float output (the float input too), max-pooling keeps int64
     indices, and backward holds gradients about as large alongside: hence a factor of 2 on the
-    sum (an estimate, not yet checked against measured peak memory). At 640x640 that is about
-    154 MiB per image, so the default max_memory_gb=6 gives micro-batches of 39.
+    sum (an estimate). At 640x640 that is about 154 MiB per image, so the default max_memory_gb=6
+    alone would allow micro-batches of 39; the heap limit in `auto_micro_batch_size` is lower.
     """
     floats = net.in_channels * net.image_size**2
     for row in net.layer_table():
@@ -58,8 +59,28 @@ def activation_bytes_per_image(net: LeafNet) -> int:
     return 2 * 4 * floats
 
 
+def freed_at_once_bytes_per_image(net: LeafNet) -> int:
+    """Bytes one image's backward frees in one go, estimated from the layer shapes.
+
+    The largest layer output and its gradient (at 640x640 conv1's float output, 52 MB per image,
+    kept for max-pool's backward), plus a quarter for what is freed with them: the pooled outputs,
+    their int64 indices and conv2's output come to about 25 MB per image at 640x640.
+    """
+    largest = max(
+        math.prod(d for d in row.output_shape if d is not None) for row in net.layer_table()
+    )
+    return 2 * 4 * largest * 5 // 4
+
+
 def auto_micro_batch_size(net: LeafNet, batch_size: int, max_memory_gb: float) -> int:
-    """The largest micro-batch whose activations fit `max_memory_gb`, at most `batch_size`."""
+    """The largest micro-batch that fits `max_memory_gb` and the heap, at most `batch_size`.
+
+    The heap limit: memory a micro-batch frees at once must stay below what the allocator keeps
+    for the next one (`perf.HEAP_KEEP_BYTES`, 2 GiB); above it every step page-faults its largest
+    buffers in again and runs about twice as slow. Half the limit, because near it some steps
+    still trimmed (measured at 640x640, batch 256: micro-batch 16, 71 ms/image; 12, 25 ms/image
+    but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps micro-batches at 8.
+    """
     per_image = activation_bytes_per_image(net)
     fits = int(max_memory_gb * 2**30 // per_image)
     if fits < 1:
@@ -68,7 +89,8 @@ def auto_micro_batch_size(net: LeafNet, batch_size: int, max_memory_gb: float) -
             f"image (needs about {per_image / 2**30:.2f} GB); raise max_memory_gb or lower "
             "data.image_size"
         )
-    return min(batch_size, fits)
+    kept = max(1, HEAP_KEEP_BYTES // (2 * freed_at_once_bytes_per_image(net)))
+    return min(batch_size, fits, kept)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]):

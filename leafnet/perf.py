@@ -4,12 +4,15 @@ Why the allocator matters: at 640x640 one training step allocates and frees acti
 hundreds of MB to GB. glibc serves anything above its mmap threshold (at most 32 MB by default,
 dynamically) with a fresh ``mmap`` and returns it with ``munmap`` on free, so every step pays the
 page faults and zeroing of those pages again; measured on a 2-core EPYC that made a step ~3x
-slower (220 vs 73 ms per image). Raising ``M_MMAP_THRESHOLD`` keeps those buffers in the heap.
-That is not enough on its own: when a step frees its conv1 output and gradient together (2 x 1.7
-GB at batch 32), the heap's free top passes any trim threshold an int can express (2 GiB), glibc
-gives it back, and the next step faults it all in again: 53-79 ms per image instead of 26, the
-bimodal step times seen before this was found. ``M_TRIM_THRESHOLD = -1`` disables trimming
-(``man mallopt``), so the process keeps its peak heap, which the next step reuses.
+slower (220 vs 73 ms per image). Raising ``M_MMAP_THRESHOLD`` keeps those buffers in the heap, and
+raising ``M_TRIM_THRESHOLD`` stops glibc from handing a freed heap top back to the OS.
+
+Both take an int, so 2 GiB is as far as they go. A step that frees more than that at once still
+gets trimmed and faults it all in again next step: at 640x640 a micro-batch of 32 frees conv1's
+output and its gradient together (2 x 1.7 GB), which made steps bimodal, 26 or 53-79 ms per image.
+``HEAP_KEEP_BYTES`` is that limit; ``leafnet.module.auto_micro_batch_size`` keeps micro-batches
+below it. (Turning trimming off altogether, ``M_TRIM_THRESHOLD=-1``, was measured too: as fast,
+but the heap then only grows with fragmentation, to 10.7 GB peak at batch 256 against 8 GiB.)
 
 ``tune_process()`` is idempotent and a no-op where the C library is not glibc.
 ``allocator_state()`` reads the setting back from the live allocator (a probe allocation), so a
@@ -30,11 +33,10 @@ import torch
 # mallopt parameter numbers from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# mallopt takes an int: the largest mmap threshold is 2 GiB - 1, which covers a batch-32 conv1
-# activation at 640x640 (32 x 52 MB); bigger buffers still get mmap, but micro-batching keeps
-# them rare. A trim threshold of -1 becomes SIZE_MAX inside glibc: never trim.
+# mallopt takes an int: 2 GiB - 1 is the largest threshold it accepts.
 _THRESHOLD = 2**31 - 1
-_NEVER_TRIM = -1
+# What a step may free at once and still find in the heap next step (see the module docstring).
+HEAP_KEEP_BYTES = _THRESHOLD
 # The probe size: above glibc's default dynamic mmap ceiling (32 MB), below _THRESHOLD.
 _PROBE_BYTES = 48 << 20
 # glibc chunk header: the size word sits just before the user pointer; bit 1 marks an mmapped chunk.
@@ -77,9 +79,7 @@ def physical_cores() -> int:
 
 
 def tune_process(threads: int | None = None) -> dict[str, Any]:
-    """Raise glibc's mmap threshold, stop heap trimming, set torch's intra-op threads.
-
-    Returns what it set.
+    """Raise glibc's mmap and trim thresholds and set torch's intra-op threads; returns what it set.
 
     ``threads`` None means: keep an explicit ``OMP_NUM_THREADS``, else use the physical cores.
     Calling it again only changes the thread count when ``threads`` is given.
@@ -91,9 +91,9 @@ def tune_process(threads: int | None = None) -> dict[str, Any]:
         if libc is not None:
             allocator["glibc_version"] = libc.gnu_get_libc_version().decode()
             ok_mmap = libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD) == 1
-            ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1
+            ok_trim = libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD) == 1
             allocator["mmap_threshold"] = _THRESHOLD if ok_mmap else None
-            allocator["trim"] = "never" if ok_trim else None
+            allocator["trim_threshold"] = _THRESHOLD if ok_trim else None
         _state = {"allocator": allocator}
     if threads is None and "threads" not in _state:
         threads = None if os.environ.get("OMP_NUM_THREADS") else physical_cores()
@@ -142,12 +142,12 @@ def _is_mmapped(ptr: int) -> bool:
 
 
 def _heap_keeps_freed_top(libc: ctypes.CDLL) -> bool | None:
-    """Whether freeing more than 2 GiB at the heap's top leaves it in the heap (no trimming).
+    """Whether 1.6 GB freed at the heap's top stays in the heap (as a step's buffers must).
 
-    Two 1.1 GiB blocks are allocated and freed untouched: their pages are never faulted in, so
+    Two 800 MB blocks are allocated and freed untouched: their pages are never faulted in, so
     the probe costs address space, not memory. None if glibc put them outside the main heap.
     """
-    block = 1100 << 20
+    block = 800 << 20
     ptrs = [libc.malloc(block) for _ in range(2)]
     held = _heap_free_bytes(libc)
     inside = all(ptrs) and not any(_is_mmapped(p) for p in ptrs)
@@ -155,8 +155,7 @@ def _heap_keeps_freed_top(libc: ctypes.CDLL) -> bool | None:
         if ptr:
             libc.free(ptr)
     # Measured against the free bytes while the blocks were held: a heap that already kept a
-    # large free top serves the probe from it, and still keeps it.
-    # Trimming would leave only its top pad (128 KB) of the 2.2 GB.
+    # large free top serves the probe from it. Trimming would leave only its top pad (128 KB).
     return _heap_free_bytes(libc) - held > block if inside else None
 
 
@@ -164,8 +163,8 @@ def allocator_state() -> dict[str, Any]:
     """What the live allocator does now, read from glibc itself rather than remembered.
 
     ``tuned``: a 48 MB block comes from the heap, not a fresh mmap (read from the chunk header
-    glibc keeps before every block). ``keeps_freed_top``: freeing over 2 GiB at the heap's top
-    does not hand it back to the OS (None where the probe could not tell).
+    glibc keeps before every block). ``keeps_freed_top``: freeing 1.6 GB at the heap's top does
+    not hand it back to the OS (None where the probe could not tell).
     """
     libc = _glibc()
     if libc is None:

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
-from leafnet.module import LeafClassifier, auto_micro_batch_size
+from leafnet.module import LeafClassifier, auto_micro_batch_size, freed_at_once_bytes_per_image
+from leafnet.perf import HEAP_KEEP_BYTES
 
 MODEL = {"image_size": 24, "conv1_filters": 8, "conv2_filters": 4, "dense_units": 8}
 SGD = {"name": "sgd", "momentum": 0.0}
@@ -81,7 +82,13 @@ def test_hparams_are_primitives() -> None:
 def test_auto_micro_batch_size() -> None:
     net = LeafNet(image_size=640)
     micro = auto_micro_batch_size(net, 256, 6.0)
-    assert 8 <= micro < 256
+    assert 1 <= micro < 256
+    # Memory freed at once stays within half of what the heap keeps between steps.
+    assert 2 * micro * freed_at_once_bytes_per_image(net) <= HEAP_KEEP_BYTES
+    assert 2 * (micro + 1) * freed_at_once_bytes_per_image(net) > HEAP_KEEP_BYTES
+    # conv1's float output and its gradient dominate: 52 MB each per image at 640x640.
+    assert freed_at_once_bytes_per_image(net) >= 2 * 4 * 32 * 640 * 640
+    assert auto_micro_batch_size(LeafNet(image_size=320), 256, 6.0) > micro  # a quarter the size
     assert auto_micro_batch_size(LeafNet(image_size=32), 32, 6.0) == 32  # never above the batch
     with pytest.raises(LeafnetError, match="max_memory_gb"):
         auto_micro_batch_size(net, 32, 0.01)
