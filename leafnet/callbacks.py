@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = (
     "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s",
-    "images_per_s",
+    "images_per_s", "data_wait_share",
 )  # fmt: skip
 
 
@@ -163,7 +163,11 @@ class DeadUnits(Callback):
 
 
 class EpochMetrics(Callback):
-    """Epoch time and training images/s (logged), and `metrics.csv`: one row per epoch.
+    """Epoch time, training images/s and data-wait share (logged), and `metrics.csv` per epoch.
+
+    The data-wait share is the host time from one training batch's end to the next one's start
+    (the loader, the transfer to the device, callbacks) over the training loop's time: near 0
+    when data keeps up. On a GPU the step part counts host time only (kernels run async).
 
     Epochs are counted from 1 (the number of epochs completed). On resume, rows beyond the
     checkpoint's epoch are dropped, so the file matches the weights.
@@ -177,6 +181,10 @@ class EpochMetrics(Callback):
         self._train_time: float | None = None
         self._images = 0
         self._lr = math.nan
+        self._mark = 0.0  # end of the previous batch (or the epoch's start)
+        self._batch_start = 0.0
+        self._wait = 0.0
+        self._busy = 0.0
 
     def _path(self, trainer: pl.Trainer) -> Path:
         return Path(trainer.default_root_dir) / self.filename
@@ -190,14 +198,21 @@ class EpochMetrics(Callback):
             self._write(path)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = time.perf_counter()
+        self._start = self._mark = time.perf_counter()
         self._train_time = None
         self._images = 0
+        self._wait = self._busy = 0.0
         optimizers = trainer.optimizers
         self._lr = optimizers[0].param_groups[0]["lr"] if optimizers else math.nan
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
+        self._wait += self._batch_start - self._mark
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images += len(batch[1])
+        self._mark = time.perf_counter()
+        self._busy += self._mark - self._batch_start
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and self._train_time is None:
@@ -209,6 +224,8 @@ class EpochMetrics(Callback):
         images_per_s = self._images * trainer.world_size / max(train_time, 1e-9)
         pl_module.log("epoch_time_s", epoch_time, on_epoch=True, sync_dist=False)
         pl_module.log("images_per_s", images_per_s, on_epoch=True, sync_dist=False)
+        wait_share = self._wait / max(self._wait + self._busy, 1e-9)
+        pl_module.log("data_wait_share", wait_share, on_epoch=True, sync_dist=False)
         m = trainer.callback_metrics
         row = {
             "epoch": trainer.current_epoch + 1,
@@ -220,12 +237,14 @@ class EpochMetrics(Callback):
             "lr": self._lr,
             "epoch_time_s": round(epoch_time, 3),
             "images_per_s": round(images_per_s, 2),
+            "data_wait_share": round(wait_share, 4),
         }
         self.rows.append(row)
         log.info(
-            "epoch %d: train_loss %.4f acc %.3f | val_loss %.4f acc %.3f | %.1fs, %.1f img/s",
+            "epoch %d: train_loss %.4f acc %.3f | val_loss %.4f acc %.3f | %.1fs, %.1f img/s, "
+            "data wait %.1f%%",
             row["epoch"], row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-            epoch_time, images_per_s,
+            epoch_time, images_per_s, 100 * wait_share,
         )  # fmt: skip
         if trainer.is_global_zero:
             self._write(self._path(trainer))

@@ -30,7 +30,7 @@ from torchmetrics.classification import (
 from leafnet.data.images import Preprocessing, to_float
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
-from leafnet.perf import HEAP_KEEP_BYTES
+from leafnet.perf import HEAP_KEEP_BYTES, runs_on_cpu
 
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 
@@ -72,10 +72,13 @@ def freed_at_once_bytes_per_image(net: LeafNet) -> int:
     return 2 * 4 * largest * 5 // 4
 
 
-def auto_micro_batch_size(net: LeafNet, batch_size: int, max_memory_gb: float) -> int:
+def auto_micro_batch_size(
+    net: LeafNet, batch_size: int, max_memory_gb: float, heap_limited: bool = True
+) -> int:
     """The largest micro-batch that fits `max_memory_gb` and the heap, at most `batch_size`.
 
-    The heap limit: memory a micro-batch frees at once must stay below what the allocator keeps
+    The heap limit (`heap_limited`: training on the CPU, where activations live in the heap):
+    memory a micro-batch frees at once must stay below what the allocator keeps
     for the next one (`perf.HEAP_KEEP_BYTES`, 2 GiB); above it every step page-faults its largest
     buffers in again and runs about twice as slow. Half the limit, because near it some steps
     still trimmed (measured at 640x640, batch 256: micro-batch 16, 71 ms/image; 12, 25 ms/image
@@ -89,6 +92,8 @@ def auto_micro_batch_size(net: LeafNet, batch_size: int, max_memory_gb: float) -
             f"image (needs about {per_image / 2**30:.2f} GB); raise max_memory_gb or lower "
             "data.image_size"
         )
+    if not heap_limited:
+        return min(batch_size, fits)
     kept = max(1, HEAP_KEEP_BYTES // (2 * freed_at_once_bytes_per_image(net)))
     return min(batch_size, fits, kept)
 
@@ -185,7 +190,10 @@ class LeafClassifier(pl.LightningModule):
         batch_size = int(cfg["batch_size"])
         micro = cfg.get("micro_batch_size")
         if micro in ("auto", None):
-            micro = auto_micro_batch_size(LeafNet(**model), batch_size, cfg["max_memory_gb"])
+            on_cpu = runs_on_cpu(str(cfg.get("trainer", {}).get("accelerator", "auto")))
+            micro = auto_micro_batch_size(
+                LeafNet(**model), batch_size, cfg["max_memory_gb"], heap_limited=on_cpu
+            )
         return cls(
             model=model,
             optimizer=cfg["optimizer"],

@@ -78,6 +78,13 @@ def physical_cores() -> int:
     return max(1, min(allowed, physical))
 
 
+def runs_on_cpu(accelerator: str) -> bool:
+    """Whether a Lightning `accelerator` setting trains on the CPU here ("auto" prefers CUDA, MPS)."""
+    if accelerator == "auto":
+        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return accelerator == "cpu"
+
+
 def tune_process(threads: int | None = None) -> dict[str, Any]:
     """Raise glibc's mmap and trim thresholds and set torch's intra-op threads; returns what it set.
 

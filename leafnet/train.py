@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from leafnet.config import CONFIG_DIR, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
 from leafnet.module import LeafClassifier
-from leafnet.perf import peak_rss_bytes, tune_process
+from leafnet.perf import peak_rss_bytes, runs_on_cpu, tune_process
 from leafnet.sweep import split_threads
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,6 @@ class Diverged(LeafnetError):
 
 
 # -- checks ----------------------------------------------------------------------------------------
-
-
-def _runs_on_cpu(trainer_cfg: DictConfig) -> bool:
-    accelerator = str(trainer_cfg.get("accelerator", "auto"))
-    if accelerator == "auto":
-        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    return accelerator == "cpu"
 
 
 def cpu_has_bf16() -> bool:
@@ -92,7 +85,7 @@ def validate(cfg: DictConfig) -> None:
     precision = str(cfg.precision)
     if precision not in PRECISIONS:
         raise LeafnetError(f"precision={precision} is unknown; use one of {', '.join(PRECISIONS)}")
-    if _runs_on_cpu(cfg.trainer):
+    if runs_on_cpu(str(cfg.trainer.get("accelerator", "auto"))):
         if precision.startswith("16"):
             raise LeafnetError(
                 f"precision={precision} needs a GPU; on the CPU use precision=32-true"

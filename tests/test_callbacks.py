@@ -1,15 +1,19 @@
-"""Training callbacks that diagnose a run: DeadUnits counts the hidden units still firing."""
+"""Training callbacks that diagnose a run: DeadUnits counts the hidden units still firing,
+EpochMetrics measures how long the loop waits for data."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from leafnet.callbacks import DeadUnits
+from leafnet.callbacks import DeadUnits, EpochMetrics
 from leafnet.module import LeafClassifier
 
 MODEL = {"image_size": 24, "conv1_filters": 4, "conv2_filters": 4, "dense_units": 8}
@@ -54,3 +58,66 @@ def test_dead_units_warns_when_every_unit_is_dead(caplog: pytest.LogCaptureFixtu
     assert module.hidden_units_alive == 0
     assert "all 8 units of layer 'dense' output 0" in caplog.text
     assert "dying ReLU" in caplog.text
+
+
+class SleepyDataset(TensorDataset):
+    """A dataset whose every item takes `delay` seconds to load."""
+
+    def __init__(self, *tensors: torch.Tensor, delay: float) -> None:
+        super().__init__(*tensors)
+        self.delay = delay
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        time.sleep(self.delay)
+        return super().__getitem__(index)
+
+
+def data_wait_share(tmp_path: Path, load_delay: float, step_delay: float) -> tuple[float, float]:
+    """Fit 2 epochs of 3 batches; the share EpochMetrics logged and wrote for the last epoch."""
+    torch.manual_seed(0)
+    module = LeafClassifier(
+        model=MODEL,
+        optimizer={"name": "sgd"},
+        class_names=["a", "b", "c"],
+        preprocessing={"image_size": 24},
+    )
+    step = module.training_step
+
+    def slow_step(batch, batch_idx):
+        time.sleep(step_delay)
+        return step(batch, batch_idx)
+
+    module.training_step = slow_step
+    x = torch.randint(0, 256, (12, 3, 24, 24), dtype=torch.uint8)
+    data = SleepyDataset(x, torch.arange(12) % 3, delay=load_delay)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[EpochMetrics()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    with (tmp_path / "metrics.csv").open() as f:
+        written = float(list(csv.DictReader(f))[-1]["data_wait_share"])
+    return float(trainer.callback_metrics["data_wait_share"]), written
+
+
+def test_data_wait_share_is_high_when_loading_is_slow(tmp_path: Path) -> None:
+    # 4 items x 200 ms to load each batch, against a step of a few ms (up to ~100 ms measured on
+    # a loaded 2-core machine, where OpenMP threads contend).
+    logged, written = data_wait_share(tmp_path, load_delay=0.2, step_delay=0.0)
+    assert logged > 0.75, f"data wait share {logged}"
+    assert written == pytest.approx(logged, abs=1e-4)
+
+
+def test_data_wait_share_is_low_when_the_step_is_slow(tmp_path: Path) -> None:
+    # Batches from memory, a 200 ms step: the loop waits for the step, not the data.
+    logged, written = data_wait_share(tmp_path, load_delay=0.0, step_delay=0.2)
+    assert logged < 0.2, f"data wait share {logged}"
+    assert written == pytest.approx(logged, abs=1e-4)

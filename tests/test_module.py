@@ -89,6 +89,8 @@ def test_auto_micro_batch_size() -> None:
     # conv1's float output and its gradient dominate: 52 MB each per image at 640x640.
     assert freed_at_once_bytes_per_image(net) >= 2 * 4 * 32 * 640 * 640
     assert auto_micro_batch_size(LeafNet(image_size=320), 256, 6.0) > micro  # a quarter the size
+    # On a GPU activations are not in the heap: only max_memory_gb limits (6 GiB / 154 MiB = 39).
+    assert auto_micro_batch_size(net, 256, 6.0, heap_limited=False) == 39
     assert auto_micro_batch_size(LeafNet(image_size=32), 32, 6.0) == 32  # never above the batch
     with pytest.raises(LeafnetError, match="max_memory_gb"):
         auto_micro_batch_size(net, 32, 0.01)
