@@ -19,14 +19,18 @@ from leafnet.module import LeafClassifier
 MODEL = {"image_size": 24, "conv1_filters": 4, "conv2_filters": 4, "dense_units": 8}
 
 
-def validate(kill: bool, caplog: pytest.LogCaptureFixture) -> LeafClassifier:
+def tiny_classifier(optimizer: str) -> LeafClassifier:
     torch.manual_seed(0)
-    module = LeafClassifier(
+    return LeafClassifier(
         model=MODEL,
-        optimizer={"name": "adam"},
+        optimizer={"name": optimizer},
         class_names=["a", "b", "c"],
         preprocessing={"image_size": 24},
     )
+
+
+def validate(kill: bool, caplog: pytest.LogCaptureFixture) -> LeafClassifier:
+    module = tiny_classifier("adam")
     if kill:  # what a too-large Adam step does: every pre-activation of `dense` below zero
         with torch.no_grad():
             module.net.dense.weight.fill_(-1.0)
@@ -74,13 +78,7 @@ class SleepyDataset(TensorDataset):
 
 def data_wait_share(tmp_path: Path, load_delay: float, step_delay: float) -> tuple[float, float]:
     """Fit 2 epochs of 3 batches; the share EpochMetrics logged and wrote for the last epoch."""
-    torch.manual_seed(0)
-    module = LeafClassifier(
-        model=MODEL,
-        optimizer={"name": "sgd"},
-        class_names=["a", "b", "c"],
-        preprocessing={"image_size": 24},
-    )
+    module = tiny_classifier("sgd")
     step = module.training_step
 
     def slow_step(batch, batch_idx):
