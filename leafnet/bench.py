@@ -83,12 +83,18 @@ def _peak_rss_gb() -> float:
     return peak_rss_bytes() / 2**30
 
 
-def steps_trainer(max_steps: int, callbacks: list[Any] | None = None) -> Any:
-    """A CPU Trainer that only trains `max_steps` steps: no validation, logger or checkpoints."""
+def steps_trainer(
+    max_steps: int,
+    callbacks: list[Any] | None = None,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+) -> Any:
+    """A one-device Trainer that only trains `max_steps` steps: no validation, logger, checkpoints."""
     import lightning.pytorch as pl
 
     return pl.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        precision=precision,
         devices=1,
         max_steps=max_steps,
         limit_val_batches=0,
@@ -142,6 +148,7 @@ def _work_leafnet(a: dict[str, Any]) -> dict[str, Any]:
             self.last = 0.0
             self.times: list[float] = []
             self.prof: Any = None
+            self.prof_start = 0.0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if "allocator" not in info:
@@ -158,10 +165,16 @@ def _work_leafnet(a: dict[str, Any]) -> dict[str, Any]:
                     info["batch_channels_last"] and info["weights_channels_last"]
                 )
             if a["profile"] and trainer.global_step == a["warmup"] and self.prof is None:
-                self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if module.device.type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=activities)
                 self.prof.__enter__()
+                self.prof_start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            if module.device.type == "cuda":  # the bench's own sync: kernels run async
+                torch.cuda.synchronize()
             now = time.perf_counter()
             # Only full optimizer batches count: an epoch's smaller last batch (at batch 256 the
             # bench set holds one full batch per epoch) would pass for a very fast full one.
@@ -170,11 +183,17 @@ def _work_leafnet(a: dict[str, Any]) -> dict[str, Any]:
             self.last = now
 
     timer = StepTimer()
-    trainer = steps_trainer(a["warmup"] + a["steps"], [timer])
+    trainer = steps_trainer(a["warmup"] + a["steps"], [timer], a["accelerator"], a["precision"])
     trainer.fit(classifier, datamodule=datamodule)
     if timer.prof is not None:
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - timer.prof_start
         timer.prof.__exit__(None, None, None)
         info["profile"] = _profile_rows(timer.prof, a["steps"])
+        device_s = sum(e.self_device_time_total for e in timer.prof.key_averages()) / 1e6
+        if device_s > 0:  # kernels on one stream: their time over the wall time of the steps
+            info["gpu_busy_share"] = device_s / wall
     return {"times": timer.times, **info}
 
 
@@ -205,12 +224,14 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
         tune_process()
     else:
         torch.set_num_threads(physical_cores())
+    device = torch.device("cuda" if a["accelerator"] == "gpu" else "cpu")
     fmt = torch.channels_last if "cl" in options else torch.contiguous_format
-    net = LeafNet(a["image_size"]).to(memory_format=fmt)
+    net = LeafNet(a["image_size"]).to(device=device, memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1e-7)
     run = torch.compile(net) if "compile" in options else net
-    x8 = torch.randint(0, 256, (a["batch"], 3, a["image_size"], a["image_size"]), dtype=torch.uint8)
-    y = torch.randint(0, 3, (a["batch"],))
+    shape = (a["batch"], 3, a["image_size"], a["image_size"])
+    x8 = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+    y = torch.randint(0, 3, (a["batch"],), device=device)
     micro = a["micro"] or a["batch"]
 
     def step() -> None:
@@ -219,6 +240,8 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
         for xc, yc in zip(x.split(micro), y.split(micro), strict=True):
             (F.cross_entropy(run(xc), yc, reduction="sum") / len(x)).backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     allocator = allocator_state()  # before the first step, as for leafnet
     return {"times": _timed(step, a), "allocator": allocator}
@@ -362,14 +385,16 @@ def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1][len("BENCH_RESULT ") :])
 
 
-def _auto_micro_batch(image_size: int, batch: int) -> int:
-    """The micro-batch `python -m leafnet.train` picks for this size and batch (micro_batch_size=auto)."""
+def _auto_micro_batch(image_size: int, batch: int, accelerator: str) -> int:
+    """The micro-batch `python -m leafnet.train` picks here (micro_batch_size=auto)."""
     from leafnet.config import compose
     from leafnet.model import LeafNet
     from leafnet.module import auto_micro_batch_size
 
     max_memory_gb = float(compose("train", []).max_memory_gb)
-    return auto_micro_batch_size(LeafNet(image_size), batch, max_memory_gb)
+    return auto_micro_batch_size(
+        LeafNet(image_size), batch, max_memory_gb, heap_limited=accelerator == "cpu"
+    )
 
 
 def available(name: str) -> str | None:
@@ -402,7 +427,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     skipped = {c: why for c in contenders if (why := available(c))}
     contenders = [c for c in contenders if c not in skipped]
-    micro = args.micro_batch or _auto_micro_batch(args.image_size, args.batch)
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        raise LeafnetError("--accelerator gpu: no CUDA GPU is visible here; use --accelerator cpu")
+    micro = args.micro_batch or _auto_micro_batch(args.image_size, args.batch, args.accelerator)
     rounds = max(1, min(args.rounds, args.steps))
     # Enough training images that each worker's warm-up and timed steps are full batches of one
     # epoch: a partial last batch or an epoch boundary inside the timing skews the median.
@@ -418,6 +445,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "cache_dir": str(data_dir.parent / f".cache_{data_dir.name}"),
         "profile": False,
+        "accelerator": args.accelerator,
+        "precision": args.precision,
         "predict_images": args.predict_images,
         "predict_batch": args.predict_batch,
     }
@@ -477,6 +506,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         profiled = {**base, "warmup": base["warmup"] + 3, "steps": 2, "profile": True}
         prof = _spawn("leafnet", profiled, args.timeout)
         extra["profile"] = prof.get("profile", prof.get("error"))
+        if "gpu_busy_share" in prof:
+            extra["gpu_busy_share"] = prof["gpu_busy_share"]
     if not args.no_data:
         print("data pipeline and predict", file=sys.stderr)
         extra["data"] = {
@@ -500,6 +531,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "steps": args.steps,
             "warmup": args.warmup,
             "rounds": rounds,
+            "accelerator": args.accelerator,
+            "precision": args.precision,
+            "gpu": torch.cuda.get_device_name(0) if args.accelerator == "gpu" else None,
         },
         "train_gflop_per_image": flops / 1e9,
         "roofline_gflops": peak,
@@ -527,6 +561,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"leafnet bench {report['date']}  {report['machine']['cpu']}, {report['machine']['threads']} threads, "
         f"torch {report['machine']['torch']}, load {report['machine']['load_avg_1m']:.1f}",
         f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
+        f"{c.get('accelerator', 'cpu')}{' ' + c['gpu'] if c.get('gpu') else ''}, "
+        f"leafnet precision {c.get('precision', '32-true')}, "
         f"median of {c['steps']} steps after {c['warmup']} warm-up, {c['rounds']} alternating rounds; "
         f"{report['train_gflop_per_image']:.2f} GFLOP/image; roofline (fp32 4096² matmul) "
         f"{report['roofline_gflops']:.0f} GFLOP/s",
@@ -562,6 +598,12 @@ def format_table(report: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"data: {pred.get('error') or cached.get('error')}")
+    if "gpu_busy_share" in report:
+        lines.append("")
+        lines.append(
+            f"GPU busy (kernel time over wall time, profiled leafnet steps): "
+            f"{report['gpu_busy_share']:.0%}"
+        )
     prof = report.get("profile")
     if isinstance(prof, list):
         lines.append("")
@@ -586,6 +628,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=int, default=2, help="alternating rounds the steps are spread over"
     )
     p.add_argument("--contenders", default=DEFAULT_CONTENDERS)
+    p.add_argument(
+        "--accelerator",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="where leafnet and the torch contenders train (Keras picks its own device)",
+    )
+    p.add_argument(
+        "--precision", default="32-true", help="leafnet's Trainer precision, e.g. 16-mixed on a GPU"
+    )
     p.add_argument("--threads", type=int, default=None, help="default: physical cores")
     p.add_argument(
         "--data-dir", default=None, help="an image folder (default: a generated synthetic set)"

@@ -1,0 +1,81 @@
+"""`python -m leafnet.bench` end to end at a tiny size: the report's figures hang together."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leafnet.bench import train_flops_per_image
+
+
+def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    # Run from tmp_path: the bench writes its generated data and reports under ./outputs/bench.
+    return subprocess.run(
+        [sys.executable, "-m", "leafnet.bench", *args],
+        cwd=tmp_path,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
+    result = bench(
+        tmp_path,
+        *("--image-size", "32", "--batch", "4", "--steps", "2", "--warmup", "1"),
+        *("--rounds", "1", "--contenders", "leafnet,torch+tuned+cl", "--profile"),
+        *("--predict-images", "8", "--predict-batch", "4"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = list((tmp_path / "outputs" / "bench").glob("*.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+
+    config = report["config"]
+    assert config["accelerator"] == "cpu" and config["precision"] == "32-true"
+    assert config["micro_batch"] == 4  # leafnet.train's auto micro-batch: the whole batch at 32 px
+    assert report["train_gflop_per_image"] == pytest.approx(train_flops_per_image(32) / 1e9)
+    assert report["roofline_gflops"] > 0
+    for name in ("leafnet", "torch+tuned+cl"):
+        row = report["contenders"][name]
+        assert row["steps_timed"] == 2 and len(row["step_s"]) == 2
+        assert row["ms_per_image"] > 0
+        assert row["images_per_s"] * row["ms_per_image"] == pytest.approx(1000)
+        gflops = report["train_gflop_per_image"] * row["images_per_s"]
+        assert row["gflops"] == pytest.approx(gflops)
+        assert row["roofline_share"] == pytest.approx(row["gflops"] / report["roofline_gflops"])
+        assert row["peak_rss_gb"] > 0
+    leafnet = report["contenders"]["leafnet"]
+    assert leafnet["channels_last"] is True
+    assert leafnet["allocator"]["glibc"] is False or leafnet["allocator"]["tuned"] is True
+    assert report["profile"] and all(p["ms_per_step"] >= 0 for p in report["profile"])
+    assert "gpu_busy_share" not in report  # CPU only
+    assert report["data"]["predict"]["predict_images"] == 8
+    assert report["data"]["predict"]["predict_images_per_s"] > 0
+    assert report["data"]["cached"]["cached_images_per_s"] > 0
+    # The terminal table names every contender with its figure.
+    assert f"| leafnet | {leafnet['ms_per_image']:.1f} |" in result.stdout
+    assert "| torch+tuned+cl |" in result.stdout
+    assert "cpu, leafnet precision 32-true" in result.stdout
+
+
+def test_bench_refuses_a_gpu_it_does_not_have(tmp_path: Path) -> None:
+    # bench() hides every GPU (CUDA_VISIBLE_DEVICES=""), so this holds on any machine.
+    result = bench(tmp_path, "--accelerator", "gpu", "--contenders", "leafnet")
+    assert result.returncode == 2
+    assert "no CUDA GPU is visible here; use --accelerator cpu" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing generated for a run that cannot start
+
+
+def test_bench_refuses_bad_sizes(tmp_path: Path) -> None:
+    result = bench(tmp_path, "--steps", "0")
+    assert result.returncode == 2
+    assert "--steps and --batch must be >= 1" in result.stderr
+    assert "Traceback" not in result.stderr
