@@ -634,8 +634,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="cpu",
         help="where leafnet and the torch contenders train (Keras picks its own device)",
     )
+    from leafnet.train import PRECISIONS
+
     p.add_argument(
-        "--precision", default="32-true", help="leafnet's Trainer precision, e.g. 16-mixed on a GPU"
+        "--precision",
+        choices=PRECISIONS,
+        default="32-true",
+        help="leafnet's Trainer precision, e.g. 16-mixed on a GPU",
     )
     p.add_argument("--threads", type=int, default=None, help="default: physical cores")
     p.add_argument(

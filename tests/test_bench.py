@@ -79,3 +79,10 @@ def test_bench_refuses_bad_sizes(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--steps and --batch must be >= 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_bench_refuses_an_unknown_precision(tmp_path: Path) -> None:
+    result = bench(tmp_path, "--precision", "8-bit")
+    assert result.returncode == 2
+    assert "--precision: invalid choice: '8-bit'" in result.stderr
+    assert "Traceback" not in result.stderr

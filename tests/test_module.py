@@ -82,7 +82,7 @@ def test_hparams_are_primitives() -> None:
 def test_auto_micro_batch_size() -> None:
     net = LeafNet(image_size=640)
     micro = auto_micro_batch_size(net, 256, 6.0)
-    assert 1 <= micro < 256
+    assert micro == 8  # the figure the README and the bench quote for 640x640
     # Memory freed at once stays within half of what the heap keeps between steps.
     assert 2 * micro * freed_at_once_bytes_per_image(net) <= HEAP_KEEP_BYTES
     assert 2 * (micro + 1) * freed_at_once_bytes_per_image(net) > HEAP_KEEP_BYTES
@@ -120,3 +120,17 @@ def test_train_val_and_test_feed_the_net_float_micro_batches_only() -> None:
     trainer.test(module, loader, verbose=False)
     assert len(seen) == 9  # 3 micro-batches each in train, validation and test
     assert all(n == 4 and dtype == torch.float32 for n, dtype in seen)
+
+
+def test_from_config_caps_micro_batches_on_the_cpu_only() -> None:
+    from leafnet.config import compose, to_primitive
+
+    def micro(accelerator: str) -> int:
+        cfg = to_primitive(compose("train", ["data.image_size=640"]))
+        cfg["trainer"]["accelerator"] = accelerator
+        module = LeafClassifier.from_config(cfg, ["a", "b", "c"], {"image_size": 640})
+        return module.hparams.micro_batch_size
+
+    assert micro("cpu") == 8  # the heap limit at 640x640
+    # On a GPU only max_memory_gb limits (39 images), so the whole batch of 32 goes at once.
+    assert micro("gpu") == 32

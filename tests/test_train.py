@@ -23,7 +23,9 @@ SUMMARY_KEYS = {
     "best_epoch", "final_val_loss", "final_train_loss", "test_acc", "test_f1_macro", "wall_time_s",
     "images_per_s", "peak_rss_gb", "diverged_at", "overrides",
 }  # fmt: skip
-METRICS_HEADER = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s,data_wait_share"
+METRICS_HEADER = (
+    "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s,data_wait_share"
+)
 
 
 def summary(run_dir: Path) -> dict:
