@@ -303,6 +303,9 @@ def test_train_batches_match_the_stored_images(tiny_image_dir):
     ds = dm.dataset("train")
     x, y = ds.__getitems__([0, 3])
     assert torch.equal(x[1], dm.images[ds.index[3]]) and y[1] == dm.labels[ds.index[3]]
+    # Stored and batched channels_last: augmentation gets HWC views, the step no permute.
+    assert dm.images.is_contiguous(memory_format=torch.channels_last)
+    assert x.is_contiguous(memory_format=torch.channels_last)
     single_x, single_y = ds[3]
     assert torch.equal(single_x, x[1]) and single_y == y[1]
 
@@ -318,6 +321,24 @@ def test_basic_augmentation_only_on_train(tiny_image_dir):
     auto = LeafDataModule(**tiny_data_cfg(tiny_image_dir, augment="basic"))
     assert auto.workers_for(augmented=True) == max(0, min(4, (os.cpu_count() or 1) - 1))
     assert auto.workers_for(augmented=False) == 0
+
+
+def test_basic_augmentation_rotates_in_the_pad_colour():
+    # A uniform image in the pad colour stays uniform through flips, rotation (corners filled
+    # with the pad colour) and colour jitter (which maps equal pixels to equal pixels); a wrong
+    # fill colour would show as corners that differ from the middle.
+    pad = [200, 40, 10]
+    augment = dm_module.basic_augmentation(pad)
+    image = torch.tensor(pad, dtype=torch.uint8).view(3, 1, 1).expand(3, 64, 64).contiguous()
+    torch.manual_seed(0)
+    for _ in range(8):
+        out = augment(image)
+        assert out.dtype == torch.uint8 and out.shape == image.shape
+        assert torch.equal(out, out[:, :1, :1].expand_as(out))
+    marked = image.clone()
+    marked[:, :8, :8] = 0  # a dark corner: some draws must move it
+    moved = [not torch.equal(augment(marked) == 0, marked == 0) for _ in range(8)]
+    assert any(moved)
 
 
 def test_properties_for_checkpoints(tiny_image_dir):
