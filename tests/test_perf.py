@@ -208,9 +208,11 @@ def test_training_steps_reuse_the_heap_at_640() -> None:
     # A steady step at micro-batch 8 allocates ~1 GB of activations: faulted in again each step
     # that is ~250,000 pages of 4 KB. Tuned, steps after the first find them in the heap. Now and
     # then the heap still grows by one buffer (102,400 pages, one micro-batch's conv1 output) as
-    # its layout settles, so the median step is what must be free of faults.
+    # its layout settles, so the median step is what must be (nearly) free of faults: a few MB of
+    # small allocations can still fault (1,106 pages seen once in CI), far below the ~250,000
+    # pages of a step that re-faults its activations.
     assert len(tuned) == 4
-    assert statistics.median(tuned[1:]) < 1_000, tuned
+    assert statistics.median(tuned[1:]) < 10_000, tuned
     # The control: glibc's defaults hand the buffers back to the OS after every step.
     untuned = faults("default")
     assert min(untuned[1:]) > 200_000, untuned
