@@ -390,10 +390,11 @@ def _auto_micro_batch(image_size: int, batch: int, accelerator: str) -> int:
     from leafnet.config import compose
     from leafnet.model import LeafNet
     from leafnet.module import auto_micro_batch_size
+    from leafnet.perf import runs_on_cpu
 
     max_memory_gb = float(compose("train", []).max_memory_gb)
     return auto_micro_batch_size(
-        LeafNet(image_size), batch, max_memory_gb, heap_limited=accelerator == "cpu"
+        LeafNet(image_size), batch, max_memory_gb, heap_limited=runs_on_cpu(accelerator)
     )
 
 

@@ -367,8 +367,7 @@ class LeafDataModule(L.LightningDataModule):
         self.images = torch.empty(
             (len(keep), *size), dtype=torch.uint8, memory_format=torch.channels_last
         )
-        for k, i in enumerate(keep):
-            self.images[k] = xs[i]
+        torch.stack([xs[i] for i in keep], out=self.images)
         del xs
         self.labels = torch.tensor([ys[i] for i in keep], dtype=torch.long)
         self.paths_used = [used[i] for i in keep]
