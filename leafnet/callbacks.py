@@ -84,16 +84,45 @@ class AtomicCheckpoint(ModelCheckpoint):
 
 
 class DivergenceStop(Callback):
-    """End training cleanly when the loss becomes NaN or infinite.
+    """End training cleanly when the loss becomes NaN or infinite, or explodes.
 
-    The module records the first non-finite step on the device; this callback reads it back every
-    `check_every_n_steps` steps and before each validation, one host sync per check rather than
-    per step. It sets `pl_module.diverged_at = {"epoch", "step"}` (epochs counted from 1, steps
-    from 0) and stops the trainer.
+    Two rules, either of which marks the run `diverged`:
+    - non-finite: the module records the first non-finite step on the device; this callback reads
+      it back every `check_every_n_steps` steps and before each validation, one host sync per
+      check rather than per step;
+    - exploding: an epoch's mean training loss above `max_loss_ratio` x ln(classes). ln(classes)
+      is the loss of a uniform guess, where every run starts; ten times that (11 for 3 classes)
+      means the predictions are confidently wrong by a wide margin, which a learning optimizer
+      never reaches (`optimizer=sgd lr=1000` ends epoch 1 at 345). `max_loss_ratio: null`
+      turns the rule off.
+    It sets `pl_module.diverged_at = {"epoch", "step", "reason", "loss"}` (epochs counted from 1,
+    steps from 0) and stops the trainer.
     """
 
-    def __init__(self, check_every_n_steps: int = 50) -> None:
+    def __init__(self, check_every_n_steps: int = 50, max_loss_ratio: float | None = 10.0) -> None:
         self.every = max(1, int(check_every_n_steps))
+        if max_loss_ratio is not None and not (
+            isinstance(max_loss_ratio, int | float) and max_loss_ratio > 1
+        ):
+            from leafnet.errors import LeafnetError
+
+            raise LeafnetError(
+                f"callbacks.divergence.max_loss_ratio={max_loss_ratio!r}: use a number > 1 or null"
+            )
+        self.max_loss_ratio = max_loss_ratio
+
+    def _stop(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        step: int,
+        reason: str,
+        loss: float,
+    ) -> None:
+        epoch = trainer.current_epoch + 1
+        pl_module.diverged_at = {"epoch": epoch, "step": step, "reason": reason, "loss": loss}
+        trainer.should_stop = True
+        log.warning("loss %s at epoch %d step %d (%.4g): stopping", reason, epoch, step, loss)
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if getattr(pl_module, "diverged_at", None) is not None:
@@ -101,11 +130,15 @@ class DivergenceStop(Callback):
         step = int(pl_module.nonfinite_step)
         if not trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
             return
-        pl_module.diverged_at = {"epoch": trainer.current_epoch + 1, "step": max(step, 0)}
-        trainer.should_stop = True
-        log.warning(
-            "loss is not finite at epoch %d step %d: stopping", trainer.current_epoch + 1, step
-        )
+        self._stop(trainer, pl_module, max(step, 0), "not finite", math.nan)
+
+    def _check_exploding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train_loss")
+        if self.max_loss_ratio is None or loss is None or pl_module.diverged_at is not None:
+            return
+        limit = self.max_loss_ratio * math.log(len(pl_module.hparams.class_names))
+        if float(loss) > limit:
+            self._stop(trainer, pl_module, trainer.global_step - 1, "exploding", float(loss))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % self.every == 0:
@@ -117,6 +150,7 @@ class DivergenceStop(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check(trainer, pl_module)
+        self._check_exploding(trainer, pl_module)
 
 
 class DeadUnits(Callback):
@@ -126,12 +160,14 @@ class DeadUnits(Callback):
     about lr per step, all in one direction when the features look alike, so the units'
     pre-activations jump by many times their spread and a unit pushed below zero for every image
     never gets a gradient again. With all of them dead the logits are constant and the loss sits
-    at ln(num_classes) for good. A forward hook on `dense` records on the device which units were
-    positive for at least one validation image; the count is read once per epoch, logged as
-    `val_alive_units`, kept as `pl_module.hidden_units_alive`, and a warning says what to change.
+    at ln(num_classes) for good. A forward hook on the network's `hidden_layer` (LeafNet's `dense`;
+    `layer` overrides it) records on the device which units were positive for at least one
+    validation image; the count is read once per epoch, logged as `val_alive_units`, kept as
+    `pl_module.hidden_units_alive`, and a warning says what to change. Networks without such a
+    layer (torchvision's) are not watched.
     """
 
-    def __init__(self, layer: str = "dense") -> None:
+    def __init__(self, layer: str | None = None) -> None:
         self.layer = layer
         self._alive: torch.Tensor | None = None
         self._handle: Any = None
@@ -143,10 +179,15 @@ class DeadUnits(Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._alive = None
-        self._handle = getattr(pl_module.net, self.layer).register_forward_hook(self._record)
+        layer = self.layer or getattr(pl_module.net, "hidden_layer", None)
+        if layer is not None:
+            self.layer = layer
+            self._handle = getattr(pl_module.net, layer).register_forward_hook(self._record)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
         if trainer.sanity_checking or self._alive is None:
             return
         alive, total = int(self._alive.sum()), self._alive.numel()

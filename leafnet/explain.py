@@ -2,12 +2,14 @@
 
 Writes four PNGs into `out`:
 
-- `filters.png`: the first conv layer's 3x3 RGB kernels, each scaled to its own range;
-- `feature_maps_conv2d.png`, `feature_maps_conv2d_1.png`: both conv layers' outputs (after ReLU,
-  as Keras' `activation="relu"` gives them) for this image;
+- `filters.png`: the first conv layer's RGB kernels, each scaled to its own range;
+- `feature_maps_<layer>.png`: the outputs (after ReLU, as Keras' `activation="relu"` gives them)
+  of the network's `feature_layers` for this image: LeafNet's `conv2d` and `conv2d_1`, a
+  torchvision model's first conv layer and its last stage;
 - `gradcam.png`: Grad-CAM for the predicted class over the image as the network sees it.
 
-Grad-CAM is captum's `LayerGradCam` on the last conv layer (`conv2d_1`): captum is maintained by
+Grad-CAM is captum's `LayerGradCam` on the network's `gradcam_layer` (LeafNet's last conv layer,
+`conv2d_1`; resnet's `layer4`; the last block of mobilenet's and efficientnet's `features`): captum is maintained by
 the PyTorch team, light (no OpenCV), and its attribution is the textbook one (channel weights =
 spatially averaged gradients, ReLU of the weighted sum), so there is nothing of ours to get wrong.
 
@@ -27,16 +29,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
-from torch import Tensor
+from torch import Tensor, nn
 
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.inference import command_config, expand_inputs, load_model
-from leafnet.model import LeafNet
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-CONV_LAYERS = ("conv2d", "conv2d_1")
 
 
 def _plt() -> Any:
@@ -53,10 +52,11 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def filters_figure(net: LeafNet) -> Figure:
+def filters_figure(net: nn.Module) -> Figure:
     """The first conv layer's kernels as tiny RGB images, each stretched to [0, 1]."""
     plt = _plt()
-    w = net.conv2d.weight.detach().float().cpu()  # [out, in, 3, 3]
+    name, conv = next(iter(net.feature_layers.items()))
+    w = conv.weight.detach().float().cpu()  # [out, in, kh, kw]
     lo = w.amin(dim=(1, 2, 3), keepdim=True)
     hi = w.amax(dim=(1, 2, 3), keepdim=True)
     w = (w - lo) / (hi - lo).clamp_min(1e-12)
@@ -71,19 +71,19 @@ def filters_figure(net: LeafNet) -> Figure:
             )
             ax.set_title(str(i), fontsize=7)
     fig.suptitle(
-        f"conv2d: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
+        f"{name}: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
     )
     return fig
 
 
-def feature_maps(net: LeafNet, x: Tensor) -> dict[str, Tensor]:
-    """Each conv layer's output after ReLU for one scaled image `x` [3, S, S] -> [C, H, W]."""
+def feature_maps(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Each feature layer's output after ReLU for one scaled image `x` [3, S, S] -> [C, H, W]."""
     maps: dict[str, Tensor] = {}
     hooks = [
-        getattr(net, name).register_forward_hook(
+        layer.register_forward_hook(
             lambda _m, _i, out, name=name: maps.__setitem__(name, torch.relu(out[0]).detach().cpu())
         )
-        for name in CONV_LAYERS
+        for name, layer in net.feature_layers.items()
     ]
     try:
         with torch.no_grad():
@@ -109,7 +109,7 @@ def feature_maps_figure(name: str, maps: Tensor) -> Figure:
     return fig
 
 
-def gradcam(net: LeafNet, x: Tensor, target: int | None = None) -> tuple[Tensor, int, Tensor]:
+def gradcam(net: nn.Module, x: Tensor, target: int | None = None) -> tuple[Tensor, int, Tensor]:
     """Grad-CAM heatmap [S, S] in [0, 1] for `target` (default: the predicted class), the target
     and the class probabilities, for one scaled image `x` [3, S, S]."""
     from captum.attr import LayerAttribution, LayerGradCam
@@ -119,7 +119,9 @@ def gradcam(net: LeafNet, x: Tensor, target: int | None = None) -> tuple[Tensor,
         probs = net(x).softmax(-1)[0].cpu()
     target = int(probs.argmax()) if target is None else int(target)
     with torch.enable_grad():
-        cam = LayerGradCam(net, net.conv2d_1).attribute(x, target=target, relu_attributions=True)
+        cam = LayerGradCam(net, net.gradcam_layer).attribute(
+            x, target=target, relu_attributions=True
+        )
     cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), "bilinear")[0, 0]
     cam = cam.clamp_min(0).cpu()
     return cam / cam.max().clamp_min(1e-12), target, probs
@@ -142,7 +144,7 @@ def gradcam_figure(image: Tensor, cam: Tensor, title: str) -> Figure:
 
 
 def explain_figures(
-    net: LeafNet, x: Tensor, class_names: Sequence[str], display: Tensor | None = None
+    net: nn.Module, x: Tensor, class_names: Sequence[str], display: Tensor | None = None
 ) -> dict[str, Figure]:
     """All figures for one scaled image `x` [3, S, S]; `display` is the picture to draw
     (default: `x` stretched to [0, 1])."""
@@ -153,9 +155,8 @@ def explain_figures(
         for name, maps in feature_maps(net, x).items():
             figures[f"feature_maps_{name}"] = feature_maps_figure(name, maps)
         cam, target, probs = gradcam(net, x)
-        title = (
-            f"Grad-CAM ({CONV_LAYERS[-1]}) for {class_names[target]} (p={float(probs[target]):.3f})"
-        )
+        layer = list(net.feature_layers)[-1]
+        title = f"Grad-CAM ({layer}) for {class_names[target]} (p={float(probs[target]):.3f})"
         figures["gradcam"] = gradcam_figure(x if display is None else display, cam, title)
     finally:
         net.train(was_training)

@@ -130,7 +130,13 @@ def export_torchscript(classifier: LeafClassifier, path: Path) -> Path:
 def export_keras(classifier: LeafClassifier, path: Path) -> Path:
     """The seed's Keras 3 weights file, and the class names and preprocessing beside it."""
     from leafnet.keras_io import save_keras_weights
+    from leafnet.model import LeafNet
 
+    if not isinstance(classifier.net, LeafNet):
+        raise LeafnetError(
+            f"format=keras writes the seed's Keras model; this checkpoint holds "
+            f"model.arch={classifier.hparams.model.get('arch')}: use format=onnx or torchscript"
+        )
     net = copy.deepcopy(classifier.net).to("cpu", memory_format=torch.contiguous_format)
     save_keras_weights(net, path)
     meta = {k.removeprefix("leafnet."): v for k, v in metadata(classifier).items()}

@@ -35,8 +35,6 @@ WEIGHTS_IN_ARCHIVE = "model.weights.h5"
 KERAS3_LAYER_GROUPS = ("layers", "_layer_checkpoint_dependencies")
 # LeafNet's weighted layers, in Keras order, with the Keras class each one is.
 WEIGHTED = (("conv2d", "Conv2D"), ("conv2d_1", "Conv2D"), ("dense", "Dense"), ("dense_1", "Dense"))
-# LeafNet's weightless layers, written as empty groups the way Keras writes them.
-WEIGHTLESS = ("max_pooling2d", "max_pooling2d_1", "flatten")
 
 
 @dataclass
@@ -222,7 +220,8 @@ def save_keras_weights(model: LeafNet, path: str | Path) -> Path:
             vars_group.attrs["name"] = name
             vars_group.create_dataset("0", data=to_keras_kernel(module.weight))
             vars_group.create_dataset("1", data=module.bias.detach().cpu().numpy())
-        for name in WEIGHTLESS:
+        # The weightless layers (pooling, flatten, dropout) are empty groups, as Keras writes them.
+        for name in (row.name for row in model.layer_table() if row.params == 0):
             layers.create_group(name).create_group("vars").attrs["name"] = name
         f.create_group("vars").attrs["name"] = "sequential"
     tmp.replace(path)  # atomic: a reader never sees half a file

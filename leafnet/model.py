@@ -10,6 +10,11 @@ Keras original (seed 000)::
     Dense(8, activation="relu")
     Dense(3, activation="softmax")
 
+Two one-line Keras variants are arguments: `dropout=p` adds Keras `Dropout(p)` before each Dense
+(the seed has none), and `global_pool=True` puts `GlobalAveragePooling2D()` in place of
+`Flatten()` (the `leafnet_gap` ablation: Dense(8) then reads 16 position-free features instead of
+179,776 position-bound ones).
+
 Submodules carry the names Keras gives the layers, so weights map one to one. The network returns
 logits; the seed's softmax output is `logits.softmax(-1)`, and its categorical cross-entropy is
 `F.cross_entropy(logits, y)`, which is the same function computed more stably.
@@ -32,6 +37,13 @@ class KerasFlatten(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # For a channels_last tensor this permute is a free view and flatten copies nothing.
         return x.permute(0, 2, 3, 1).flatten(1)
+
+
+class GlobalAveragePooling2D(nn.Module):
+    """Keras' GlobalAveragePooling2D: the mean of each channel over all positions."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(2, 3))
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class LeafNet(nn.Module):
         conv2_filters: int = 16,
         dense_units: int = 8,
         num_classes: int = 3,
+        dropout: float = 0.0,
+        global_pool: bool = False,
     ) -> None:
         super().__init__()
         for name, value in {
@@ -74,6 +88,14 @@ class LeafNet(nn.Module):
             # so a bad value is a user error, and a float such as 8.5 must not be truncated.
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LeafnetError(f"LeafNet: {name} must be a positive integer, got {value!r}")
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, int | float)
+            or not 0 <= dropout < 1
+        ):
+            raise LeafnetError(f"LeafNet: dropout must be a number in [0, 1), got {dropout!r}")
+        if not isinstance(global_pool, bool):
+            raise LeafnetError(f"LeafNet: global_pool must be true or false, got {global_pool!r}")
         if _pooled(_pooled(image_size, 3), 2) < 1:
             raise LeafnetError(f"LeafNet: image_size={image_size} is too small; use 6 or more")
 
@@ -84,10 +106,18 @@ class LeafNet(nn.Module):
         self.max_pooling2d = nn.MaxPool2d(3)
         self.conv2d_1 = nn.Conv2d(conv1_filters, conv2_filters, 3, padding="same")
         self.max_pooling2d_1 = nn.MaxPool2d(2)
-        self.flatten = KerasFlatten()
         side = _pooled(_pooled(image_size, 3), 2)
-        self.flat_features = side * side * conv2_filters
+        if global_pool:
+            self.global_average_pooling2d = GlobalAveragePooling2D()
+            self.flat_features = conv2_filters
+        else:
+            self.flatten = KerasFlatten()
+            self.flat_features = side * side * conv2_filters
+        self.dropout_p = float(dropout)
+        # Dropout has no weights: with p=0 (the seed) the layers are left out, as in the seed.
+        self.dropout = nn.Dropout(self.dropout_p) if self.dropout_p else nn.Identity()
         self.dense = nn.Linear(self.flat_features, dense_units)
+        self.dropout_1 = nn.Dropout(self.dropout_p) if self.dropout_p else nn.Identity()
         self.dense_1 = nn.Linear(dense_units, num_classes)
         self.reset_parameters()
 
@@ -109,8 +139,28 @@ class LeafNet(nn.Module):
         # In-place ReLU is valid: max-pool's backward needs its indices, not its output.
         x = torch.relu_(self.max_pooling2d(self.conv2d(x)))
         x = torch.relu_(self.max_pooling2d_1(self.conv2d_1(x)))
-        x = torch.relu_(self.dense(self.flatten(x)))
-        return self.dense_1(x)
+        x = self.global_average_pooling2d(x) if self.global_pool else self.flatten(x)
+        x = torch.relu_(self.dense(self.dropout(x)))
+        return self.dense_1(self.dropout_1(x))
+
+    @property
+    def global_pool(self) -> bool:
+        return hasattr(self, "global_average_pooling2d")
+
+    @property
+    def hidden_layer(self) -> str:
+        """The ReLU Dense layer whose dying units `callbacks.DeadUnits` watches."""
+        return "dense"
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last conv layer: what Grad-CAM attributes to."""
+        return self.conv2d_1
+
+    @property
+    def feature_layers(self) -> dict[str, nn.Module]:
+        """The conv layers whose feature maps `explain` draws (after ReLU), by Keras name."""
+        return {"conv2d": self.conv2d, "conv2d_1": self.conv2d_1}
 
     def layer_table(self) -> list[LayerInfo]:
         """The rows of Keras' model.summary() for this network, shapes in channels-last order."""
@@ -123,15 +173,22 @@ class LeafNet(nn.Module):
         def count(module: nn.Module) -> int:
             return sum(p.numel() for p in module.parameters())
 
-        return [
+        features = (None, self.flat_features)
+        hidden = (None, self.dense.out_features)
+        rows = [
             LayerInfo("conv2d", "Conv2D", (None, s1, s1, c1), count(self.conv2d)),
             LayerInfo("max_pooling2d", "MaxPooling2D", (None, s2, s2, c1), 0),
             LayerInfo("conv2d_1", "Conv2D", (None, s2, s2, c2), count(self.conv2d_1)),
             LayerInfo("max_pooling2d_1", "MaxPooling2D", (None, s3, s3, c2), 0),
-            LayerInfo("flatten", "Flatten", (None, self.flat_features), 0),
-            LayerInfo("dense", "Dense", (None, self.dense.out_features), count(self.dense)),
+            LayerInfo("global_average_pooling2d", "GlobalAveragePooling2D", features, 0)
+            if self.global_pool
+            else LayerInfo("flatten", "Flatten", features, 0),
+            LayerInfo("dropout", "Dropout", features, 0),
+            LayerInfo("dense", "Dense", hidden, count(self.dense)),
+            LayerInfo("dropout_1", "Dropout", hidden, 0),
             LayerInfo("dense_1", "Dense", (None, self.num_classes), count(self.dense_1)),
         ]
+        return [r for r in rows if r.kind != "Dropout" or self.dropout_p]
 
     def forward_flops(self) -> int:
         """Multiply-adds of one forward pass for one image (convolutions and dense layers)."""

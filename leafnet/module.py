@@ -1,4 +1,4 @@
-"""`LeafClassifier`: LeafNet wrapped for Lightning: loss, metrics, optimizer and schedule.
+"""`LeafClassifier`: a `model=` network (the seed's LeafNet by default) wrapped for Lightning: loss, metrics, optimizer and schedule.
 
 The loss is cross-entropy on logits (the seed's softmax + categorical cross-entropy, computed
 stably). Training uses manual optimization so that `batch_size` is the optimizer's batch whatever
@@ -18,7 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -31,6 +31,7 @@ from leafnet.data.images import Preprocessing, to_float
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
 from leafnet.perf import HEAP_KEEP_BYTES, runs_on_cpu
+from leafnet.zoo import build_model
 
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 
@@ -44,7 +45,33 @@ def _primitive(value: Any) -> Any:
     return value
 
 
-def activation_bytes_per_image(net: LeafNet) -> int:
+def _output_sizes(net: nn.Module) -> list[tuple[int, bool]]:
+    """(elements per image, is max-pooling) of every layer's output: LeafNet's from its table,
+    any other network's from one forward pass at batch 1 (hooks on its leaf modules)."""
+    if isinstance(net, LeafNet):
+        return [
+            (math.prod(d for d in r.output_shape if d is not None), r.kind == "MaxPooling2D")
+            for r in net.layer_table()
+        ]
+    sizes: list[tuple[int, bool]] = []
+    leaves = [m for m in net.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(
+            lambda m, _i, out: sizes.append((out[0].numel(), isinstance(m, nn.MaxPool2d)))
+        )
+        for m in leaves
+    ]
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, net.in_channels, net.image_size, net.image_size))
+    finally:
+        net.train()
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def activation_bytes_per_image(net: nn.Module) -> int:
     """Training memory one image costs, estimated from the layer shapes.
 
     Forward keeps every layer's float output (the float input too), max-pooling keeps int64
@@ -53,27 +80,24 @@ def activation_bytes_per_image(net: LeafNet) -> int:
     alone would allow micro-batches of 39; the heap limit in `auto_micro_batch_size` is lower.
     """
     floats = net.in_channels * net.image_size**2
-    for row in net.layer_table():
-        size = math.prod(d for d in row.output_shape if d is not None)
-        floats += size * (3 if row.kind == "MaxPooling2D" else 1)  # + int64 indices = 2 floats
+    for size, pooling in _output_sizes(net):
+        floats += size * (3 if pooling else 1)  # + int64 indices = 2 floats
     return 2 * 4 * floats
 
 
-def freed_at_once_bytes_per_image(net: LeafNet) -> int:
+def freed_at_once_bytes_per_image(net: nn.Module) -> int:
     """Bytes one image's backward frees in one go, estimated from the layer shapes.
 
     The largest layer output and its gradient (at 640x640 conv1's float output, 52 MB per image,
     kept for max-pool's backward), plus a quarter for what is freed with them: the pooled outputs,
     their int64 indices and conv2's output come to about 25 MB per image at 640x640.
     """
-    largest = max(
-        math.prod(d for d in row.output_shape if d is not None) for row in net.layer_table()
-    )
+    largest = max(size for size, _ in _output_sizes(net))
     return 2 * 4 * largest * 5 // 4
 
 
 def auto_micro_batch_size(
-    net: LeafNet, batch_size: int, max_memory_gb: float, heap_limited: bool = True
+    net: nn.Module, batch_size: int, max_memory_gb: float, heap_limited: bool = True
 ) -> int:
     """The largest micro-batch that fits `max_memory_gb` and the heap, at most `batch_size`.
 
@@ -153,7 +177,7 @@ class LeafClassifier(pl.LightningModule):
         self.automatic_optimization = False
         self.prep = prep
         # channels_last is the fast layout for CPU (oneDNN) and GPU convolutions alike.
-        self.net = LeafNet(**model).to(memory_format=torch.channels_last)
+        self.net = build_model(model).to(memory_format=torch.channels_last)
 
         n = num_classes
         # validate_args=False: argument checks read values back to the host on every update.
@@ -192,7 +216,7 @@ class LeafClassifier(pl.LightningModule):
         if micro in ("auto", None):
             on_cpu = runs_on_cpu(str(cfg.get("trainer", {}).get("accelerator", "auto")))
             micro = auto_micro_batch_size(
-                LeafNet(**model), batch_size, cfg["max_memory_gb"], heap_limited=on_cpu
+                build_model(model), batch_size, cfg["max_memory_gb"], heap_limited=on_cpu
             )
         return cls(
             model=model,

@@ -14,8 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from torch import nn
+
 from leafnet.errors import cli_errors
-from leafnet.model import LayerInfo, LeafNet
+from leafnet.model import LayerInfo
 
 SEED_NUM_CLASSES = 3  # the seed's three diseases, used when model.num_classes is null
 KERAS_LINE_LENGTH = 88  # Keras' default width for a sequential model's summary
@@ -98,7 +100,9 @@ def _shape(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def format_summary(model: LeafNet, line_length: int | None = None, name: str = "sequential") -> str:
+def format_summary(
+    model: nn.Module, line_length: int | None = None, name: str = "sequential"
+) -> str:
     """The text Keras 3 prints for `model.summary()` of the equivalent Sequential model.
 
     `line_length` defaults to Keras' rule (see `default_line_length`). rich would wrap a cell that
@@ -132,16 +136,15 @@ def format_summary(model: LeafNet, line_length: int | None = None, name: str = "
     return "\n".join(lines) + "\n"
 
 
-def model_from_config(cfg: Any) -> LeafNet:
-    """LeafNet as a composed training config describes it (num_classes null -> the seed's 3)."""
-    m, d = cfg.model, cfg.data
-    return LeafNet(
-        image_size=d.image_size,
-        conv1_filters=m.conv1_filters,
-        conv2_filters=m.conv2_filters,
-        dense_units=m.dense_units,
-        num_classes=m.num_classes if m.num_classes is not None else SEED_NUM_CLASSES,
-    )
+def model_from_config(cfg: Any) -> nn.Module:
+    """The network a composed training config describes (num_classes null -> the seed's 3)."""
+    from leafnet.config import to_primitive
+    from leafnet.zoo import build_model
+
+    model = to_primitive(cfg.model)
+    if model.get("num_classes") is None:
+        model["num_classes"] = SEED_NUM_CLASSES
+    return build_model({**model, "image_size": cfg.data.image_size})
 
 
 @cli_errors

@@ -6,7 +6,8 @@ and the TensorBoard events. At the end the best checkpoint is tested and a resul
 
 - `resume=<run dir>` continues that run from `last.ckpt` with the run's own saved config, in the
   same directory and TensorBoard log (only `epochs`, `trainer.*` and memory settings may change).
-- A NaN or infinite loss ends the run with status `diverged`; a single run then exits non-zero
+- A NaN or infinite loss, or an exploding one (an epoch's mean training loss over
+  `callbacks.divergence.max_loss_ratio` x ln(classes)), ends the run with status `diverged`; a single run then exits non-zero
   with one line, while a sweep (`-m`) goes on to its next job. A run that fails with an error in
   a sweep is recorded as `failed` and the sweep goes on too.
 - `tune.lr_find=true` runs Lightning's learning-rate finder, saves its plot and suggestion in the
@@ -54,7 +55,7 @@ RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", 
 
 
 class Diverged(LeafnetError):
-    """The loss became NaN or infinite; the run was saved with status diverged."""
+    """The loss became NaN or infinite, or exploded; the run was saved with status diverged."""
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -195,17 +196,31 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
             lines.append(
                 f"    {name:<{width}}  {num(pr['precision'], '9.3f')}  {num(pr['recall'], '6.3f')}"
             )
+    matrix = summary.get("confusion_matrix")
+    if matrix and per_class:
+        lines.append("  confusion matrix (rows: true class, columns: predicted)")
+        width = max(len(name) for name in per_class) + 4
+        lines.append(" " * (width + 4) + "".join(f"{f'[{i}]':>6}" for i in range(len(matrix))))
+        for i, (name, row) in enumerate(zip(per_class, matrix, strict=True)):
+            label = f"[{i}] {name}"
+            lines.append(f"    {label:<{width}}" + "".join(f"{int(v):>6}" for v in row))
     lines.append(
         f"  time             {summary['wall_time_s']:.1f} s   {num(summary['images_per_s'], '.1f')} train img/s"
         f"   peak RSS {summary['peak_rss_gb']:.2f} GB"
     )
     if summary.get("hidden_units_alive") == 0:
-        lines.append(
-            "  hidden units     all dead (dying ReLU): try a lower lr or another optimizer"
-        )
+        lines += [
+            "  hidden units     all dead (dying ReLU): the network answers one class for every image",
+            "  try next         python -m leafnet.train model=leafnet_gap   (position-free features)",
+            "                   python -m leafnet.train model=torchvision model.name=resnet18 "
+            "data.image_size=224",
+            "                   (why: docs/dying_relu.md)",
+        ]
     if summary.get("diverged_at"):
         d = summary["diverged_at"]
-        lines.append(f"  diverged         epoch {d['epoch']} step {d['step']}")
+        lines.append(
+            f"  diverged         loss {d.get('reason', 'not finite')} at epoch {d['epoch']} step {d['step']}"
+        )
     return "\n".join(lines)
 
 
@@ -380,7 +395,8 @@ def _fit_and_test(
         log.info("\n%s", format_result(summary, run_dir))
     if diverged:
         raise Diverged(
-            f"training diverged (loss not finite) at epoch {diverged['epoch']} step {diverged['step']}"
+            f"training diverged (loss {diverged.get('reason', 'not finite')}) at epoch "
+            f"{diverged['epoch']} step {diverged['step']}"
             f" with lr={cfg.lr:g}; try a lower learning rate, e.g. lr={cfg.lr / 10:g}"
         )
     return summary["best_val_acc"]

@@ -1,4 +1,5 @@
-"""The embedded synthetic leaf set: layout, balance, determinism, first-use generation, CLI."""
+"""The embedded synthetic leaf set: layout, balance, determinism, styles, first-use generation that
+never touches a user's folder, CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from leafnet.data import synthetic
-from leafnet.data.synthetic import CLASS_NAMES, contact_sheet, ensure_synthetic, generate
+from leafnet.data.synthetic import CLASS_NAMES, MARKER, contact_sheet, ensure_synthetic, generate
+from leafnet.errors import LeafnetError
 
 
 def digests(root) -> dict[str, str]:
@@ -89,6 +91,86 @@ def test_ensure_synthetic_writes_once(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["syn"]  # the temporary sibling is gone
 
 
+def test_ensure_synthetic_refuses_a_folder_it_did_not_write(tmp_path):
+    # A folder holding only hidden files (a fresh git repository, a .env) is not empty.
+    target = tmp_path / "mine"
+    (target / ".git").mkdir(parents=True)
+    (target / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (target / ".env").write_text("SECRET=1\n")
+    with pytest.raises(LeafnetError, match="data=folder"):
+        ensure_synthetic(target, n_per_class=1, size=32)
+    assert sorted(p.name for p in target.iterdir()) == [".env", ".git"]
+    assert (target / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary folder left
+
+
+def test_ensure_synthetic_refuses_another_set_and_a_file(tmp_path):
+    target = tmp_path / "syn"
+    assert ensure_synthetic(target, n_per_class=1, size=32, seed=1) is True
+    before = digests(target)
+    with pytest.raises(LeafnetError, match="another synthetic set"):
+        ensure_synthetic(target, n_per_class=1, size=32, seed=2)
+    assert digests(target) == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LeafnetError, match="is a file"):
+        ensure_synthetic(tmp_path / "file", n_per_class=1, size=32)
+
+
+def test_ensure_synthetic_fills_an_empty_folder(tmp_path):
+    target = tmp_path / "empty"
+    target.mkdir()
+    assert ensure_synthetic(target, n_per_class=1, size=32) is True
+    assert len(digests(target)) == 3 and (target / MARKER).is_file()
+
+
+def test_field_style_is_unchanged():
+    # The field set documents the dying-ReLU finding: its images must not drift between versions.
+    expected = {
+        0: "50db243decc5680216fd59dbd4d1927933826153",
+        1: "290520ba17951af384c203b7845ae5e7a1d43d37",
+        2: "8b4e6defe5b278cb8798d22484b7839bd0a08568",
+    }
+    for label, digest in expected.items():
+        img, _ = synthetic.render(label, synthetic.image_rng(0, label, 1), 96, "field")
+        assert hashlib.sha1(np.asarray(img).tobytes()).hexdigest() == digest
+
+
+def test_lab_style_is_a_dark_backdrop_with_an_upright_leaf():
+    for label in range(3):
+        img, quality = synthetic.render(label, synthetic.image_rng(0, label, 0), 128, "lab")
+        px = np.asarray(img, float)
+        corners = np.concatenate([px[:8, :8], px[:8, -8:], px[-8:, :8], px[-8:, -8:]])
+        assert corners.mean() < 20  # black cloth
+        centre = px[48:80, 48:80]
+        assert centre.mean() > 60  # the leaf fills the middle
+        bright = (px.mean(axis=2) > 40).sum(axis=1)  # leaf pixels per row
+        assert bright[20:108].min() > 0  # it spans the frame from base to tip (upright)
+        assert 85 <= quality <= 95
+
+
+def test_lab_lesions_follow_each_disease_placement():
+    # Alternaria from the margin inward, mines along the midrib: compare lesion pixels' distance
+    # from the leaf's axis (the image's vertical centre line) between the two classes.
+    def offset(label: int) -> float:
+        distances = []
+        for i in range(4):
+            img, _ = synthetic.render(label, synthetic.image_rng(0, label, i), 160, "lab")
+            px = np.asarray(img, float)
+            brown = (px[..., 0] > px[..., 1] + 15) & (
+                px[..., 0] > 50
+            )  # dark and tan lesion colours
+            _, xs = np.nonzero(brown)
+            distances.append(np.abs(xs - 80).mean())
+        return float(np.mean(distances))
+
+    assert offset(synthetic.ALTERNARIA) > 1.5 * offset(synthetic.MINER)
+
+
+def test_unknown_style_is_refused():
+    with pytest.raises(ValueError, match="style"):
+        synthetic.render(0, synthetic.image_rng(0, 0, 0), 32, "studio")
+
+
 def test_cli_and_contact_sheet(tmp_path, capsys):
     out = tmp_path / "cli"
     sheet = tmp_path / "sheet.png"
@@ -105,9 +187,11 @@ def test_cli_and_contact_sheet(tmp_path, capsys):
         str(sheet),
     ]
     assert synthetic.main(argv) == 0
-    assert "wrote 6 images" in capsys.readouterr().out
+    assert "wrote the lab set" in capsys.readouterr().out
     with Image.open(sheet) as img:
         assert img.size[0] > 0 and img.size[1] > 3 * 48
     assert synthetic.main(argv) == 0
-    assert "already holds images" in capsys.readouterr().out
+    assert "already holds this set" in capsys.readouterr().out
     assert contact_sheet(out, tmp_path / "s2.png", per_class=1, thumb=32).exists()
+    assert synthetic.main([*argv[:-2], "--seed", "2"]) == 2  # another set there: refused
+    assert "another synthetic set" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from leafnet.data.images import (
     Preprocessing,
     load_for_model,
 )
-from leafnet.data.synthetic import ensure_synthetic
+from leafnet.data.synthetic import STYLES, ensure_synthetic
 from leafnet.errors import LeafnetError
 
 log = logging.getLogger("leafnet.data")
@@ -165,6 +165,7 @@ class LeafDataModule(L.LightningDataModule):
         augment: str = "none",
         limit_per_class: int | None = None,
         synthetic_seed: int = 0,
+        synthetic_style: str = "lab",
         split_seed: int | None = None,
         batch_size: int = 32,
         seed: int = 42,
@@ -201,6 +202,11 @@ class LeafDataModule(L.LightningDataModule):
             raise LeafnetError(f"data.limit_per_class={limit_per_class}: use a number >= 1 or null")
         self.limit_per_class = None if limit_per_class is None else int(limit_per_class)
         self.synthetic_seed = int(synthetic_seed)
+        if synthetic_style not in STYLES:
+            raise LeafnetError(
+                f"data.synthetic_style={synthetic_style!r} is unknown; use one of {', '.join(STYLES)}"
+            )
+        self.synthetic_style = str(synthetic_style)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise LeafnetError(f"batch_size={batch_size}: use a number >= 1")
@@ -237,7 +243,7 @@ class LeafDataModule(L.LightningDataModule):
             self._ensure_synthetic()
 
     def _ensure_synthetic(self) -> None:
-        if ensure_synthetic(self.dir, seed=self.synthetic_seed):
+        if ensure_synthetic(self.dir, seed=self.synthetic_seed, style=self.synthetic_style):
             log.info("wrote the synthetic leaf set to %s (first use)", self.dir)
 
     def _scan(self) -> None:

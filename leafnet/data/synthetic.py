@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import functools
+import json
 import math
 import os
 import shutil
@@ -42,6 +43,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "Tomato_Leaf-Miner",
 )
 CERCOSPORA, ALTERNARIA, MINER = range(3)
+STYLES: tuple[str, ...] = ("lab", "field")
 
 Color = tuple[float, float, float]
 
@@ -123,6 +125,7 @@ class Leaf:
 
     @classmethod
     def random(cls, rng: np.random.Generator, size: int) -> Leaf:
+        """A field photo's leaf: any pose, sometimes partly out of frame."""
         length = size * rng.uniform(0.6, 1.1)
         ratio = rng.choice([rng.uniform(0.45, 0.7), rng.uniform(0.22, 0.4)])  # ovate | lanceolate
         out_of_frame = rng.random() < 0.2
@@ -138,6 +141,23 @@ class Leaf:
             serration=rng.uniform(0.03, 0.09) if rng.random() < 0.45 else 0.0,
             teeth=int(rng.integers(14, 40)),
             bend=rng.uniform(-0.12, 0.12),
+        )
+
+    @classmethod
+    def lab(cls, rng: np.random.Generator, size: int) -> Leaf:
+        """A lab photo's leaf: centred, upright (tip up) within 10 degrees, filling the frame."""
+        length = size * rng.uniform(0.86, 0.98)
+        return cls(
+            cx=size * (0.5 + rng.uniform(-0.03, 0.03)),
+            cy=size * (0.5 + rng.uniform(-0.03, 0.03)),
+            theta=-math.pi / 2 + math.radians(rng.uniform(-10, 10)),
+            length=length,
+            width=length * rng.uniform(0.5, 0.66) * 0.5,
+            p=rng.uniform(0.7, 1.0),
+            q=rng.uniform(0.6, 0.9),
+            serration=rng.uniform(0.03, 0.07) if rng.random() < 0.45 else 0.0,
+            teeth=int(rng.integers(14, 40)),
+            bend=rng.uniform(-0.06, 0.06),
         )
 
     def half_width(self, u: np.ndarray) -> np.ndarray:
@@ -439,10 +459,24 @@ def _dirt(rng, size: int) -> Image.Image:
     return layer
 
 
-def render(label: int, rng: np.random.Generator, size: int = 640) -> tuple[Image.Image, int]:
-    """One synthetic leaf of class `label`: (RGB image, JPEG quality to save it with)."""
-    bg, bg_kind = _background(rng, size)
-    leaf = Leaf.random(rng, size)
+def render(
+    label: int, rng: np.random.Generator, size: int = 640, style: str = "lab"
+) -> tuple[Image.Image, int]:
+    """One synthetic leaf of class `label`: (RGB image, JPEG quality to save it with).
+
+    `style="lab"`: a leaf shot on dark cloth, centred, upright and filling the frame, with its
+    symptoms spread over the blade. `style="field"`: any pose on paper, soil or foliage, a fifth of
+    the leaves with only a few faint symptoms.
+    """
+    if style not in STYLES:
+        raise ValueError(f"style={style!r}; use one of {', '.join(STYLES)}")
+    lab = style == "lab"
+    if lab:
+        bg, bg_kind = _dark_cloth(rng, size), "cloth"
+        leaf = Leaf.lab(rng, size)
+    else:
+        bg, bg_kind = _background(rng, size)
+        leaf = Leaf.random(rng, size)
     xs, ys = _grid(size)
     u, y = leaf.local(xs, ys)
     alpha = np.clip(leaf.half_width(u) - np.abs(y) + 0.5, 0, 1) * ((u >= 0) & (u <= 1))
@@ -461,14 +495,17 @@ def render(label: int, rng: np.random.Generator, size: int = 640) -> tuple[Image
     spot_img, spots = _layer(size)
     shine_img, shine = _layer(size)
     holes_img = Image.new("L", (size, size), 0)
-    faint = rng.random() < 0.22  # hard cases: few, small, pale symptoms
-    _confusers(rng, leaf, spots, halo, shine, ImageDraw.Draw(holes_img), size)
-    if label == CERCOSPORA:
-        _cercospora(rng, leaf, spots, faint)
-    elif label == ALTERNARIA:
-        _alternaria(rng, leaf, spots, halo, faint)
+    if lab:
+        _lab_symptoms(label, rng, leaf, spots, halo, float(alpha.sum()))
     else:
-        _miner(rng, leaf, spots, halo, faint)
+        faint = rng.random() < 0.22  # hard cases: few, small, pale symptoms
+        _confusers(rng, leaf, spots, halo, shine, ImageDraw.Draw(holes_img), size)
+        if label == CERCOSPORA:
+            _cercospora(rng, leaf, spots, faint)
+        elif label == ALTERNARIA:
+            _alternaria(rng, leaf, spots, halo, faint)
+        else:
+            _miner(rng, leaf, spots, halo, faint)
     for layer, radius in (
         (halo_img, leaf.length * 0.006),
         (spot_img, 0.7),
@@ -479,7 +516,7 @@ def render(label: int, rng: np.random.Generator, size: int = 640) -> tuple[Image
     leaf_alpha = alpha * (1 - holes)
     blade.putalpha(Image.fromarray((leaf_alpha * 255 + 0.5).astype(np.uint8), "L"))
 
-    if bg_kind != "foliage":  # a soft drop shadow on flat backgrounds, computed small
+    if bg_kind in ("paper", "soil"):  # a soft drop shadow on flat backgrounds, computed small
         small = max(size // 4, 8)
         shadow = blade.getchannel("A").resize((small, small), Image.Resampling.BILINEAR)
         shadow = shadow.filter(ImageFilter.GaussianBlur(small * 0.015)).resize(
@@ -494,6 +531,8 @@ def render(label: int, rng: np.random.Generator, size: int = 640) -> tuple[Image
     img.alpha_composite(blade)
     img.alpha_composite(_blurred(_dirt(rng, size), 0.4))
 
+    if lab:
+        return _lab_lighting(rng, img.convert("RGB"), size)
     # Lighting: a gradient in a random direction, a colour cast, sensor noise.
     ang = rng.uniform(0, 2 * math.pi)
     ramp = (xs - size / 2) * np.float32(math.cos(ang) / size) + (ys - size / 2) * np.float32(
@@ -513,28 +552,170 @@ def render(label: int, rng: np.random.Generator, size: int = 640) -> tuple[Image
     return out, int(rng.integers(60, 96))
 
 
+# -- the lab style's symptoms ------------------------------------------------------------------------
+# Every class draws its lesions from one palette (necrotic dark brown, tan, chlorotic pale), in
+# comparable areas, and every leaf also gets shapeless patches of each of those colours. Colour
+# statistics then say little about the class; the shape of the lesions says it all: small spots
+# with a pale centre (Cercospora), ringed spots with a thin pale halo (Alternaria), thin winding
+# pale trails with a dark edge (leaf miner).
+
+
+@dataclass
+class Palette:
+    dark: Color
+    tan: Color
+    pale: Color
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Palette:
+        return cls(
+            dark=(rng.uniform(55, 105), rng.uniform(35, 60), rng.uniform(20, 40)),
+            tan=(rng.uniform(115, 165), rng.uniform(85, 115), rng.uniform(45, 75)),
+            pale=(rng.uniform(195, 240), rng.uniform(195, 230), rng.uniform(135, 195)),
+        )
+
+
+def _lab_cercospora(rng, leaf: Leaf, draw, pal: Palette, area: float) -> None:
+    """Small round spots: dark margin, tan ring, pale centre (areas about 41:29:30)."""
+    big = leaf.length * rng.uniform(0.011, 0.017)
+    for _ in range(max(1, round(area / (math.pi * (0.82 * big) ** 2)))):
+        x, y, _u, _v = leaf.point(rng)
+        r = big * rng.uniform(0.6, 1.0)
+        nv = int(rng.integers(8, 12))
+        draw.polygon(_blob(rng, x, y, r, nv, 0.15), fill=_c(pal.dark, 6, rng))
+        draw.polygon(_blob(rng, x, y, r * 0.77, nv, 0.1), fill=_c(pal.tan, 6, rng))
+        draw.polygon(_blob(rng, x, y, r * 0.55, nv, 0.1), fill=_c(pal.pale, 6, rng))
+
+
+def _lab_alternaria(rng, leaf: Leaf, draw, pal: Palette, area: float) -> None:
+    """Larger spots of concentric dark and tan rings in a thin pale halo (about 43:26:31)."""
+    big = leaf.length * rng.uniform(0.02, 0.028)
+    for _ in range(max(1, round(area / (math.pi * (0.82 * big * 1.2) ** 2)))):
+        x, y, u, v = leaf.point(rng, v_max=0.85)
+        v = math.copysign(rng.uniform(0.55, 0.85), v)  # from the margin inward
+        x, y = leaf.to_image(u, v * float(leaf.half_width(np.array(u))))
+        r = big * rng.uniform(0.6, 1.0)
+        hr = r * 1.2
+        draw.ellipse((x - hr, y - hr, x + hr, y + hr), fill=_c(pal.pale, 6, rng))
+        for k in range(4):
+            rk = r * (1 - k / 4)
+            col = pal.dark if k % 2 == 0 else pal.tan
+            draw.ellipse((x - rk, y - rk, x + rk, y + rk), fill=_c(col, 6, rng))
+
+
+def _lab_miner(rng, leaf: Leaf, draw, pal: Palette, area: float) -> None:
+    """Thin winding trails: tan edges, pale tunnel, a dark frass line inside (about 46:23:31)."""
+    w_mean = leaf.length * rng.uniform(0.009, 0.012)
+    step = leaf.length * rng.uniform(0.005, 0.007)
+    steps_total = area / (1.3 * w_mean * step)
+    trails = max(1, round(steps_total / 95))
+    band = 0.4  # mines wander along the midrib, in the middle of the blade
+    for _ in range(trails):
+        _x, _y, u, v = leaf.point(rng, v_max=band)
+        heading = rng.uniform(0, 2 * math.pi)
+        turn = rng.uniform(0.2, 0.45)
+        pts = []
+        for _i in range(int(steps_total / trails)):
+            hw = float(leaf.half_width(np.array(u)))
+            pts.append(leaf.to_image(u, v * hw))
+            heading += rng.normal(0, turn)
+            u += step * math.cos(heading) / leaf.length
+            v += step * math.sin(heading) / max(hw, 1.0)
+            if not 0.06 < u < 0.94:
+                heading = math.pi - heading
+                u = min(max(u, 0.06), 0.94)
+            if abs(v) > band:
+                heading = -heading
+                v = math.copysign(band, v)
+        for width, col in ((1.3, pal.tan), (1.0, pal.pale), (0.6, pal.dark)):
+            for i in range(1, len(pts)):
+                w = w_mean * (0.5 + i / len(pts))  # the grub grows: the trail widens
+                draw.line(
+                    (*pts[i - 1], *pts[i]), fill=_c(col, 6, rng), width=max(1, round(w * width))
+                )
+
+
+def _lab_patches(rng, leaf: Leaf, halo, pal: Palette) -> None:
+    """Shapeless soft patches of each palette colour: ageing, sunscald, old damage."""
+    for col in (pal.pale, pal.tan, pal.dark):
+        for _ in range(int(rng.integers(0, 5))):
+            x, y, _u, _v = leaf.point(rng, v_max=0.7)
+            r = leaf.length * rng.uniform(0.02, 0.06)
+            halo.polygon(
+                _blob(rng, x, y, r, 20, 0.35), fill=_c(col, 8, rng, rng.uniform(0.6, 0.95))
+            )
+
+
+def _lab_symptoms(label: int, rng, leaf: Leaf, draw, halo, leaf_area: float) -> None:
+    """Patches, then the class's lesions over a share of the blade drawn alike for every class."""
+    pal = Palette.random(rng)
+    _lab_patches(rng, leaf, halo, pal)
+    area = leaf_area * rng.uniform(0.08, 0.16)
+    if label == CERCOSPORA:
+        _lab_cercospora(rng, leaf, draw, pal, area)
+    elif label == ALTERNARIA:
+        _lab_alternaria(rng, leaf, draw, pal, area)
+    else:
+        _lab_miner(rng, leaf, draw, pal, area)
+
+
+def _dark_cloth(rng: np.random.Generator, size: int) -> Image.Image:
+    """Black photographic cloth: a few grey levels of weave texture around an almost-black tone.
+
+    It keeps the backdrop's features near zero, as in pathology sets shot on black velvet.
+    """
+    tone = rng.uniform(2.0, 8.0, 3).astype(np.float32)
+    weave = _smooth_noise(rng, size, 64) * np.float32(1.5)
+    cloth = tone + weave + np.abs(_noise(rng, size, 1.0))
+    return Image.fromarray(np.clip(cloth + 0.5, 0, 255).astype(np.uint8))
+
+
+def _lab_lighting(rng: np.random.Generator, img: Image.Image, size: int) -> tuple[Image.Image, int]:
+    """Even studio light: a weak gradient and colour cast, little noise, a good JPEG quality."""
+    xs, ys = _grid(size)
+    ang = rng.uniform(0, 2 * math.pi)
+    ramp = (xs - size / 2) * np.float32(math.cos(ang) / size) + (ys - size / 2) * np.float32(
+        math.sin(ang) / size
+    )
+    gain = (np.float32(rng.uniform(0.92, 1.05)) + np.float32(rng.uniform(0.0, 0.15)) * ramp)[
+        ..., None
+    ]
+    cast = rng.uniform(0.97, 1.03, 3).astype(np.float32)
+    out = np.asarray(img, np.float32) * (gain * cast) + _noise(rng, size, rng.uniform(0.0, 2.0))
+    out = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
+    blur = rng.uniform(0.0, 0.8) * size / 640
+    if blur > 0.3:
+        out = out.filter(ImageFilter.GaussianBlur(blur))
+    return out, int(rng.integers(85, 96))
+
+
 def image_rng(seed: int, label: int, index: int) -> np.random.Generator:
     """The generator for one image: the set is the same in any order and any process."""
     return np.random.default_rng([seed, label, index])
 
 
-def _write_one(args: tuple[Path, int, int, int, int]) -> Path:
-    out_dir, label, index, size, seed = args
-    img, quality = render(label, image_rng(seed, label, index), size)
+def _write_one(args: tuple[Path, int, int, int, int, str]) -> Path:
+    out_dir, label, index, size, seed, style = args
+    img, quality = render(label, image_rng(seed, label, index), size, style)
     path = out_dir / CLASS_NAMES[label] / f"{index:03d}.jpg"
     img.save(path, "JPEG", quality=quality)
     return path
 
 
 def generate(
-    out_dir: str | Path, n_per_class: int = 100, size: int = 640, seed: int = 0, workers: int = 1
+    out_dir: str | Path,
+    n_per_class: int = 100,
+    size: int = 640,
+    seed: int = 0,
+    workers: int = 1,
+    style: str = "lab",
 ) -> list[Path]:
     """Write `n_per_class` JPEGs per class to `out_dir/<class>/NNN.jpg`; returns the paths."""
     out_dir = Path(out_dir)
     for name in CLASS_NAMES:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     jobs = [
-        (out_dir, label, i, size, seed)
+        (out_dir, label, i, size, seed, style)
         for label in range(len(CLASS_NAMES))
         for i in range(n_per_class)
     ]
@@ -546,36 +727,51 @@ def generate(
     return [_write_one(job) for job in jobs]
 
 
-def _is_empty(path: Path) -> bool:
-    return not path.exists() or not any(p for p in path.iterdir() if not p.name.startswith("."))
+MARKER = ".leafnet-synthetic.json"
+
+
+def _marker(n_per_class: int, size: int, seed: int, style: str) -> dict:
+    return {"style": style, "seed": seed, "n_per_class": n_per_class, "size": size}
 
 
 def ensure_synthetic(
-    out_dir: str | Path, n_per_class: int = 100, size: int = 640, seed: int = 0
+    out_dir: str | Path, n_per_class: int = 100, size: int = 640, seed: int = 0, style: str = "lab"
 ) -> bool:
-    """Generate the set into `out_dir` if it is missing or empty; True if it was written.
+    """Generate the set into `out_dir` unless it is already there; True if it was written.
 
-    Writes into a temporary sibling and renames it into place, so an interrupted run or a
-    parallel sweep job never sees a half-written set.
+    The set is written into a temporary sibling with a marker file and renamed into place, so an
+    interrupted run or a parallel sweep job never sees a half-written set. A folder that exists
+    and holds anything (hidden files included) without the marker of this very set is refused
+    with a LeafnetError: nothing of the user's is ever deleted or written into.
     """
+    from leafnet.errors import LeafnetError
+
     out_dir = Path(out_dir)
-    if not _is_empty(out_dir):
-        return False
+    wanted = _marker(n_per_class, size, seed, style)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        marker = out_dir / MARKER
+        found = json.loads(marker.read_text()) if marker.is_file() else None
+        if found == wanted:
+            return False
+        what = f"another synthetic set ({found})" if found else "files leafnet did not write"
+        raise LeafnetError(
+            f"data.dir={out_dir} holds {what}; to train on your own photos use data=folder "
+            f"data.dir={out_dir}, else point data.dir at a new folder for the synthetic set"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LeafnetError(f"data.dir={out_dir} is a file; point data.dir at a folder")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        generate(
-            tmp, n_per_class=n_per_class, size=size, seed=seed, workers=min(4, os.cpu_count() or 1)
-        )
-        if out_dir.exists() and _is_empty(out_dir):
-            shutil.rmtree(out_dir, ignore_errors=True)
+        generate(tmp, n_per_class, size, seed, workers=min(4, os.cpu_count() or 1), style=style)
+        (tmp / MARKER).write_text(json.dumps(wanted) + "\n")
         try:
-            tmp.rename(out_dir)
+            tmp.rename(out_dir)  # replaces only an empty folder; fails over a non-empty one
         except OSError:  # another process finished first: its set is the same
             return False
         return True
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own temporary folder, if still there
 
 
 def contact_sheet(
@@ -604,32 +800,31 @@ def contact_sheet(
 
 
 def main(argv: list[str] | None = None) -> int:
-    default_out = Path(os.environ.get("LEAFNET_ROOT", ".")) / "data" / "synthetic"
+    from leafnet.errors import LeafnetError
+
     parser = argparse.ArgumentParser(
         prog="python -m leafnet.data.synthetic", description=__doc__.splitlines()[0]
     )
-    parser.add_argument(
-        "--out", type=Path, default=default_out, help=f"output folder (default {default_out})"
-    )
+    parser.add_argument("--style", choices=STYLES, default="lab")
+    parser.add_argument("--out", type=Path, help="output folder (default data/synthetic-<style>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=640)
-    parser.add_argument(
-        "--workers", type=int, default=1, help="processes (1 is under a minute for 300)"
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="regenerate even if --out is not empty"
-    )
     parser.add_argument("--preview", type=Path, help="also write a contact sheet PNG here")
     args = parser.parse_args(argv)
-    if _is_empty(args.out) or args.force:
-        start = time.perf_counter()
-        paths = generate(args.out, args.n_per_class, args.size, args.seed, args.workers)
-        print(f"wrote {len(paths)} images to {args.out} in {time.perf_counter() - start:.1f} s")
+    out = args.out or Path(os.environ.get("LEAFNET_ROOT", ".")) / "data" / f"synthetic-{args.style}"
+    start = time.perf_counter()
+    try:
+        wrote = ensure_synthetic(out, args.n_per_class, args.size, args.seed, args.style)
+    except LeafnetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if wrote:
+        print(f"wrote the {args.style} set to {out} in {time.perf_counter() - start:.1f} s")
     else:
-        print(f"{args.out} already holds images; --force regenerates them")
+        print(f"{out} already holds this set")
     if args.preview:
-        print(f"preview: {contact_sheet(args.out, args.preview)}")
+        print(f"preview: {contact_sheet(out, args.preview)}")
     return 0
 
 

@@ -1,0 +1,190 @@
+"""Every `model=` option: built from its config, trained, and used by predict, export and explain.
+
+Each network answers leafnet's questions (its summary rows, the layer DeadUnits watches, the layer
+Grad-CAM reads); the pretrained torchvision path loads weights from the torch hub cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import onnxruntime as ort
+import pytest
+import torch
+from fixtures_runs import tiny_args
+
+from leafnet.config import compose, to_primitive
+from leafnet.errors import LeafnetError
+from leafnet.explain import explain
+from leafnet.export import export
+from leafnet.predict import predict
+from leafnet.summary import format_summary, model_from_config
+from leafnet.train import train
+from leafnet.zoo import TorchvisionNet, build_model
+
+MODELS = {
+    "leafnet": ["model=leafnet"],
+    "leafnet_dropout": ["model=leafnet", "model.dropout=0.5"],
+    "leafnet_gap": ["model=leafnet_gap"],
+    "resnet18": ["model=torchvision", "model.name=resnet18"],
+    "mobilenet_v3_small": ["model=torchvision", "model.name=mobilenet_v3_small"],
+    "efficientnet_b0": ["model=torchvision", "model.name=efficientnet_b0"],
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_each_model_trains_predicts_exports_and_explains(
+    name: str, tmp_path: Path, tiny_train_images: Path
+) -> None:
+    overrides = [
+        *tiny_args(tiny_train_images, tmp_path, *MODELS[name]),
+        "epochs=1",
+        "trainer.limit_train_batches=1",
+        "logger=none",
+    ]
+    cfg = compose("train", overrides)
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
+    assert summary["test_acc"] is not None
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 1  # one optimizer step
+    assert ckpt["hyper_parameters"]["model"]["arch"] == cfg.model.arch
+
+    images = sorted(tiny_train_images.rglob("*.jpg"))[:3]
+    rows = predict(compose("predict", [f"ckpt={run_dir}", f"input={tiny_train_images}"]))
+    assert len(rows) == len(list(tiny_train_images.rglob("*.jpg")))
+
+    onnx_file = export(compose("export", [f"ckpt={run_dir}", "format=onnx"]))
+    session = ort.InferenceSession(str(onnx_file))
+    from leafnet.data.images import load_for_model
+    from leafnet.runs import load_classifier
+
+    classifier = load_classifier(run_dir)
+    batch = torch.stack([load_for_model(p, classifier.prep) for p in images])
+    _, probs = session.run(None, {"image": batch.numpy()})
+    with torch.no_grad():
+        expected = classifier.predict_proba(batch)
+    torch.testing.assert_close(torch.from_numpy(probs), expected, atol=1e-5, rtol=1e-4)
+
+    written = explain(
+        compose("explain", [f"ckpt={run_dir}", f"input={images[0]}", f"out={tmp_path / 'ex'}"])
+    )
+    assert {"filters", "gradcam"} <= set(written) and len(written) == 4
+    assert all(p.stat().st_size > 0 for p in written.values())
+
+
+def test_keras_export_is_refused_for_a_torchvision_model(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    overrides = [
+        *tiny_args(tiny_train_images, tmp_path, "model=torchvision", "model.name=resnet18"),
+        "epochs=1",
+        "trainer.limit_train_batches=1",
+        "logger=none",
+        "~callbacks.explain",
+    ]
+    run_dir = tmp_path / "run"
+    train(compose("train", overrides), run_dir)
+    with pytest.raises(LeafnetError, match="format=onnx or torchscript"):
+        export(compose("export", [f"ckpt={run_dir}", "format=keras"]))
+
+
+def test_summaries_count_each_models_parameters() -> None:
+    # Counted by hand: conv 896 + 4,624; GAP gives Dense(8) 16 inputs: 16*8+8 = 136; 8*3+3 = 27.
+    gap = model_from_config(compose("train", ["model=leafnet_gap"]))
+    assert "Total params: 5,683" in format_summary(gap)
+    assert "global_average_pooling2d (GlobalAveragePooling2D)" in format_summary(gap)
+    seed = format_summary(model_from_config(compose("train", ["model.dropout=0.3"])))
+    assert "Total params: 1,443,763" in seed  # Dropout has no weights
+    assert "dropout (Dropout)" in seed and "dropout_1 (Dropout)" in seed
+    assert "dropout" not in format_summary(model_from_config(compose("train", [])))
+    resnet = model_from_config(compose("train", ["model=torchvision", "data.image_size=64"]))
+    # torchvision's resnet18 has 11,689,512 parameters with 1,000 classes: 513,000 in its head.
+    assert f"Total params: {11_689_512 - 513_000 + 512 * 3 + 3:,}" in format_summary(resnet)
+
+
+def test_dropout_is_active_in_training_only() -> None:
+    net = build_model({"arch": "leafnet", "dropout": 0.5, "image_size": 24, "num_classes": 3})
+    x = torch.rand(4, 3, 24, 24)
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+
+
+def test_gap_is_the_seed_with_one_layer_changed() -> None:
+    seed = build_model({"arch": "leafnet", "image_size": 32, "num_classes": 3})
+    gap = build_model({"arch": "leafnet", "global_pool": True, "image_size": 32, "num_classes": 3})
+    gap.conv2d.load_state_dict(seed.conv2d.state_dict())
+    gap.conv2d_1.load_state_dict(seed.conv2d_1.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    feats = {}
+    gap.dense.register_forward_hook(lambda _m, inp, _o: feats.__setitem__("gap", inp[0]))
+    gap(x)
+    conv = torch.relu(
+        seed.max_pooling2d_1(seed.conv2d_1(torch.relu(seed.max_pooling2d(seed.conv2d(x)))))
+    )
+    torch.testing.assert_close(feats["gap"], conv.mean(dim=(2, 3)))
+
+
+def test_unknown_names_get_one_line() -> None:
+    with pytest.raises(LeafnetError, match=r"model\.name='resnet9000'"):
+        build_model(
+            {"arch": "torchvision", "name": "resnet9000", "image_size": 32, "num_classes": 3}
+        )
+    with pytest.raises(LeafnetError, match=r"model\.arch='vgg'"):
+        build_model({"arch": "vgg", "image_size": 32, "num_classes": 3})
+    with pytest.raises(LeafnetError, match="dropout"):
+        build_model({"arch": "leafnet", "dropout": 1.5, "image_size": 32, "num_classes": 3})
+
+
+def _hub_file(name: str, hub: Path) -> Path:
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    return hub / "checkpoints" / Path(urlparse(url).path).name
+
+
+def test_pretrained_weights_come_from_the_hub_cache(tmp_path: Path, monkeypatch) -> None:
+    import torchvision
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    torch.manual_seed(3)
+    reference = torchvision.models.get_model("resnet18", weights=None)  # 1,000 classes
+    target = _hub_file("resnet18", hub)
+    target.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), target)
+
+    net = TorchvisionNet("resnet18", num_classes=3, image_size=32, pretrained=True)
+    torch.testing.assert_close(net.net.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert net.net.fc.out_features == 3  # a fresh head for the data's classes
+
+
+def test_pretrained_weights_missing_offline_get_one_line(tmp_path: Path, monkeypatch) -> None:
+    import urllib.request
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(LeafnetError) as err:
+        TorchvisionNet("mobilenet_v3_small", num_classes=3, image_size=32, pretrained=True)
+    message = str(err.value)
+    assert str(_hub_file("mobilenet_v3_small", hub)) in message
+    assert "model.pretrained=false" in message and "\n" not in message
+
+
+def test_auto_micro_batch_works_for_any_model() -> None:
+    from leafnet.module import LeafClassifier
+
+    cfg = to_primitive(compose("train", ["model=torchvision", "data.image_size=64"]))
+    classifier = LeafClassifier.from_config(cfg, ["a", "b", "c"], {"image_size": 64})
+    assert 1 <= classifier.hparams.micro_batch_size <= cfg["batch_size"]
