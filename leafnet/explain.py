@@ -94,18 +94,26 @@ def feature_maps(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return maps
 
 
+MAX_PANELS = 32  # LeafNet's layers have 32 and 16 channels; a deep model's last stage 1,280
+
+
 def feature_maps_figure(name: str, maps: Tensor) -> Figure:
-    """One panel per channel, each with its own colour scale (viridis)."""
+    """One panel per channel (at most MAX_PANELS: the most active ones), each with its own colour
+    scale (viridis), titled with its channel index."""
     plt = _plt()
-    rows, cols = _grid(len(maps))
+    c, h, w = maps.shape
+    channels = torch.arange(c)
+    if c > MAX_PANELS:
+        channels = maps.float().mean(dim=(1, 2)).topk(MAX_PANELS).indices.sort().values
+    rows, cols = _grid(len(channels))
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
-        if i < len(maps):
-            ax.imshow(maps[i].float().numpy(), cmap="viridis")
-            ax.set_title(str(i), fontsize=7)
-    c, h, w = maps.shape
-    fig.suptitle(f"{name}: {c} feature maps of {h}x{w} (after ReLU)")
+        if i < len(channels):
+            ax.imshow(maps[channels[i]].float().numpy(), cmap="viridis")
+            ax.set_title(str(int(channels[i])), fontsize=7)
+    shown = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
+    fig.suptitle(f"{name}: {shown} feature maps of {h}x{w} (after ReLU)")
     return fig
 
 

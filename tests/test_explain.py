@@ -66,3 +66,15 @@ def test_callback_logs_figures_to_tensorboard(tiny_train_images: Path, tmp_path:
     events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"images": 0})
     events.Reload()
     assert {f"explain/{n}" for n in PNGS} <= set(events.Tags()["images"])
+
+
+def test_a_wide_layer_shows_its_most_active_channels() -> None:
+    from leafnet.explain import MAX_PANELS, feature_maps_figure
+
+    maps = torch.zeros(100, 4, 4)
+    maps[7] = 5.0  # the most active channel must be among the panels
+    maps[60:100] = 1.0
+    fig = feature_maps_figure("stage", maps)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == MAX_PANELS and "7" in titles
+    assert "the 32 most active of 100" in fig._suptitle.get_text()

@@ -588,11 +588,12 @@ def _lab_cercospora(rng, leaf: Leaf, draw, pal: Palette, area: float) -> None:
 
 
 def _lab_alternaria(rng, leaf: Leaf, draw, pal: Palette, area: float) -> None:
-    """Larger spots of concentric dark and tan rings in a thin pale halo (about 43:26:31)."""
-    big = leaf.length * rng.uniform(0.02, 0.028)
+    """Spots of concentric dark and tan rings in a thin pale halo (about 43:26:31), crowded
+    along the margin."""
+    big = leaf.length * rng.uniform(0.014, 0.02)
     for _ in range(max(1, round(area / (math.pi * (0.82 * big * 1.2) ** 2)))):
         x, y, u, v = leaf.point(rng, v_max=0.85)
-        v = math.copysign(rng.uniform(0.55, 0.85), v)  # from the margin inward
+        v = math.copysign(rng.uniform(0.68, 0.9), v)  # from the margin inward
         x, y = leaf.to_image(u, v * float(leaf.half_width(np.array(u))))
         r = big * rng.uniform(0.6, 1.0)
         hr = r * 1.2
@@ -609,7 +610,7 @@ def _lab_miner(rng, leaf: Leaf, draw, pal: Palette, area: float) -> None:
     step = leaf.length * rng.uniform(0.005, 0.007)
     steps_total = area / (1.3 * w_mean * step)
     trails = max(1, round(steps_total / 95))
-    band = 0.4  # mines wander along the midrib, in the middle of the blade
+    band = 0.3  # mines wander along the midrib, in the middle of the blade
     for _ in range(trails):
         _x, _y, u, v = leaf.point(rng, v_max=band)
         heading = rng.uniform(0, 2 * math.pi)
@@ -728,10 +729,19 @@ def generate(
 
 
 MARKER = ".leafnet-synthetic.json"
+# Raised whenever a style's images change, so a set written by an older leafnet is not taken
+# for the current one.
+VERSIONS = {"lab": 1, "field": 1}
 
 
 def _marker(n_per_class: int, size: int, seed: int, style: str) -> dict:
-    return {"style": style, "seed": seed, "n_per_class": n_per_class, "size": size}
+    return {
+        "style": style,
+        "version": VERSIONS[style],
+        "seed": seed,
+        "n_per_class": n_per_class,
+        "size": size,
+    }
 
 
 def ensure_synthetic(
@@ -753,10 +763,14 @@ def ensure_synthetic(
         found = json.loads(marker.read_text()) if marker.is_file() else None
         if found == wanted:
             return False
-        what = f"another synthetic set ({found})" if found else "files leafnet did not write"
+        if found:
+            raise LeafnetError(
+                f"data.dir={out_dir} holds another synthetic set ({found}); delete that folder "
+                "to have it written again, or point data.dir at a new folder"
+            )
         raise LeafnetError(
-            f"data.dir={out_dir} holds {what}; to train on your own photos use data=folder "
-            f"data.dir={out_dir}, else point data.dir at a new folder for the synthetic set"
+            f"data.dir={out_dir} holds files leafnet did not write; to train on your own photos "
+            f"use data=folder data.dir={out_dir}, else point data.dir at a new folder"
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise LeafnetError(f"data.dir={out_dir} is a file; point data.dir at a folder")
