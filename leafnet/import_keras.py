@@ -40,6 +40,11 @@ def import_keras(src: str | Path, out: str | Path, overrides: Sequence[str] = ()
     from leafnet.runs import save_classifier
 
     cfg = compose("train", overrides)
+    if cfg.model.get("arch", "leafnet") != "leafnet":
+        raise LeafnetError(
+            f"import_keras reads the seed's Keras model into model=leafnet or leafnet_gap, not "
+            f"model.arch={cfg.model.arch}"
+        )
     layers = read_keras_layers(src)  # refuses a missing or unreadable file before any work
     class_names = class_names_from_data(cfg.data)
     file_classes = layers[-1].kernel.shape[-1] if layers else None

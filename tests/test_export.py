@@ -14,8 +14,8 @@ from test_predict import run_error
 
 from leafnet.data.images import load_for_model
 from leafnet.export import main
-from leafnet.model import LeafNet
 from leafnet.runs import load_classifier
+from leafnet.zoo import build_model
 
 
 def _real_batch(classifier, images: Path, n: int) -> torch.Tensor:
@@ -104,7 +104,7 @@ def test_keras_weights_round_trip(
     path = main([f"ckpt={tiny_run}", "format=keras", f"output={tmp_path / 'seed.weights.h5'}"])
     capsys.readouterr()
     classifier = load_classifier(tiny_run)
-    back = load_keras_weights(LeafNet(**classifier.hparams.model), path)
+    back = load_keras_weights(build_model(classifier.hparams.model), path)
     for name, value in classifier.net.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name
     sidecar = json.loads((tmp_path / "seed.leafnet.json").read_text())
