@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from leafnet.callbacks import DeadUnits, EpochMetrics
+from leafnet.callbacks import DeadUnits, DivergenceStop, EpochMetrics
 from leafnet.module import LeafClassifier
 
 MODEL = {"image_size": 24, "conv1_filters": 4, "conv2_filters": 4, "dense_units": 8}
@@ -119,3 +119,49 @@ def test_data_wait_share_is_low_when_the_step_is_slow(tmp_path: Path) -> None:
     logged, written = data_wait_share(tmp_path, load_delay=0.0, step_delay=0.2)
     assert logged < 0.2, f"data wait share {logged}"
     assert written == pytest.approx(logged, abs=1e-4)
+
+
+def fit_with_divergence_stop(lr: float, stop: DivergenceStop, epochs: int = 3) -> LeafClassifier:
+    """A few epochs of SGD on random images: lr=1000 makes the loss finite but huge."""
+    torch.manual_seed(0)
+    module = LeafClassifier(
+        model=MODEL,
+        optimizer={"name": "sgd"},
+        lr=lr,
+        class_names=["a", "b", "c"],
+        preprocessing={"image_size": 24},
+    )
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (24, 3, 24, 24), dtype=torch.uint8, generator=gen)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        callbacks=[stop],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(x, torch.arange(24) % 3), batch_size=8))
+    return module
+
+
+def test_an_exploding_finite_loss_is_diverged() -> None:
+    module = fit_with_divergence_stop(1000.0, DivergenceStop())
+    d = module.diverged_at
+    assert d is not None and d["reason"] == "exploding" and d["epoch"] == 1
+    assert 10 * 1.0986 < d["loss"] < float("inf")  # finite, and over the rule's limit
+
+
+def test_the_exploding_rule_can_be_turned_off_and_spares_a_normal_run() -> None:
+    assert fit_with_divergence_stop(1000.0, DivergenceStop(max_loss_ratio=None)).diverged_at is None
+    assert fit_with_divergence_stop(1e-3, DivergenceStop()).diverged_at is None
+
+
+def test_a_bad_max_loss_ratio_is_one_line() -> None:
+    from leafnet.callbacks import DivergenceStop
+    from leafnet.errors import LeafnetError
+
+    with pytest.raises(LeafnetError, match="max_loss_ratio"):
+        DivergenceStop(max_loss_ratio=0.5)

@@ -196,6 +196,7 @@ print(json.dumps(faults))
 """
 
 
+@pytest.mark.slow  # two 640 px training processes: a performance guard, not a behaviour test
 def test_training_steps_reuse_the_heap_at_640() -> None:
     def faults(mode: str) -> list[int]:
         result = _python(_FAULTS.replace("sys.argv[1]", repr(mode)))
