@@ -40,6 +40,7 @@ from leafnet.config import CONFIG_DIR, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, tune_process
+from leafnet.schema import check_train_config
 from leafnet.sweep import split_threads
 
 log = logging.getLogger(__name__)
@@ -67,22 +68,9 @@ def cpu_has_bf16() -> bool:
 
 
 def validate(cfg: DictConfig) -> None:
-    """One-line errors for values that would fail later, deep inside torch or Lightning."""
-    if not isinstance(cfg.lr, int | float) or not cfg.lr > 0:
-        raise LeafnetError(f"lr={cfg.lr} must be a positive number, e.g. lr=1e-4")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise LeafnetError(
-            f"batch_size={cfg.batch_size} must be a positive integer, e.g. batch_size=32"
-        )
-    if not isinstance(cfg.epochs, int) or cfg.epochs < 1:
-        raise LeafnetError(f"epochs={cfg.epochs} must be a positive integer")
-    micro = cfg.micro_batch_size
-    if micro != "auto" and micro is not None and (not isinstance(micro, int) or micro < 1):
-        raise LeafnetError(f"micro_batch_size={micro} must be auto or a positive integer")
-    if not cfg.max_memory_gb > 0:
-        raise LeafnetError(f"max_memory_gb={cfg.max_memory_gb} must be positive")
-    if cfg.weight_decay < 0:
-        raise LeafnetError(f"weight_decay={cfg.weight_decay} must be >= 0")
+    """One-line errors for values that would fail later, deep inside torch or Lightning: every
+    key's type and range (`leafnet.schema`), then what depends on the machine."""
+    check_train_config(to_primitive(cfg))
     precision = str(cfg.precision)
     if precision not in PRECISIONS:
         raise LeafnetError(f"precision={precision} is unknown; use one of {', '.join(PRECISIONS)}")

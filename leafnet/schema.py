@@ -1,0 +1,142 @@
+"""The training config's types and ranges, checked in one place before anything runs.
+
+Hydra hands command-line values over as typed as they were written (`data.image_size=abc` is a
+string, `lr=true` a bool, `data.image_size=8.7` a float), and code deep inside would either
+crash with a traceback or quietly coerce them (`bool("no")` is True). `check_train_config(cfg)`
+walks the table below and raises one `LeafnetError` naming the key, the value and what it takes.
+Booleans accept only true or false; integers no floats; numbers no booleans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from leafnet.errors import LeafnetError
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _three(low: float, high: float, ints: bool) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        ok = _is_int if ints else _is_number
+        return (
+            isinstance(v, list | tuple)
+            and len(v) == 3
+            and all(ok(x) and low <= x <= high for x in v)
+        )
+
+    return check
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: `check(value)` is True for a valid value; `expect` says what is valid."""
+
+    path: str
+    check: Callable[[Any], bool]
+    expect: str
+    nullable: bool = False
+
+
+def one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def positive_int(v: Any) -> bool:
+    return _is_int(v) and v >= 1
+
+
+def fraction(v: Any) -> bool:
+    return _is_number(v) and 0 <= v < 1
+
+
+TRAIN_KEYS: tuple[Key, ...] = (
+    Key("lr", lambda v: _is_number(v) and v > 0, "a positive number, e.g. lr=1e-4"),
+    Key("batch_size", positive_int, "a positive integer, e.g. batch_size=32"),
+    Key("micro_batch_size", lambda v: v == "auto" or positive_int(v), "auto or a positive integer"),
+    Key("max_memory_gb", lambda v: _is_number(v) and v > 0, "a positive number of GB"),
+    Key("epochs", positive_int, "a positive integer"),
+    Key("seed", _is_int, "an integer"),
+    Key("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    Key("resume", _is_str, "a run directory", nullable=True),
+    Key("tune.lr_find", _is_bool, "true or false"),
+    Key("data.dir", _is_str, "a folder with one sub-folder per class"),
+    Key("data.synthetic", _is_bool, "true or false"),
+    Key("data.synthetic_seed", _is_int, "an integer"),
+    Key("data.image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
+    Key("data.pad_color", _three(0, 255, ints=True), "three integers 0-255, e.g. [0,0,0]"),
+    Key("data.mean", _three(-1e3, 1e3, ints=False), "three numbers"),
+    Key("data.std", _three(1e-6, 1e3, ints=False), "three positive numbers"),
+    Key("data.val_fraction", fraction, "a number in [0, 1)"),
+    Key("data.test_fraction", fraction, "a number in [0, 1)"),
+    Key("data.split_file", _is_str, "a split.csv path", nullable=True),
+    Key("data.split_seed", _is_int, "an integer", nullable=True),
+    Key("data.kfold", lambda v: _is_int(v) and v >= 2, "an integer >= 2", nullable=True),
+    Key("data.fold", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Key("data.strict", _is_bool, "true or false"),
+    Key("data.min_size", positive_int, "a positive integer (pixels)"),
+    Key("data.max_pixels", positive_int, "a positive integer"),
+    Key("data.cache", _is_bool, "true or false"),
+    Key("data.cache_dir", _is_str, "a folder", nullable=True),
+    Key(
+        "data.num_workers",
+        lambda v: v == "auto" or (_is_int(v) and v >= 0),
+        "auto or an integer >= 0",
+    ),
+    Key("data.limit_per_class", positive_int, "a positive integer", nullable=True),
+    Key("model.num_classes", lambda v: _is_int(v) and v >= 2, "an integer >= 2", nullable=True),
+    Key("model.conv1_filters", positive_int, "a positive integer"),
+    Key("model.conv2_filters", positive_int, "a positive integer"),
+    Key("model.dense_units", positive_int, "a positive integer"),
+    Key("model.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    Key("model.global_pool", _is_bool, "true or false"),
+    Key("model.name", _is_str, "a torchvision model name, e.g. resnet18"),
+    Key("model.pretrained", _is_bool, "true or false"),
+)
+
+_MISSING = object()
+
+
+def _select(cfg: Mapping[str, Any], path: str) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def check_config(cfg: Mapping[str, Any], keys: tuple[Key, ...]) -> None:
+    """Raise one LeafnetError for the first key whose value is of the wrong type or range.
+
+    `cfg` is a resolved plain dict (`config.to_primitive`); keys it does not have are skipped
+    (each config group has its own: `model.name` only with `model=torchvision`).
+    """
+    for key in keys:
+        value = _select(cfg, key.path)
+        if value is _MISSING or (value is None and key.nullable):
+            continue
+        if not key.check(value):
+            shown = "null" if value is None else repr(value)
+            raise LeafnetError(f"{key.path}={shown} is not valid: use {key.expect}")
+
+
+def check_train_config(cfg: Mapping[str, Any]) -> None:
+    """Check a resolved training config (`conf/train.yaml` with its groups) against TRAIN_KEYS."""
+    check_config(cfg, TRAIN_KEYS)
