@@ -531,25 +531,7 @@ def render(
     img.alpha_composite(blade)
     img.alpha_composite(_blurred(_dirt(rng, size), 0.4))
 
-    if lab:
-        return _lab_lighting(rng, img.convert("RGB"), size)
-    # Lighting: a gradient in a random direction, a colour cast, sensor noise.
-    ang = rng.uniform(0, 2 * math.pi)
-    ramp = (xs - size / 2) * np.float32(math.cos(ang) / size) + (ys - size / 2) * np.float32(
-        math.sin(ang) / size
-    )
-    gain = (np.float32(rng.uniform(0.85, 1.1)) + np.float32(rng.uniform(0.1, 0.45)) * ramp)[
-        ..., None
-    ]
-    cast = rng.uniform(0.93, 1.07, 3).astype(np.float32)
-    out = np.asarray(img.convert("RGB"), np.float32) * (gain * cast) + _noise(
-        rng, size, rng.uniform(0.0, 5.0)
-    )
-    out = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
-    blur = rng.uniform(0.0, 1.4) * size / 640
-    if blur > 0.3:
-        out = out.filter(ImageFilter.GaussianBlur(blur))
-    return out, int(rng.integers(60, 96))
+    return _lighting(rng, img.convert("RGB"), size, LAB_LIGHT if lab else FIELD_LIGHT)
 
 
 # -- the lab style's symptoms ------------------------------------------------------------------------
@@ -671,23 +653,43 @@ def _dark_cloth(rng: np.random.Generator, size: int) -> Image.Image:
     return Image.fromarray(np.clip(cloth + 0.5, 0, 255).astype(np.uint8))
 
 
-def _lab_lighting(rng: np.random.Generator, img: Image.Image, size: int) -> tuple[Image.Image, int]:
-    """Even studio light: a weak gradient and colour cast, little noise, a good JPEG quality."""
+@dataclass(frozen=True)
+class Light:
+    """Ranges of the photo's lighting: overall gain, gradient strength, colour cast per channel,
+    sensor noise sigma, blur radius at 640 px, JPEG quality."""
+
+    gain: tuple[float, float]
+    ramp: tuple[float, float]
+    cast: tuple[float, float]
+    noise: float
+    blur: float
+    quality: tuple[int, int]
+
+
+FIELD_LIGHT = Light((0.85, 1.1), (0.1, 0.45), (0.93, 1.07), 5.0, 1.4, (60, 96))
+LAB_LIGHT = Light((0.92, 1.05), (0.0, 0.15), (0.97, 1.03), 2.0, 0.8, (85, 96))  # studio light
+
+
+def _lighting(
+    rng: np.random.Generator, img: Image.Image, size: int, light: Light
+) -> tuple[Image.Image, int]:
+    """A gradient in a random direction, a colour cast, sensor noise, blur; and a JPEG quality."""
     xs, ys = _grid(size)
     ang = rng.uniform(0, 2 * math.pi)
     ramp = (xs - size / 2) * np.float32(math.cos(ang) / size) + (ys - size / 2) * np.float32(
         math.sin(ang) / size
     )
-    gain = (np.float32(rng.uniform(0.92, 1.05)) + np.float32(rng.uniform(0.0, 0.15)) * ramp)[
+    gain = (np.float32(rng.uniform(*light.gain)) + np.float32(rng.uniform(*light.ramp)) * ramp)[
         ..., None
     ]
-    cast = rng.uniform(0.97, 1.03, 3).astype(np.float32)
-    out = np.asarray(img, np.float32) * (gain * cast) + _noise(rng, size, rng.uniform(0.0, 2.0))
+    cast = rng.uniform(*light.cast, 3).astype(np.float32)
+    noise = _noise(rng, size, rng.uniform(0.0, light.noise))
+    out = np.asarray(img, np.float32) * (gain * cast) + noise
     out = Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8), "RGB")
-    blur = rng.uniform(0.0, 0.8) * size / 640
+    blur = rng.uniform(0.0, light.blur) * size / 640
     if blur > 0.3:
         out = out.filter(ImageFilter.GaussianBlur(blur))
-    return out, int(rng.integers(85, 96))
+    return out, int(rng.integers(*light.quality))
 
 
 def image_rng(seed: int, label: int, index: int) -> np.random.Generator:
