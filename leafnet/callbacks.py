@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,10 @@ class AtomicCheckpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, KeyboardInterrupt) and self.dirpath is not None:
+        # Only while fitting: an interrupted final test holds the best checkpoint's weights, and
+        # last.ckpt must keep the newest trained ones.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if isinstance(exception, KeyboardInterrupt) and fitting and self.dirpath is not None:
             path = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
             self._save_checkpoint(trainer, path)
             log.warning("interrupted: saved %s", path)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -21,12 +22,40 @@ from leafnet.errors import LeafnetError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
+def _resuming(resume: object) -> bool:
+    return resume not in (None, "", "null")
+
+
+def _run_dir(resume: object, new_dir: str) -> str:
+    """`hydra.run.dir`: the resumed run's directory, or a new one."""
+    return str(resume) if _resuming(resume) else new_dir
+
+
+def _config_subdir(resume: object, output_dir: str) -> str | None:
+    """`hydra.output_subdir`, where Hydra saves this invocation's config. A resumed run keeps its
+    own `.hydra/` (this one goes to `.hydra/resume/`); in a directory that already holds a run,
+    which `train` then refuses, Hydra saves nothing rather than replace that run's config."""
+    if _resuming(resume):
+        return ".hydra/resume"
+    out = Path(output_dir)
+    if (out / "summary.json").exists() or (out / "checkpoints").exists():
+        return None
+    return ".hydra"
+
+
+# Used by conf/hydra/default.yaml.
+OmegaConf.register_new_resolver("leafnet.run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("leafnet.config_subdir", _config_subdir, replace=True)
+
+
 def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `conf/<config_name>.yaml` with command-line style `overrides`.
 
     A bad override (unknown group option, malformed key=value) becomes a `LeafnetError`.
     """
     try:
+        if GlobalHydra.instance().is_initialized():  # inside `@hydra.main`: its search path
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:

@@ -76,6 +76,7 @@ TRAIN_KEYS: tuple[Key, ...] = (
     Key("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     Key("resume", _is_str, "a run directory", nullable=True),
     Key("tune.lr_find", _is_bool, "true or false"),
+    Key("tune.num_training", positive_int, "a positive integer"),
     Key("data.dir", _is_str, "a folder with one sub-folder per class"),
     Key("data.synthetic", _is_bool, "true or false"),
     Key("data.synthetic_seed", _is_int, "an integer"),

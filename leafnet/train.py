@@ -20,9 +20,14 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +41,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from leafnet.config import CONFIG_DIR, to_primitive
-from leafnet.errors import EXIT_INTERRUPTED, LeafnetError, fail
+from leafnet import rundir
+from leafnet.config import CONFIG_DIR, compose, to_primitive
+from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, tune_process
 from leafnet.schema import check_train_config
@@ -52,7 +58,8 @@ sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 # What `resume=` may change: how long and where it runs, never what it computes.
-RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers")
+# data.num_workers is not among them: the augmentation's random streams follow the workers.
+RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb")
 
 
 class Diverged(LeafnetError):
@@ -89,15 +96,57 @@ def validate(cfg: DictConfig) -> None:
 # -- resume ----------------------------------------------------------------------------------------
 
 
-def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path]:
-    """The resumed run's own saved config, with the few changes `resume=` allows."""
+def trusted_targets() -> set[str]:
+    """Every class leafnet's own config groups name (`_target_:` in conf/): all a resumed run may
+    build, whatever a run directory's files say."""
+    found: set[str] = set()
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        found.update(re.findall(r"^\s*_target_:\s*([\w.]+)", path.read_text(), re.MULTILINE))
+    return found
+
+
+def _targets(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                yield str(value)
+            yield from _targets(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _targets(value)
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
+    """The resumed run's config, composed again from leafnet's config groups with the run's saved
+    overrides, plus the few changes `resume=` allows; and the run directory and its overrides.
+
+    A run directory may come from someone else: its `.hydra/config.yaml` is never instantiated,
+    and an override that would name a class to build (`_target_`) is refused.
+    """
     run_dir = Path(str(cfg.resume))
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
-        raise LeafnetError(f"resume={run_dir}: no .hydra/config.yaml there; give a run directory")
+        raise LeafnetError(
+            f"resume={run_dir}: no .hydra/overrides.yaml there; give a run directory"
+        )
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         raise LeafnetError(f"resume={run_dir}: no checkpoints/last.ckpt to continue from")
-    original = OmegaConf.load(saved)
+    try:
+        original = OmegaConf.to_container(OmegaConf.load(saved))
+    except Exception as err:  # a hand-edited or foreign file: any YAML error
+        raise LeafnetError(f"resume={run_dir}: {saved} is not readable YAML ({err})") from None
+    if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
+        raise LeafnetError(f"resume={run_dir}: {saved} is not a list of key=value overrides")
+    kept = [
+        o for o in original if not o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "resume"))
+    ]
+    for override in kept:
+        if any(word in override for word in ("_target_", "_partial_", "_args_", "_recursive_")):
+            raise LeafnetError(
+                f"resume={run_dir}: its saved override {override!r} names code to run; leafnet "
+                "resumes only from its own config groups (start a new run instead)"
+            )
+    changes = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key == "resume" or key.startswith("hydra."):
@@ -105,13 +154,24 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         if not key.startswith(RESUME_CHANGEABLE):
             raise LeafnetError(
                 f"resume: {override!r} would change what the run computes; only epochs, trainer.*, "
-                "micro_batch_size, max_memory_gb and data.num_workers may change (start a new run)"
+                "micro_batch_size and max_memory_gb may change (start a new run)"
             )
-        with open_dict(original):
-            OmegaConf.update(original, key, OmegaConf.select(cfg, key), merge=False)
-    with open_dict(original):
-        original.resume = str(run_dir)
-    return original, run_dir
+        changes.append(override)
+    resumed = compose("train", [*kept, *changes])
+    with open_dict(resumed):
+        resumed.resume = str(run_dir)
+        # The run's own split, whatever its saved config said (a sweep's split file lives in a
+        # sweep directory that resolves differently now); files that appeared since are reported
+        # and left out, files that vanished stop the run.
+        if (run_dir / "split.csv").is_file():
+            resumed.data.split_file = str(run_dir / "split.csv")
+    unknown = sorted(set(_targets(to_primitive(resumed))) - trusted_targets())
+    if unknown:
+        raise LeafnetError(
+            f"resume={run_dir}: its config would build {unknown[0]}, which is not one of "
+            "leafnet's config groups; start a new run instead"
+        )
+    return resumed, run_dir, kept
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -221,16 +281,27 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
     overrides = _hydra_overrides()
     ckpt_path = None
     if cfg.get("resume"):
-        cfg, resumed_dir = resume_config(cfg, overrides)
-        run_dir = resumed_dir
-        ckpt_path = str(resumed_dir / "checkpoints" / "last.ckpt")
-        saved = resumed_dir / ".hydra" / "overrides.yaml"
-        overrides = list(OmegaConf.load(saved)) if saved.is_file() else []
+        cfg, run_dir, overrides = resume_config(cfg, overrides)
+        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # DDP's other ranks run this too, in the directory rank 0 holds.
+    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    claimed = rundir.claim(run_dir, resuming=ckpt_path is not None) if rank0 else nullcontext()
+    with claimed:
+        return _train_in(cfg, run_dir, ckpt_path, overrides, started, rank0)
 
+
+def _train_in(
+    cfg: DictConfig,
+    run_dir: Path,
+    ckpt_path: str | None,
+    overrides: list[str],
+    started: float,
+    rank0: bool,
+) -> float | None:
+    """Train in a claimed run directory; summary.json says how it ended, whatever happens."""
     summary: dict[str, Any] = {
         "status": "failed",
         "optimizer": cfg.optimizer.get("name") if "optimizer" in cfg else None,
@@ -268,8 +339,20 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
     finally:
         summary["wall_time_s"] = round(earlier_time + time.perf_counter() - started, 2)
         summary["peak_rss_gb"] = _peak_rss_gb()
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        if rank0:
             write_summary(run_dir, summary)
+
+
+@contextmanager
+def _interruptible(trainer: pl.Trainer) -> Iterator[None]:
+    """Lightning turns Ctrl-C (and SIGTERM, see `run_job`) into sys.exit(1) after the callbacks'
+    on_exception; raise it again as the interruption it was."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _fit_and_test(
@@ -301,7 +384,8 @@ def _fit_and_test(
     if cfg.get("tune", {}).get("lr_find"):
         from leafnet.tune import lr_find
 
-        suggestion = lr_find(trainer, classifier, datamodule, run_dir)
+        steps = int(cfg.tune.get("num_training", 100))
+        suggestion = lr_find(trainer, classifier, datamodule, run_dir, num_training=steps)
         summary["status"] = "lr_find"
         summary["lr_suggestion"] = suggestion
         log.info(
@@ -317,14 +401,8 @@ def _fit_and_test(
         summary["optimizer"], cfg.lr, cfg.batch_size, classifier.hparams.micro_batch_size,
         cfg.data.image_size, cfg.data.image_size, len(class_names), run_dir,
     )  # fmt: skip
-    try:
-        trainer.fit(classifier, datamodule=datamodule, ckpt_path=ckpt_path)
-    except SystemExit:
-        # Lightning turns Ctrl-C into sys.exit(1) after the callbacks' on_exception (which saved
-        # last.ckpt); report it as an interruption.
-        if trainer.interrupted:
-            raise KeyboardInterrupt from None
-        raise
+    with _interruptible(trainer):
+        trainer.fit(classifier, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     rows = next((cb.rows for cb in callbacks if hasattr(cb, "rows")), [])
     diverged = classifier.diverged_at
@@ -345,9 +423,14 @@ def _fit_and_test(
 
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
     if best_ckpt.is_file():
-        metrics = trainer.test(
-            classifier, datamodule=datamodule, ckpt_path=str(best_ckpt), verbose=False
-        )
+        with _interruptible(trainer):
+            metrics = trainer.test(
+                classifier,
+                datamodule=datamodule,
+                ckpt_path=str(best_ckpt),
+                verbose=False,
+                weights_only=True,
+            )
         m = metrics[0] if metrics else {}
         summary["test_acc"] = _finite(m.get("test_acc"))
         summary["test_f1_macro"] = _finite(m.get("test_f1_macro"))
@@ -406,10 +489,20 @@ def _task(cfg: DictConfig) -> float | None:
 def run_job(cfg: DictConfig, multirun: bool) -> float | None:
     """Train, applying the error policy: a single run ends with one line and a non-zero exit; a
     sweep job logs the error and returns, so the sweep goes on."""
+    terminated = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # A cluster pre-empting the job: handled as Ctrl-C is (last.ckpt, status interrupted).
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     try:
         return train(cfg)
     except KeyboardInterrupt:
-        fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", EXIT_INTERRUPTED)
+        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", code)
     except LeafnetError as err:
         if not multirun:
             fail(str(err))
@@ -422,15 +515,13 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
         if not multirun:
             raise
         log.exception("run failed; the sweep goes on")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return None
 
 
 def main() -> None:
-    # resume=<run dir> reopens that directory: Hydra writes this invocation's config under
-    # .hydra/resume/ so the run's own .hydra/config.yaml is kept (train() loads it).
-    resume = [a.split("=", 1)[1].strip("'\"") for a in sys.argv[1:] if a.startswith("resume=")]
-    if resume and resume[-1] not in ("", "null"):
-        sys.argv += [f"hydra.run.dir='{resume[-1]}'", "hydra.output_subdir=.hydra/resume"]
     _task()
 
 

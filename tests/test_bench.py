@@ -25,6 +25,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a benchmark run, ~45 s on 2 cores
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     result = bench(
         tmp_path,

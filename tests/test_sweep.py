@@ -42,15 +42,15 @@ def test_two_by_two_sweep_prints_the_table_and_compare_reads_it(
     tiny_train_images: Path, tmp_path: Path
 ) -> None:
     result = train_cli(
-        "-m", "optimizer=sgd,adam", "lr=0.1,0.01", *sweep_args(tiny_train_images, tmp_path)
+        "-m", "optimizer=sgd,adam", "lr=0.01,0.001", *sweep_args(tiny_train_images, tmp_path)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = only_sweep_dir(tmp_path)
     names = [p.name for p in run_dirs(sweep)]
     assert len(names) == 4
     # Readable sub-directories: job number, then the overrides that made the run.
-    assert names[0].startswith("0_") and "lr=0.1" in names[0] and "optimizer=sgd" in names[0]
-    assert names[3].startswith("3_") and "lr=0.01" in names[3] and "optimizer=adam" in names[3]
+    assert names[0].startswith("0_") and "lr=0.01" in names[0] and "optimizer=sgd" in names[0]
+    assert names[3].startswith("3_") and "lr=0.001" in names[3] and "optimizer=adam" in names[3]
     assert {s["status"] for s in summaries(sweep).values()} == {"completed"}
 
     table = (sweep / "sweep_table.txt").read_text()
@@ -59,10 +59,10 @@ def test_two_by_two_sweep_prints_the_table_and_compare_reads_it(
     for column in ("optimizer", "lr", "status", "best val acc", "final val loss", "epochs", "time"):
         assert column in header
     assert [r.split()[1:4] for r in rows] == [
-        ["sgd", "0.1", "completed"],
         ["sgd", "0.01", "completed"],
-        ["adam", "0.1", "completed"],
+        ["sgd", "0.001", "completed"],
         ["adam", "0.01", "completed"],
+        ["adam", "0.001", "completed"],
     ]
 
     report = tmp_path / "report"
@@ -120,7 +120,15 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
         assert (sweep / name).stat().st_size > 0
     assert "| sgd | 1000 | diverged |" in (sweep / "comparison.md").read_text()
 
+    # A study job resumes on its own split (its config's split file names the sweep directory).
+    job = next(run for run in run_dirs(sweep) if "lr=0.01" in run.name)
+    resumed = train_cli(f"resume='{job}'", "epochs=3")  # quoted: the name holds = and ,
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((job / "summary.json").read_text())["epochs_completed"] == 3
+    assert (job / "split.csv").read_text() == shared
 
+
+@pytest.mark.slow  # two processes of parallel trials, ~25 s on 2 cores
 def test_optuna_trials_run_in_parallel_on_the_joblib_launcher(
     tiny_train_images: Path, tmp_path: Path
 ) -> None:

@@ -184,20 +184,27 @@ def test_resume_after_sigkill_gives_the_same_weights(
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
 
 
-def test_ctrl_c_saves_last_and_ends_interrupted(tmp_path: Path, tiny_train_images: Path) -> None:
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_last_and_ends_interrupted(
+    tmp_path: Path, tiny_train_images: Path, sig: signal.Signals, code: int
+) -> None:
+    """Ctrl-C, or SIGTERM as a cluster pre-empting a job sends it."""
     run_dir = tmp_path / "run"
     proc = _popen_train(
         *tiny_args(tiny_train_images, tmp_path, "epochs=50"), f"hydra.run.dir={run_dir}"
     )
     try:
         _wait_for_epochs(run_dir / "metrics.csv", proc, 1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == code, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("leafnet: error: interrupted")
+    assert "Traceback" not in stderr
     assert summary(run_dir)["status"] == "interrupted"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / ".leafnet.lock").exists()  # the run directory is free again
 
 
 @pytest.mark.slow

@@ -81,7 +81,10 @@ def test_lr_find_sweeps_saves_and_restores(tiny_train_images: Path, tmp_path: Pa
 def test_train_lr_find_cli(tiny_train_images: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = train_cli(
-        *tiny_args(tiny_train_images, tmp_path), "tune.lr_find=true", f"hydra.run.dir={run_dir}"
+        *tiny_args(tiny_train_images, tmp_path),
+        "tune.lr_find=true",
+        "tune.num_training=30",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads((run_dir / "lr_find.json").read_text())

@@ -1,0 +1,147 @@
+"""What a run directory someone sends you, a second process or an interruption cannot do: run
+code, train over a finished run, share a directory, or lose the newest trained weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from fixtures_runs import tiny_args, train_cli
+
+from leafnet import rundir
+from leafnet.config import compose
+from leafnet.errors import LeafnetError
+from leafnet.train import train
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("leafnet: error")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.fixture
+def sent_run(tmp_path: Path, tiny_run: Path) -> Path:
+    """A copy of a finished run, as someone might send it (locks and all)."""
+    copy = tmp_path / "sent"
+    shutil.copytree(tiny_run, copy)
+    return copy
+
+
+def test_resume_never_builds_what_the_runs_config_names(sent_run: Path, tmp_path: Path) -> None:
+    planted = tmp_path / "planted"
+    config = sent_run / ".hydra" / "config.yaml"
+    config.write_text(
+        config.read_text()
+        + f"evil:\n  _target_: builtins.open\n  file: {planted}\n  mode: w\n"
+        + f"callbacks_evil:\n  _target_: pathlib.Path.touch\n  self: {planted}\n"
+    )
+    result = train_cli(f"resume={sent_run}", "epochs=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not planted.exists()
+    assert json.loads((sent_run / "summary.json").read_text())["epochs_completed"] == 5
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["+callbacks.evil._target_=builtins.print", "+callbacks.evil={_target_:builtins.print}"],
+)
+def test_resume_refuses_saved_overrides_that_name_code(sent_run: Path, override: str) -> None:
+    overrides = sent_run / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- {override}\n")
+    before = digest(sent_run / "checkpoints" / "last.ckpt")
+    line = one_error_line(train_cli(f"resume={sent_run}"))
+    assert "names code to run" in line
+    assert digest(sent_run / "checkpoints" / "last.ckpt") == before
+
+
+def test_a_new_run_never_replaces_a_finished_one(sent_run: Path, tiny_train_images: Path) -> None:
+    before = {p: digest(p) for p in sent_run.rglob("*") if p.is_file()}
+    old_log = (sent_run / "train.log").read_text()
+    line = one_error_line(
+        train_cli(*tiny_args(tiny_train_images, sent_run.parent), f"hydra.run.dir={sent_run}")
+    )
+    assert "already holds a run" in line and f"resume={sent_run}" in line
+    log = sent_run / "train.log"
+    after = {p: digest(p) for p in sent_run.rglob("*") if p.is_file() and p != log}
+    assert after == {p: h for p, h in before.items() if p != log}  # .hydra/ included
+    assert log.read_text().startswith(old_log)  # Hydra's job log is appended to, never replaced
+
+
+def test_a_run_directory_in_use_is_refused(sent_run: Path) -> None:
+    # This test's own process stands for a live training process holding the directory.
+    (sent_run / rundir.LOCK).write_text(f"{os.getpid()}\n")
+    line = one_error_line(train_cli(f"resume={sent_run}", "epochs=5"))
+    assert f"in use by another training process (pid {os.getpid()})" in line
+    assert json.loads((sent_run / "summary.json").read_text())["epochs_completed"] == 4
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (tmp_path / rundir.LOCK).write_text(f"{gone.pid}\n")
+    with rundir.claim(tmp_path, resuming=False):
+        assert (tmp_path / rundir.LOCK).read_text().strip() == str(os.getpid())
+    assert not (tmp_path / rundir.LOCK).exists()
+
+
+def test_a_run_directory_that_cannot_be_made_gets_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    with (
+        pytest.raises(LeafnetError, match=r"cannot create the run directory .* hydra\.run\.dir"),
+        rundir.claim(tmp_path / "a_file" / "run", resuming=False),
+    ):
+        pass
+
+
+class InterruptAtTest(pl.Callback):
+    """Ctrl-C as the final test starts, after recording last.ckpt's weights. The module's weights
+    are shifted first, so a checkpoint saved from them now would differ from the trained ones."""
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        self.before = torch.load(last, weights_only=True)["state_dict"]
+        with torch.no_grad():
+            for param in pl_module.parameters():
+                param.add_(1.0)
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_the_final_test_keeps_the_newest_weights(
+    tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interrupt = InterruptAtTest()
+    monkeypatch.setattr(sys.modules[__name__], "_INTERRUPT", interrupt, raising=False)
+    cfg = compose(
+        "train",
+        [
+            *tiny_args(tiny_train_images, tmp_path, "epochs=3", "logger=none"),
+            f"+callbacks.interrupt._target_={__name__}.interrupt_at_test",
+        ],
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    for key, value in interrupt.before.items():
+        torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0)
+
+
+def interrupt_at_test() -> InterruptAtTest:
+    """The `_target_` the test above adds: hands Lightning the test's own callback."""
+    return sys.modules[__name__]._INTERRUPT
