@@ -435,16 +435,22 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     # Enough training images that each worker's warm-up and timed steps are full batches of one
     # epoch: a partial last batch or an epoch boundary inside the timing skews the median.
     needed = args.batch * (args.warmup + math.ceil(args.steps / rounds))
-    data_dir = Path(args.data_dir or f"outputs/bench/data/synthetic_{args.image_size}_{needed}")
-    print(f"data: {data_dir} (generated on first use)", file=sys.stderr)
-    ensure_data(data_dir, args.image_size, needed)
+    if args.data_dir:  # the user's own folder: read as it is, never written into
+        data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            raise LeafnetError(f"--data-dir {data_dir} is not a folder; give a folder of images")
+    else:
+        data_dir = Path(f"outputs/bench/data/synthetic_{args.image_size}_{needed}")
+        print(f"data: {data_dir} (generated on first use)", file=sys.stderr)
+        ensure_data(data_dir, args.image_size, needed)
     base = {
         "image_size": args.image_size,
         "batch": args.batch,
         "micro": micro,
         "warmup": args.warmup,
         "data_dir": str(data_dir),
-        "cache_dir": str(data_dir.parent / f".cache_{data_dir.name}"),
+        # Under outputs/bench/, not beside the data: a user's folder stays as it was.
+        "cache_dir": f"outputs/bench/cache/{data_dir.resolve().name}_{args.image_size}",
         "profile": False,
         "accelerator": args.accelerator,
         "precision": args.precision,

@@ -363,3 +363,10 @@ def test_synthetic_set_is_generated_on_first_use(tmp_path, monkeypatch):
     dm = make(target, synthetic=True, val_fraction=0.25, test_fraction=0.25)
     assert dm.class_names == list(CLASS_NAMES) and len(dm.labels) == 12
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_a_mistyped_data_dir_is_not_filled_with_generated_images(tmp_path):
+    typo = tmp_path / "my_leaves_typo"
+    with pytest.raises(LeafnetError, match=r"my_leaves_typo does not exist; .*data=folder"):
+        make(typo, synthetic=True).setup("fit")
+    assert not typo.exists() and list(tmp_path.iterdir()) == []

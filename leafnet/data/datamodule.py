@@ -243,6 +243,15 @@ class LeafDataModule(L.LightningDataModule):
             self._ensure_synthetic()
 
     def _ensure_synthetic(self) -> None:
+        # A missing folder is written into only under the set's own name: a mistyped data.dir
+        # must not quietly become 300 generated images.
+        own_name = f"synthetic-{self.synthetic_style}"
+        if not self.dir.exists() and self.dir.name != own_name:
+            raise LeafnetError(
+                f"data.dir={self.dir} does not exist; for your own photos use data=folder "
+                f"data.dir=<your folder>; the synthetic set is written only into a folder named "
+                f"{own_name}"
+            )
         if ensure_synthetic(self.dir, seed=self.synthetic_seed, style=self.synthetic_style):
             log.info("wrote the synthetic leaf set to %s (first use)", self.dir)
 
