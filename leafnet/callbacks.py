@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from leafnet.files import atomic_path
+
 log = logging.getLogger(__name__)
 
 METRICS_COLUMNS = (
@@ -53,10 +55,11 @@ class AtomicCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         if getattr(trainer.lightning_module, "diverged_at", None) is not None:
             return
-        tmp = f"{filepath}.tmp"
-        super()._save_checkpoint(trainer, tmp)
         if trainer.is_global_zero:
-            os.replace(tmp, filepath)
+            with atomic_path(filepath) as tmp:
+                super()._save_checkpoint(trainer, str(tmp))
+        else:  # Lightning writes nothing on the other ranks; they join its barrier
+            super()._save_checkpoint(trainer, filepath)
         self._last_checkpoint_saved = filepath
 
     # Lightning (2.6) writes last.ckpt only in a step that also wrote a top-k checkpoint; resume
@@ -295,13 +298,11 @@ class EpochMetrics(Callback):
             self._write(self._path(trainer))
 
     def _write(self, path: Path) -> None:
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
             writer.writeheader()
             for row in self.rows:
                 writer.writerow({k: int(row[k]) if k in ("epoch", "step") else row[k] for k in row})
-        os.replace(tmp, path)
 
 
 class EpochSeed(Callback):

@@ -29,6 +29,7 @@ from torchmetrics.classification import (
 
 from leafnet.data.datamodule import scan_folder
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import command_config, load_model, predict_files
 
 
@@ -105,7 +106,8 @@ def save_confusion_png(confmat: list[list[int]], class_names: Sequence[str], pat
     fig.set_size_inches(size, size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -146,9 +148,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
 
     out = Path(str(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
+    for name in ("confusion_matrix.png", "metrics.json"):
+        refuse_existing(out / name, cfg.get("overwrite", False), "out")
     save_confusion_png(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
 
     print(f"{len(results)} images in {len(names)} classes from {root}")
     if skipped:

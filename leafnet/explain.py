@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import atomic_path, refuse_existing
 from leafnet.inference import command_config, expand_inputs, load_model
 
 if TYPE_CHECKING:
@@ -184,12 +185,14 @@ def explain(cfg: DictConfig) -> dict[str, Path]:
     names = list(classifier.hparams.class_names)
     figures = explain_figures(classifier.net, x, names, display=image)
     out = Path(str(cfg.out)) if cfg.get("out") else Path(f"explain_{files[0].stem}")
-    out.mkdir(parents=True, exist_ok=True)
+    for name in figures:
+        refuse_existing(out / f"{name}.png", cfg.get("overwrite", False), "out")
     plt = _plt()
     written = {}
     for name, fig in figures.items():
         written[name] = out / f"{name}.png"
-        fig.savefig(written[name], dpi=110, bbox_inches="tight")
+        with atomic_path(written[name]) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     with torch.no_grad():
         probs = classifier.predict_proba(image.unsqueeze(0).to(device))[0].cpu()

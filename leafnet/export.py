@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import atomic_path, refuse_existing
 from leafnet.inference import command_config, load_model
 from leafnet.module import LeafClassifier
 
@@ -107,9 +108,8 @@ def export_onnx(classifier: LeafClassifier, path: Path) -> Path:
         f"leafnet LeafNet classifier. Input {INPUT_CONTRACT}. Outputs {OUTPUT_CONTRACT}."
     )
     onnx.checker.check_model(proto)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save_model(proto, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
     return path
 
 
@@ -119,11 +119,10 @@ def export_torchscript(classifier: LeafClassifier, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice
         traced = torch.jit.trace(model, (example_batch(classifier),), check_trace=False)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.jit.save(
-            traced, str(tmp), _extra_files={"leafnet.json": json.dumps(metadata(classifier))}
-        )
-    tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.jit.save(
+                traced, str(tmp), _extra_files={"leafnet.json": json.dumps(metadata(classifier))}
+            )
     return path
 
 
@@ -167,7 +166,7 @@ def export(cfg: DictConfig) -> Path:
     # Exported graphs are device-neutral; tracing on the CPU is enough.
     classifier, _ = load_model(cfg, device="cpu")
     output = output or default_output(str(cfg.ckpt), fmt)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    refuse_existing(output, cfg.get("overwrite", False), "output")
     writer = {"onnx": export_onnx, "torchscript": export_torchscript, "keras": export_keras}[fmt]
     writer(classifier, output)
     side = classifier.prep.image_size

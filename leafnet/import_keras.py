@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import refuse_existing
 
-USAGE = "usage: python -m leafnet.import_keras SRC OUT.ckpt [key=value overrides]"
+USAGE = "usage: python -m leafnet.import_keras SRC OUT.ckpt [key=value overrides] [overwrite=true]"
 
 
 def class_names_from_data(data: Any) -> list[str]:
@@ -31,14 +32,18 @@ def class_names_from_data(data: Any) -> list[str]:
     return scan_folder(data.dir)[0]
 
 
-def import_keras(src: str | Path, out: str | Path, overrides: Sequence[str] = ()) -> Path:
-    """Read a Keras file into a `LeafClassifier` built from the config, save it as `out`."""
+def import_keras(
+    src: str | Path, out: str | Path, overrides: Sequence[str] = (), overwrite: bool = False
+) -> Path:
+    """Read a Keras file into a `LeafClassifier` built from the config, save it as `out` (an
+    existing `out` only with `overwrite`)."""
     from leafnet.config import compose, to_primitive
     from leafnet.data.images import Preprocessing
     from leafnet.keras_io import load_keras_weights, read_keras_layers
     from leafnet.module import LeafClassifier
     from leafnet.runs import save_classifier
 
+    refuse_existing(out, overwrite, "OUT")
     cfg = compose("train", overrides)
     if cfg.model.get("arch", "leafnet") != "leafnet":
         raise LeafnetError(
@@ -66,13 +71,18 @@ def import_keras(src: str | Path, out: str | Path, overrides: Sequence[str] = ()
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry: SRC OUT.ckpt, then Hydra overrides."""
     args = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in args if a.startswith("overwrite=")]
+    args = [a for a in args if not a.startswith("overwrite=")]
+    overwrite = flags[-1].split("=", 1)[1] if flags else "false"
+    if overwrite not in ("true", "false"):
+        raise LeafnetError(f"overwrite={overwrite}: use true or false")
     paths = [a for a in args if "=" not in a]
     if len(paths) != 2 or args[:2] != paths:
         raise LeafnetError(f"expected SRC and OUT.ckpt before the overrides; {USAGE}")
     src, out = paths
     if not out.endswith(".ckpt"):
         raise LeafnetError(f"OUT must end in .ckpt, got {out}; {USAGE}")
-    written = import_keras(src, out, args[2:])
+    written = import_keras(src, out, args[2:], overwrite=overwrite == "true")
     print(f"wrote {written} from {src}")
 
 

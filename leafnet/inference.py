@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from leafnet.config import compose
+from leafnet.config import compose, to_primitive
 from leafnet.data.images import IMAGE_EXTENSIONS, BadImage, load_for_model
 from leafnet.errors import LeafnetError
 from leafnet.module import LeafClassifier
+from leafnet.schema import COMMAND_KEYS, check_config
 
 PROGRESS_MIN_FILES = 64  # below this a progress bar is noise
 
@@ -34,6 +35,7 @@ def command_config(name: str, argv: Sequence[str], required: Sequence[str] = ())
             raise LeafnetError(
                 f"{key}= is required: python -m leafnet.{name} {key}=... (see conf/{name}.yaml)"
             )
+    check_config(to_primitive(cfg), COMMAND_KEYS)
     return cfg
 
 
@@ -90,7 +92,12 @@ def expand_inputs(spec: Any) -> list[Path]:
             )
         return sorted(found)
     if glob.has_magic(text):
-        found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        # pathlib's `**` does not descend into symlinked folders (glob.glob does, and a link
+        # loop makes it run forever): match from the folder before the first wildcard.
+        parts = path.parts
+        first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        base = Path(*parts[:first]) if first else Path(".")
+        found = sorted(p for p in base.glob("/".join(parts[first:])) if p.is_file())
         if not found:
             raise LeafnetError(f"input={spec} matches no files")
         return found
@@ -99,13 +106,18 @@ def expand_inputs(spec: Any) -> list[Path]:
     )
 
 
+def printable(name: str) -> str:
+    """A file name any terminal can print: bytes that are not UTF-8 shown as U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def display_names(files: Sequence[Path]) -> list[str]:
     """File names as short as stays unambiguous: relative to the files' common folder."""
     if len(files) == 1:
-        return [files[0].name]
+        return [printable(files[0].name)]
     absolute = [f.resolve() for f in files]
     root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
-    return [p.relative_to(root).as_posix() for p in absolute]
+    return [printable(p.relative_to(root).as_posix()) for p in absolute]
 
 
 def _batches(files: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from leafnet.errors import LeafnetError
+from leafnet.files import atomic_path
 from leafnet.model import LeafNet
 
 WEIGHTS_IN_ARCHIVE = "model.weights.h5"
@@ -61,6 +62,37 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
 
+# An untrusted file may not make leafnet read other files or unbounded memory: datasets must be
+# stored inside the file (no external storage, no virtual datasets, no soft or external links),
+# and a .keras archive's weights member is read up to this size (LeafNet at 8192 px: ~1 GB).
+MAX_WEIGHTS_BYTES = 2 * 2**30
+
+
+def _child(group: h5py.Group, name: str, where: str) -> h5py.Group | h5py.Dataset:
+    """`group[name]`, refusing links: an external link would open another file."""
+    if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+        raise LeafnetError(
+            f"{where}: {group.name}/{name} is a link to elsewhere; leafnet reads only data "
+            "stored in the file itself (re-save the model with Keras)"
+        )
+    return group[name]
+
+
+def _array(group: h5py.Group, name: str, where: str) -> np.ndarray:
+    """A dataset's values, refusing data stored outside the file."""
+    ds = _child(group, name, where)
+    if not isinstance(ds, h5py.Dataset):
+        raise LeafnetError(f"{where}: {ds.name} is not an array of weights")
+    if ds.external or ds.is_virtual:
+        raise LeafnetError(
+            f"{where}: {ds.name} keeps its data in another file; leafnet reads only data "
+            "stored in the file itself (re-save the model with Keras)"
+        )
+    if ds.nbytes > MAX_WEIGHTS_BYTES:
+        raise LeafnetError(f"{where}: {ds.name} holds {ds.nbytes / 2**30:.1f} GB; too large")
+    return np.asarray(ds)
+
+
 def _kernel_and_bias(layer: str, named: list[tuple[str, np.ndarray]], where: str) -> FileLayer:
     """Pick kernel and bias out of a layer's arrays (by name when named, else kernel first)."""
     kernel = [a for n, a in named if n.split("/")[-1].startswith("kernel")]
@@ -86,10 +118,13 @@ def _read_keras3(root: h5py.Group, where: str) -> list[FileLayer]:
         )
     layers = []
     for name in sorted(group, key=_natural_key):
-        vars_group = group[name].get("vars")
-        if vars_group is None or len(vars_group) == 0:
+        layer = _child(group, name, where)
+        if "vars" not in layer:
             continue
-        named = [(k, np.asarray(vars_group[k])) for k in sorted(vars_group, key=int)]
+        vars_group = _child(layer, "vars", where)
+        if len(vars_group) == 0:
+            continue
+        named = [(k, _array(vars_group, k, where)) for k in sorted(vars_group, key=int)]
         layers.append(_kernel_and_bias(name, named, where))
     # Keras 3 keys layers per class in model order ("conv2d", "conv2d_1", "dense", ...), so the
     # natural order is the model's within a class; across classes the type check decides.
@@ -100,18 +135,26 @@ def _read_legacy(root: h5py.Group, where: str) -> list[FileLayer]:
     """Weighted layers of a legacy HDF5 file, in the order its `layer_names` attribute gives."""
     layers = []
     for name in map(_text, root.attrs["layer_names"]):
-        group = root[name]
+        group = _child(root, name, where)
         weight_names = [_text(w) for w in group.attrs.get("weight_names", [])]
         if not weight_names:
             continue
-        named = [(w, np.asarray(group[w])) for w in weight_names]
+        named = [(w, _legacy_array(group, w, where)) for w in weight_names]
         layers.append(_kernel_and_bias(name, named, where))
     return layers
 
 
+def _legacy_array(group: h5py.Group, path: str, where: str) -> np.ndarray:
+    """A legacy weight name is a path below the layer group ("dense/kernel:0"): walk it."""
+    *folders, leaf = path.split("/")
+    for folder in folders:
+        group = _child(group, folder, where)
+    return _array(group, leaf, where)
+
+
 def _read_h5(f: h5py.File, where: str) -> list[FileLayer]:
     if "model_weights" in f:  # a legacy full-model file (Keras 2, tf.keras, Keras 3 .h5)
-        return _read_legacy(f["model_weights"], where)
+        return _read_legacy(_child(f, "model_weights", where), where)
     if "layer_names" in f.attrs:  # a legacy weights-only file (save_weights("x.h5"))
         return _read_legacy(f, where)
     return _read_keras3(f, where)
@@ -131,7 +174,14 @@ def read_keras_layers(path: str | Path) -> list[FileLayer]:
                         f"{where}: a zip without {WEIGHTS_IN_ARCHIVE}; not a Keras 3 .keras "
                         "archive. Save the model with Keras 3's model.save('m.keras')"
                     )
-                data = archive.read(WEIGHTS_IN_ARCHIVE)
+                # Read at most the cap: a member's declared size can lie (a zip bomb).
+                with archive.open(WEIGHTS_IN_ARCHIVE) as member:
+                    data = member.read(MAX_WEIGHTS_BYTES + 1)
+                if len(data) > MAX_WEIGHTS_BYTES:
+                    raise LeafnetError(
+                        f"{where}: {WEIGHTS_IN_ARCHIVE} unpacks to more than "
+                        f"{MAX_WEIGHTS_BYTES // 2**30} GB; not the seed's model"
+                    )
             with h5py.File(io.BytesIO(data), "r") as f:
                 return _read_h5(f, where)
         if h5py.is_hdf5(path):
@@ -210,9 +260,7 @@ def save_keras_weights(model: LeafNet, path: str | Path) -> Path:
     path = Path(path)
     if not path.name.endswith(".weights.h5"):
         raise LeafnetError(f"{path}: Keras 3 loads weights only from a name ending in .weights.h5")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         layers = f.create_group("layers")
         for name, _ in WEIGHTED:
             module = getattr(model, name)
@@ -224,5 +272,4 @@ def save_keras_weights(model: LeafNet, path: str | Path) -> Path:
         for name in (row.name for row in model.layer_table() if row.params == 0):
             layers.create_group(name).create_group("vars").attrs["name"] = name
         f.create_group("vars").attrs["name"] = "sequential"
-    tmp.replace(path)  # atomic: a reader never sees half a file
     return path

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import (
     command_config,
     display_names,
@@ -57,9 +58,12 @@ def write_output(
     """CSV (file, predicted, one column per class) or JSON (with the skipped files and the
     checkpoint's classes and preprocessing)."""
     names = list(classifier.hparams.class_names)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
-        with path.open("w", newline="") as f:
+        # surrogateescape: a file name that is not UTF-8 is written as the bytes it was.
+        with (
+            atomic_path(path) as tmp,
+            tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f,
+        ):
             writer = csv.writer(f)
             writer.writerow(["file", "predicted", *names])
             for r in results:
@@ -74,7 +78,7 @@ def write_output(
             "predictions": list(results),
             "skipped": list(skipped),
         }
-        path.write_text(json.dumps(doc, indent=1) + "\n")
+        write_text(path, json.dumps(doc, indent=1) + "\n")  # JSON escapes odd file names
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -82,6 +86,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     output = Path(str(cfg.output)) if cfg.get("output") else None
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
         raise LeafnetError(f"output={output}: use a name ending in .csv or .json")
+    if output is not None:
+        refuse_existing(output, cfg.get("overwrite", False), "output")
     batch_size = cfg.batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LeafnetError(f"batch_size={batch_size} must be a positive integer")

@@ -21,7 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from leafnet.errors import LeafnetError
+from leafnet.files import atomic_path
 from leafnet.module import LeafClassifier
+from leafnet.schema import check_checkpoint_model
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -69,8 +71,12 @@ def load_classifier(path: str | os.PathLike, map_location: Any = "cpu") -> LeafC
         raise LeafnetError(
             f"{find_checkpoint(path)} is not a leafnet checkpoint (no hyper_parameters)"
         )
+    hparams = ckpt["hyper_parameters"]
+    if not isinstance(hparams, dict):
+        raise LeafnetError(f"{find_checkpoint(path)} is not a leafnet checkpoint")
+    check_checkpoint_model(hparams.get("model", {}), str(find_checkpoint(path)))
     try:
-        classifier = LeafClassifier(**ckpt["hyper_parameters"])
+        classifier = LeafClassifier(**hparams)
         classifier.load_state_dict(ckpt["state_dict"])
     except (TypeError, KeyError, RuntimeError) as err:
         # Hyper-parameters or weights of another model: one line, not a traceback.
@@ -96,9 +102,8 @@ def save_classifier(classifier: LeafClassifier, path: str | os.PathLike) -> Path
         "state_dict": classifier.state_dict(),
         LeafClassifier.CHECKPOINT_HYPER_PARAMS_KEY: dict(classifier.hparams),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
     return path
 
 

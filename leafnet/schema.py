@@ -32,6 +32,11 @@ def _is_str(v: Any) -> bool:
     return isinstance(v, str)
 
 
+def _is_path(v: Any) -> bool:
+    # `data.dir=2024` reaches us as the integer 2024: a folder may have such a name.
+    return isinstance(v, str | int | float) and not isinstance(v, bool)
+
+
 def _three(low: float, high: float, ints: bool) -> Callable[[Any], bool]:
     def check(v: Any) -> bool:
         ok = _is_int if ints else _is_number
@@ -77,7 +82,7 @@ TRAIN_KEYS: tuple[Key, ...] = (
     Key("resume", _is_str, "a run directory", nullable=True),
     Key("tune.lr_find", _is_bool, "true or false"),
     Key("tune.num_training", positive_int, "a positive integer"),
-    Key("data.dir", _is_str, "a folder with one sub-folder per class"),
+    Key("data.dir", _is_path, "a folder with one sub-folder per class"),
     Key("data.synthetic", _is_bool, "true or false"),
     Key("data.synthetic_seed", _is_int, "an integer"),
     Key("data.image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
@@ -101,10 +106,21 @@ TRAIN_KEYS: tuple[Key, ...] = (
         "auto or an integer >= 0",
     ),
     Key("data.limit_per_class", positive_int, "a positive integer", nullable=True),
-    Key("model.num_classes", lambda v: _is_int(v) and v >= 2, "an integer >= 2", nullable=True),
-    Key("model.conv1_filters", positive_int, "a positive integer"),
-    Key("model.conv2_filters", positive_int, "a positive integer"),
-    Key("model.dense_units", positive_int, "a positive integer"),
+    Key(
+        "model.num_classes",
+        lambda v: _is_int(v) and 2 <= v <= 100_000,
+        "an integer from 2 to 100000",
+        nullable=True,
+    ),
+    Key(
+        "model.conv1_filters", lambda v: positive_int(v) and v <= 4096, "an integer from 1 to 4096"
+    ),
+    Key(
+        "model.conv2_filters", lambda v: positive_int(v) and v <= 4096, "an integer from 1 to 4096"
+    ),
+    Key(
+        "model.dense_units", lambda v: positive_int(v) and v <= 65536, "an integer from 1 to 65536"
+    ),
     Key("model.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     Key("model.global_pool", _is_bool, "true or false"),
     Key("model.name", _is_str, "a torchvision model name, e.g. resnet18"),
@@ -138,6 +154,51 @@ def check_config(cfg: Mapping[str, Any], keys: tuple[Key, ...]) -> None:
             raise LeafnetError(f"{key.path}={shown} is not valid: use {key.expect}")
 
 
+# predict, evaluate, export and explain (conf/<command>.yaml): each has some of these keys.
+COMMAND_KEYS: tuple[Key, ...] = (
+    Key("ckpt", _is_path, "a .ckpt file or a run directory"),
+    Key("input", _is_path, "an image, a folder or a quoted glob"),
+    Key("output", _is_path, "a file name", nullable=True),
+    Key("out", _is_path, "a folder", nullable=True),
+    Key("data.dir", _is_path, "a folder with one sub-folder per class", nullable=True),
+    Key("format", one_of("onnx", "torchscript", "keras"), "onnx, torchscript or keras"),
+    Key("batch_size", positive_int, "a positive integer"),
+    Key("workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Key("device", _is_str, "auto, cpu, cuda, cuda:N or mps"),
+    Key("progress", _is_bool, "true or false (null: when there are many files)", nullable=True),
+    Key("overwrite", _is_bool, "true or false"),
+)
+
+
 def check_train_config(cfg: Mapping[str, Any]) -> None:
     """Check a resolved training config (`conf/train.yaml` with its groups) against TRAIN_KEYS."""
     check_config(cfg, TRAIN_KEYS)
+
+
+# A checkpoint's network is built before its weights are read: its size is checked first, so a
+# crafted file cannot make leafnet allocate terabytes.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def check_checkpoint_model(model: Mapping[str, Any], where: str) -> None:
+    """A checkpoint's `hyper_parameters.model` within the ranges training accepts, and a LeafNet
+    of at most MAX_PARAMETERS parameters."""
+    if not isinstance(model, Mapping):
+        raise LeafnetError(
+            f"{where}: hyper_parameters.model is not a mapping; not a leafnet checkpoint"
+        )
+    try:
+        check_config(
+            {"model": model, "data": {"image_size": model.get("image_size", 640)}}, TRAIN_KEYS
+        )
+    except LeafnetError as err:
+        raise LeafnetError(f"{where}: {err}") from None
+    if model.get("arch", "leafnet") == "leafnet":
+        side = int(model.get("image_size", 640)) // 3 // 2
+        features = model.get("conv2_filters", 16) * (1 if model.get("global_pool") else side * side)
+        dense = features * model.get("dense_units", 8)
+        if dense > MAX_PARAMETERS:
+            raise LeafnetError(
+                f"{where}: its network would have {dense:,} parameters in one layer; not a model "
+                "leafnet trains"
+            )

@@ -41,7 +41,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from leafnet import rundir
+from leafnet import files, rundir
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
@@ -216,9 +216,7 @@ def _finite(value: Any) -> float | None:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def format_result(summary: dict[str, Any], run_dir: Path) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
-from test_predict import run_error
 
 from leafnet.evaluate import compute_metrics, main
 from leafnet.module import LeafClassifier

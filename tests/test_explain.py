@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
-from test_predict import run_error
 from test_tune import tiny_fit_setup
 
 from leafnet.data.images import load_for_model, to_float

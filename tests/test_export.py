@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
-from test_predict import run_error
 
 from leafnet.data.images import load_for_model
 from leafnet.export import main
@@ -113,7 +113,7 @@ def test_keras_weights_round_trip(
 
 def test_export_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, [f"ckpt={tiny_run}", "format=tflite"], main)
-    assert "format=tflite is unknown" in err
+    assert "format='tflite' is not valid: use onnx, torchscript or keras" in err
     err = run_error(
         capsys, [f"ckpt={tiny_run}", "format=keras", f"output={tmp_path / 'x.h5'}"], main
     )

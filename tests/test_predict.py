@@ -12,21 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_cli import run_error
 from fixtures_runs import REPO, TINY_CLASSES
 from PIL import Image
 
 from leafnet.predict import main
-
-
-def run_error(capsys: pytest.CaptureFixture[str], argv: list[str], command=main) -> str:
-    """Run a command expected to fail; return its single stderr line."""
-    with pytest.raises(SystemExit) as exc:
-        command(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith("leafnet: error: ")
-    return err
 
 
 def test_predict_folder_prints_table_and_writes_csv(
@@ -121,28 +111,28 @@ def test_predict_errors_are_one_line(
     tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = next(tiny_train_images.rglob("*.jpg"))
-    err = run_error(capsys, [f"ckpt={tmp_path / 'nope.ckpt'}", f"input={image}"])
+    err = run_error(capsys, [f"ckpt={tmp_path / 'nope.ckpt'}", f"input={image}"], main)
     assert "not found" in err
-    err = run_error(capsys, [f"ckpt={tmp_path}", f"input={image}"])  # a folder, not a run
+    err = run_error(capsys, [f"ckpt={tmp_path}", f"input={image}"], main)  # a folder, not a run
     assert "run directory" in err
     text = tmp_path / "notes.ckpt"
     text.write_text("hello, I am not a checkpoint\n")
-    err = run_error(capsys, [f"ckpt={text}", f"input={image}"])
+    err = run_error(capsys, [f"ckpt={text}", f"input={image}"], main)
     assert "not a" in err and "checkpoint" in err
-    err = run_error(capsys, [f"ckpt={image}", f"input={image}"])  # a JPEG given as checkpoint
+    err = run_error(capsys, [f"ckpt={image}", f"input={image}"], main)  # a JPEG given as checkpoint
     assert "not a checkpoint" in err
-    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path}/*.png"])
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path}/*.png"], main)
     assert "matches no files" in err
     (tmp_path / "empty").mkdir()
-    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path / 'empty'}"])
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path / 'empty'}"], main)
     assert "no image files" in err
-    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={image}", "output=preds.xlsx"])
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={image}", "output=preds.xlsx"], main)
     assert ".csv or .json" in err
-    err = run_error(capsys, [f"input={image}"])
+    err = run_error(capsys, [f"input={image}"], main)
     assert "ckpt= is required" in err
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")
-    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={bad}"])
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={bad}"], main)
     assert "bad.jpg" in err and "not an image" in err
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_predict import run_error
+from fixtures_cli import run_error
 
 from leafnet import evaluate, explain, export, predict
 

@@ -9,8 +9,6 @@ can share one cache directory.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,8 @@ import torch
 from torch import Tensor
 
 from leafnet.data.images import Preprocessing
+from leafnet.errors import LeafnetError
+from leafnet.files import atomic_path
 
 CACHE_VERSION = 1  # bump when read_image/resize change what they produce
 
@@ -38,7 +38,9 @@ def cache_key(path: str | Path, prep: Preprocessing) -> str:
             prep.pad_color,
         )
     )
-    return hashlib.sha1(text.encode()).hexdigest()
+    return hashlib.sha1(
+        text.encode("utf-8", "surrogateescape")
+    ).hexdigest()  # any file name, UTF-8 or not
 
 
 class DiskCache:
@@ -67,10 +69,7 @@ class DiskCache:
             return
         target = self._file(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=target.parent)
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_path(target) as tmp, tmp.open("wb") as fh:
                 np.save(fh, x.numpy(), allow_pickle=False)
-            os.replace(tmp, target)
-        except OSError:
+        except LeafnetError:
             pass  # a read-only or full disk costs speed on the next run, not correctness

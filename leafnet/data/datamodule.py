@@ -35,6 +35,7 @@ from leafnet.data.images import (
 )
 from leafnet.data.synthetic import STYLES, ensure_synthetic
 from leafnet.errors import LeafnetError
+from leafnet.files import write_text
 
 log = logging.getLogger("leafnet.data")
 
@@ -307,9 +308,7 @@ class LeafDataModule(L.LightningDataModule):
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             where = self.run_dir / "data_report.json"
-            tmp = where.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.report, indent=1) + "\n")
-            os.replace(tmp, where)
+            write_text(where, json.dumps(self.report, indent=1) + "\n")
         if skipped:
             first = f"{skipped[0]['file']}: {skipped[0]['reason']}"
             if self.strict:

@@ -14,14 +14,13 @@ images, and each non-test image is validation in exactly one fold.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from leafnet.errors import LeafnetError
+from leafnet.files import atomic_path
 
 SUBSETS = ("train", "val", "test")
 
@@ -99,13 +98,14 @@ def kfold_split(
 def write_split(path: str | Path, rows: Sequence[tuple[str, str, str]]) -> Path:
     """Write (path, class, subset) rows as CSV, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".split-", suffix=".csv", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as fh:
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it was.
+    with (
+        atomic_path(path) as tmp,
+        tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(["path", "class", "subset"])
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path
 
 
@@ -117,7 +117,7 @@ def read_split(path: str | Path) -> dict[str, tuple[str, str]]:
             f"data.split_file={path} does not exist; give a split.csv from a run dir"
         )
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"path", "class", "subset"} <= set(
                 reader.fieldnames

@@ -1,0 +1,204 @@
+"""Bad input at every command: one line on stderr naming the thing and the fix, exit code 2, no
+traceback, and no user file changed. Odd but valid input (file names that are not UTF-8, a glob
+through a symlink loop) works.
+
+Each case runs the command's `main(argv)` in this process, as `python -m leafnet.<command>` runs
+it; the training config's cases run the check `python -m leafnet.train` makes before any data is
+read (the CLI's own exit codes are covered in test_train.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from fixtures_cli import run_error
+
+from leafnet import evaluate, explain, export, import_keras, keras_io, predict
+from leafnet.config import compose
+from leafnet.errors import cli_errors
+from leafnet.model import LeafNet
+from leafnet.train import validate
+
+
+def snapshot(*folders: Path) -> dict[Path, str]:
+    return {
+        p: hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def user(tmp_path: Path, tiny_run: Path, tiny_train_images: Path) -> dict[str, Path]:
+    """A user's files: the run, the photos, and outputs of earlier commands that must be kept."""
+    home = tmp_path / "user"
+    (home / "evaluation").mkdir(parents=True)
+    (home / "preds.csv").write_text("earlier predictions\n")
+    (home / "model.onnx").write_bytes(b"an earlier export")
+    (home / "evaluation" / "metrics.json").write_text("{}\n")
+    (home / "explained").mkdir()
+    (home / "explained" / "gradcam.png").write_bytes(b"an earlier figure")
+    (home / "imported.ckpt").write_bytes(b"an earlier checkpoint")
+    (home / "a_file").write_text("")
+    (home / "pickle.ckpt").write_bytes(b"\x80\x04cos\nsystem\n.")  # code, if unpickled
+    (home / "secret.bin").write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    loop = home / "loop" / "deeper"
+    loop.mkdir(parents=True)
+    (loop / "back").symlink_to(home / "loop", target_is_directory=True)
+    model = LeafNet(num_classes=3, image_size=24)
+    keras_io.save_keras_weights(model, home / "seed.weights.h5")
+    with h5py.File(home / "external.weights.h5", "w") as f:  # weights stored in another file
+        f.create_dataset(
+            "layers/conv2d/vars/0", shape=(4, 4), dtype="f4",
+            external=[(str(home / "secret.bin"), 0, 64)],
+        )  # fmt: skip
+    with h5py.File(home / "linked.weights.h5", "w") as f:  # a link into another file
+        f["layers/conv2d"] = h5py.ExternalLink(str(home / "seed.weights.h5"), "/layers/conv2d")
+    with zipfile.ZipFile(home / "bomb.keras", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", bytes(3 * 2**20))  # 3 MB of zeros, a few KB packed
+    return {"home": home, "run": tiny_run, "images": tiny_train_images}
+
+
+def one_image(images: Path) -> Path:
+    return sorted(images.rglob("*.jpg"))[0]
+
+
+# (command, argv with {home}, {run}, {images}, {image} filled in, what the line must say)
+CASES = [
+    # predict
+    (predict.main, ["input={images}"], "ckpt= is required"),
+    (predict.main, ["ckpt={run}", "input={images}", "batch_size=abc"], "batch_size='abc'"),
+    (predict.main, ["ckpt={run}", "input={images}", "workers=abc"], "workers='abc'"),
+    (predict.main, ["ckpt={run}", "input={images}", "workers=-1"], "workers=-1"),
+    (predict.main, ["ckpt={run}", "input={images}", "progress=maybe"], "progress='maybe'"),
+    (predict.main, ["ckpt={run}", "input={images}", "output={home}/p.txt"], ".csv or .json"),
+    (predict.main, ["ckpt={run}", "input={images}", "output={home}/preds.csv"], "overwrite=true"),
+    (predict.main, ["ckpt={run}", "input={images}", "overwrite=yes"], "overwrite='yes'"),
+    (predict.main, ["ckpt={run}", "input={home}/nothing"], "not found"),
+    (predict.main, ["ckpt={run}", "input={home}/loop/**/*.jpg"], "matches no files"),
+    (predict.main, ["ckpt={image}", "input={images}"], "not a checkpoint"),
+    (predict.main, ["ckpt={home}/pickle.ckpt", "input={images}"], "checkpoint"),
+    (predict.main, ["ckpt={run}", "input={images}", "output={home}/a_file/p.csv"], "cannot write"),
+    (predict.main, ["ckpt={run}", "input={images}", "device=cuda:7"], "device=cuda:7"),
+    # evaluate
+    (evaluate.main, ["ckpt={run}", "data.dir={images}", "batch_size=0"], "batch_size=0"),
+    (evaluate.main, ["ckpt={run}", "data.dir={images}", "out={home}/evaluation"], "overwrite"),
+    (evaluate.main, ["ckpt={run}", "data.dir={home}/nothing"], "nothing"),
+    (evaluate.main, ["ckpt={run}"], "data.dir= is required"),
+    # export
+    (export.main, ["ckpt={run}", "format=tflite"], "format='tflite'"),
+    (export.main, ["ckpt={run}", "output={home}/model.onnx"], "overwrite=true"),
+    (export.main, ["ckpt={run}", "format=onnx", "output={home}/m.pt"], "must end in .onnx"),
+    (export.main, ["ckpt={home}/nothing.ckpt"], "not found"),
+    # explain
+    (explain.main, ["ckpt={run}", "input={images}"], "explain takes one image"),
+    (explain.main, ["ckpt={run}", "input={image}", "out={home}/explained"], "overwrite=true"),
+    (explain.main, ["ckpt={run}", "input={image}", "device=tpu"], "device=tpu"),
+    # import_keras
+    (import_keras.main, ["{home}/seed.weights.h5", "{home}/imported.ckpt"], "overwrite=true"),
+    (import_keras.main, ["{home}/nothing.h5", "{home}/new.ckpt"], "no such file"),
+    (import_keras.main, ["{home}/seed.weights.h5", "{home}/new.pt"], "must end in .ckpt"),
+    (import_keras.main, ["{home}/seed.weights.h5", "{home}/n.ckpt", "overwrite=maybe"], "true"),
+    (import_keras.main, ["{home}/external.weights.h5", "{home}/n.ckpt"], "in another file"),
+    (import_keras.main, ["{home}/linked.weights.h5", "{home}/n.ckpt"], "link to elsewhere"),
+    (import_keras.main, ["{home}/image.jpg", "{home}/n.ckpt"], "neither HDF5 nor a zip"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "says"), CASES)
+def test_each_bad_input_gets_one_line_and_changes_nothing(
+    user: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    command: Callable,
+    argv: list[str],
+    says: str,
+) -> None:
+    home, run, images = user["home"], user["run"], user["images"]
+    shutil.copy(one_image(images), home / "image.jpg")
+    fill = {"home": home, "run": run, "images": images, "image": one_image(images)}
+    before = snapshot(home, images, run)
+    err = run_error(capsys, [a.format(**fill) for a in argv], command)
+    assert says in err, err
+    assert snapshot(home, images, run) == before
+    assert not list(home.rglob("*.tmp"))
+
+
+def test_a_keras_archive_that_unpacks_too_far_is_refused(
+    user: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keras_io, "MAX_WEIGHTS_BYTES", 2**20)  # the real cap is 2 GB
+    home = user["home"]
+    err = run_error(capsys, [f"{home}/bomb.keras", f"{home}/n.ckpt"], import_keras.main)
+    assert "unpacks to more than" in err and not (home / "n.ckpt").exists()
+
+
+def test_a_checkpoint_asking_for_a_huge_network_is_refused_before_building_it(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", weights_only=True)
+    for change, says in [
+        ({"image_size": 10**6}, "image_size"),
+        ({"dense_units": 65536, "conv2_filters": 4096, "image_size": 8192}, "parameters"),
+    ]:
+        crafted = {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"]}}
+        crafted["hyper_parameters"]["model"] = {**ckpt["hyper_parameters"]["model"], **change}
+        torch.save(crafted, tmp_path / "crafted.ckpt")
+        err = run_error(capsys, [f"ckpt={tmp_path}/crafted.ckpt", "input=x.jpg"], predict.main)
+        assert says in err
+
+
+TRAIN_CASES = [
+    ("max_memory_gb=abc", "max_memory_gb='abc'"),
+    ("weight_decay=abc", "weight_decay='abc'"),
+    ("data.image_size=abc", "data.image_size='abc'"),
+    ("data.image_size=8.7", "data.image_size=8.7"),
+    ("data.val_fraction=abc", "data.val_fraction='abc'"),
+    ("lr=true", "lr=True"),
+    ("data.synthetic=no", "data.synthetic='no'"),
+    ("data.cache=maybe", "data.cache='maybe'"),
+    ("tune.num_training=0", "tune.num_training=0"),
+    ("model.dense_units=100000", "model.dense_units=100000"),
+]
+
+
+@pytest.mark.parametrize(("override", "says"), TRAIN_CASES)
+def test_each_wrong_training_value_gets_one_line(
+    override: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run_error(capsys, [override], cli_errors(lambda argv: validate(compose("train", argv))))
+    assert says in err
+
+
+def test_non_utf8_file_names_are_predicted_and_split(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_train_images, photos)
+    odd = Path(os.fsdecode(bytes(photos / "Tomato") + b"/leaf_\xff.jpg"))  # not UTF-8
+    shutil.copy(one_image(tiny_train_images), odd)
+
+    out = tmp_path / "preds.csv"
+    rows = predict.main([f"ckpt={tiny_run}", f"input={photos}", f"output={out}"])
+    assert len(rows) == 37
+    assert "leaf_\ufffd.jpg" in capsys.readouterr().out
+    assert b"leaf_\xff.jpg" in out.read_bytes()  # the file's own name, byte for byte
+
+    from leafnet.data.datamodule import LeafDataModule
+    from leafnet.data.splits import read_split
+
+    run_dir = tmp_path / "run"
+    dm = LeafDataModule(
+        dir=photos, image_size=32, cache_dir=tmp_path / "cache", run_dir=run_dir, num_workers=0
+    )
+    dm.setup("fit")  # the cache keys the odd name too
+    assert "Tomato/leaf_\udcff.jpg" in read_split(run_dir / "split.csv")
