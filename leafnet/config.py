@@ -48,16 +48,19 @@ OmegaConf.register_new_resolver("leafnet.run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("leafnet.config_subdir", _config_subdir, replace=True)
 
 
-def compose(config_name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+def compose(
+    config_name: str = "train", overrides: Sequence[str] = (), return_hydra_config: bool = False
+) -> DictConfig:
     """Compose `conf/<config_name>.yaml` with command-line style `overrides`.
 
     A bad override (unknown group option, malformed key=value) becomes a `LeafnetError`.
     """
     try:
+        kwargs = {"overrides": list(overrides), "return_hydra_config": return_hydra_config}
         if GlobalHydra.instance().is_initialized():  # inside `@hydra.main`: its search path
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, **kwargs)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, **kwargs)
     except (HydraException, OmegaConfBaseException) as err:
         raise LeafnetError(f"config: {' '.join(str(err).split())}") from None
 

@@ -519,7 +519,29 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
     return None
 
 
+def check_output_dirs(argv: list[str]) -> None:
+    """One line, before Hydra starts, when the run or sweep directory cannot be created (Hydra
+    would create it with a traceback)."""
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        hydra_cfg = compose("train", overrides, return_hydra_config=True).hydra
+    except LeafnetError:
+        return  # a bad override: Hydra reports it itself, with the options it knows
+    for key in ("run.dir", "sweep.dir"):
+        try:
+            wanted = Path(str(OmegaConf.select(hydra_cfg, key))).absolute()
+        except Exception:  # an interpolation only a running Hydra resolves
+            continue
+        existing = next(p for p in (wanted, *wanted.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            fail(
+                f"hydra.{key}={wanted} cannot be created: {existing} is not a writable folder; "
+                "choose another hydra.run.dir or paths.output_dir"
+            )
+
+
 def main() -> None:
+    check_output_dirs(sys.argv[1:])
     _task()
 
 

@@ -145,3 +145,9 @@ def test_ctrl_c_during_the_final_test_keeps_the_newest_weights(
 def interrupt_at_test() -> InterruptAtTest:
     """The `_target_` the test above adds: hands Lightning the test's own callback."""
     return sys.modules[__name__]._INTERRUPT
+
+
+def test_a_run_directory_hydra_cannot_create_gets_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    line = one_error_line(train_cli(f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"))
+    assert "cannot be created" in line and "a_file" in line
