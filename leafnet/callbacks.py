@@ -44,8 +44,22 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     A checkpoint is written to a temporary file and renamed over the old one, so a killed process
     never leaves a truncated `last.ckpt` behind. A diverged model (NaN weights) is not saved: the
-    best checkpoint stays the best finite one. Ctrl-C saves `last.ckpt` before the run ends.
+    best checkpoint stays the best finite one. Ctrl-C (or SIGTERM) saves the newest weights in
+    `last.ckpt` before the run ends; when that happens inside an epoch, the previous `last.ckpt`
+    (the end of the last whole epoch) is kept as `epoch_end.ckpt`, which `resume=` continues
+    from: Lightning cannot restart its data loaders mid-epoch exactly, so that epoch is redone.
     """
+
+    EPOCH_END = "epoch_end.ckpt"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._boundary_step: int | None = None  # global step at the last whole-epoch save
+        self._interrupting = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._boundary_step = trainer.global_step  # a fit starts or resumes at an epoch's end
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.dirpath is None:
@@ -61,6 +75,10 @@ class AtomicCheckpoint(ModelCheckpoint):
         else:  # Lightning writes nothing on the other ranks; they join its barrier
             super()._save_checkpoint(trainer, filepath)
         self._last_checkpoint_saved = filepath
+        last = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if Path(filepath).name == last and not self._interrupting:
+            self._boundary_step = trainer.global_step
+            (Path(filepath).parent / self.EPOCH_END).unlink(missing_ok=True)
 
     # Lightning (2.6) writes last.ckpt only in a step that also wrote a top-k checkpoint; resume
     # needs it after every epoch, so write it when the parent did not.
@@ -85,8 +103,13 @@ class AtomicCheckpoint(ModelCheckpoint):
         # last.ckpt must keep the newest trained ones.
         fitting = trainer.state.fn == TrainerFn.FITTING
         if isinstance(exception, KeyboardInterrupt) and fitting and self.dirpath is not None:
-            path = os.path.join(self.dirpath, f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
-            self._save_checkpoint(trainer, path)
+            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            boundary = path.parent / self.EPOCH_END
+            mid_epoch = trainer.global_step != self._boundary_step
+            if mid_epoch and trainer.is_global_zero and path.is_file() and not boundary.exists():
+                os.replace(path, boundary)
+            self._interrupting = True
+            self._save_checkpoint(trainer, str(path))
             log.warning("interrupted: saved %s", path)
 
 

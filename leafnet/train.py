@@ -42,6 +42,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from leafnet import files, rundir
+from leafnet.callbacks import AtomicCheckpoint
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
@@ -58,8 +59,7 @@ sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 # What `resume=` may change: how long and where it runs, never what it computes.
-# data.num_workers is not among them: the augmentation's random streams follow the workers.
-RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb")
+RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers")
 
 
 class Diverged(LeafnetError):
@@ -154,7 +154,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         if not key.startswith(RESUME_CHANGEABLE):
             raise LeafnetError(
                 f"resume: {override!r} would change what the run computes; only epochs, trainer.*, "
-                "micro_batch_size and max_memory_gb may change (start a new run)"
+                "micro_batch_size, max_memory_gb and data.num_workers may change (start a new run)"
             )
         changes.append(override)
     resumed = compose("train", [*kept, *changes])
@@ -281,6 +281,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
     if cfg.get("resume"):
         cfg, run_dir, overrides = resume_config(cfg, overrides)
         ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+        boundary = run_dir / "checkpoints" / AtomicCheckpoint.EPOCH_END
+        if boundary.is_file():  # interrupted inside an epoch: redo that epoch, exactly
+            log.info("resuming from %s (the end of the last whole epoch)", boundary)
+            ckpt_path = str(boundary)
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
     run_dir = Path(run_dir)

@@ -142,9 +142,74 @@ def test_ctrl_c_during_the_final_test_keeps_the_newest_weights(
         torch.testing.assert_close(last["state_dict"][key], value, rtol=0, atol=0)
 
 
-def interrupt_at_test() -> InterruptAtTest:
-    """The `_target_` the test above adds: hands Lightning the test's own callback."""
+def interrupt_at_test() -> pl.Callback:
+    """The `_target_` these tests add: hands Lightning the test's own callback."""
     return sys.modules[__name__]._INTERRUPT
+
+
+class InterruptMidEpoch(pl.Callback):
+    """Ctrl-C after batch `batch` of epoch `epoch` (both from 0)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            raise KeyboardInterrupt
+
+
+def interrupted_then_resumed(
+    overrides: list[str], run_dir: Path, monkeypatch: pytest.MonkeyPatch, *resume_args: str
+) -> dict[str, torch.Tensor]:
+    """Train in-process until Ctrl-C inside epoch 2, then `python -m leafnet.train resume=`;
+    the resumed run's final weights."""
+    monkeypatch.setattr(sys.modules[__name__], "_INTERRUPT", InterruptMidEpoch(1, 1), raising=False)
+    hook = f"+callbacks.interrupt._target_={__name__}.interrupt_at_test"
+    with pytest.raises(KeyboardInterrupt):
+        train(compose("train", [*overrides, hook]), run_dir)
+    ckpts = run_dir / "checkpoints"
+    newest = torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"]
+    assert newest > torch.load(ckpts / "epoch_end.ckpt", weights_only=True)["global_step"]
+    # What Hydra writes for a run started from the command line (the hook was not one of them).
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    result = train_cli(f"resume={run_dir}", *resume_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (ckpts / "epoch_end.ckpt").exists()
+    times = [float(row.split(",")[7]) for row in (run_dir / "metrics.csv").read_text().split()[1:]]
+    assert max(times) < 120  # each epoch's own time, whatever happened between
+    return torch.load(ckpts / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_ctrl_c_mid_epoch_then_resume_gives_the_straight_runs_weights(
+    tmp_path: Path, tiny_train_images: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tiny_run trained 4 epochs straight; this run is stopped inside its second epoch."""
+    resumed = interrupted_then_resumed(
+        tiny_args(tiny_train_images, tmp_path), tmp_path / "run", monkeypatch
+    )
+    straight = torch.load(tiny_run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert_same_weights(resumed, straight)
+
+
+def test_augmented_run_with_workers_resumes_exactly_with_other_workers(
+    tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = tiny_args(
+        tiny_train_images, tmp_path, "data.augment=basic", "data.num_workers=2", "epochs=3"
+    )
+    train(compose("train", [*overrides, "logger=none"]), tmp_path / "straight")
+    straight = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
+    resumed = interrupted_then_resumed(
+        [*overrides, "logger=none"], tmp_path / "run", monkeypatch, "data.num_workers=0"
+    )
+    assert_same_weights(resumed, straight["state_dict"])
 
 
 def test_a_run_directory_hydra_cannot_create_gets_one_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from leafnet.data import splits
 from leafnet.data.cache import DiskCache, cache_key
@@ -85,26 +85,73 @@ def _collate(batch: Any) -> Any:
     return default_collate(batch)
 
 
+class EpochIndices(Sampler):
+    """The training order, each index paired with the epoch: `(epoch, i)`.
+
+    The order is drawn from `seed + epoch` alone (as DataLoader(shuffle=True) draws it from a
+    generator seeded so: one int64 for the workers' base seed, then a permutation), so it is the
+    same with or without persistent workers, straight or resumed. The dataset seeds a sample's
+    augmentation by (seed, epoch, image). Lightning calls `set_epoch` before each epoch.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's draw
+        return ((epoch, int(i)) for i in torch.randperm(self.n, generator=generator))
+
+
+def _split_keys(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """Positions and epochs of loader keys: `(epoch, i)` from EpochIndices, else plain `i`."""
+    epochs = [int(k[0]) if isinstance(k, tuple) else 0 for k in keys]
+    positions = [int(k[1]) if isinstance(k, tuple) else int(k) for k in keys]
+    return positions, epochs
+
+
 class ImageTensors(Dataset):
     """A subset of the in-memory uint8 images, optionally augmented per sample."""
 
     def __init__(
-        self, images: Tensor, labels: Tensor, index: Tensor, transform: Any = None
+        self,
+        images: Tensor,
+        labels: Tensor,
+        index: Tensor,
+        transform: Any = None,
+        seed: int = 0,
     ) -> None:
         self.images, self.labels, self.index, self.transform = images, labels, index, transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        j = self.index[i]
-        x = self.images[j]
-        return (self.transform(x) if self.transform else x), self.labels[j]
+    def _augmented(self, j: int, epoch: int) -> Tensor:
+        # Seeded by (seed, epoch, image), not by a worker's running RNG: persistent workers,
+        # another worker count or a resume draw the same flips and rotations.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + j) % 2**63)
+            return self.transform(self.images[j])
 
-    def __getitems__(self, idx: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+        (i,), (epoch,) = _split_keys([key])
+        j = int(self.index[i])
+        x = self._augmented(j, epoch) if self.transform else self.images[j]
+        return x, self.labels[j]
+
+    def __getitems__(self, keys: Sequence[Any]) -> tuple[Tensor, Tensor]:
         # One gather per batch instead of 32 small copies and a stack, into a channels_last
         # batch like the stored images: the step's float conversion then needs no permute.
-        sel = self.index[torch.as_tensor(idx, dtype=torch.long)]
+        positions, epochs = _split_keys(keys)
+        sel = self.index[torch.as_tensor(positions, dtype=torch.long)]
         out = torch.empty(
             (len(sel), *self.images.shape[1:]),
             dtype=self.images.dtype,
@@ -113,7 +160,8 @@ class ImageTensors(Dataset):
         if self.transform is None:
             torch.index_select(self.images, 0, sel, out=out)
         else:
-            torch.stack([self.transform(self.images[j]) for j in sel], out=out)
+            augmented = [self._augmented(int(j), e) for j, e in zip(sel, epochs, strict=True)]
+            torch.stack(augmented, out=out)
         return out, self.labels.index_select(0, sel)
 
 
@@ -421,7 +469,7 @@ class LeafDataModule(L.LightningDataModule):
             if subset == "train" and self.augment == "basic"
             else None
         )
-        return ImageTensors(self.images, self.labels, self._index(subset), transform)
+        return ImageTensors(self.images, self.labels, self._index(subset), transform, self.seed)
 
     def workers_for(self, augmented: bool) -> int:
         """auto: no workers while a batch is one in-memory gather (measured fastest); workers
@@ -447,7 +495,7 @@ class LeafDataModule(L.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochIndices(len(ds), self.seed) if shuffle else None,
             generator=self._loader_gen if shuffle else None,
             num_workers=workers,
             persistent_workers=workers > 0,
