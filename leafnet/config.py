@@ -19,7 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from leafnet.errors import LeafnetError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The top-level conf/ in a source checkout (and an editable install); leafnet/conf/ in a wheel.
+_PACKAGE = Path(__file__).resolve().parent
+CONFIG_DIR = _PACKAGE / "conf" if (_PACKAGE / "conf").is_dir() else _PACKAGE.parent / "conf"
 
 
 def _resuming(resume: object) -> bool:

@@ -19,6 +19,8 @@ training, for the first validation image.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -34,6 +36,8 @@ from torch import Tensor, nn
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing
 from leafnet.inference import command_config, expand_inputs, load_model
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -121,7 +125,10 @@ def feature_maps_figure(name: str, maps: Tensor) -> Figure:
 def gradcam(net: nn.Module, x: Tensor, target: int | None = None) -> tuple[Tensor, int, Tensor]:
     """Grad-CAM heatmap [S, S] in [0, 1] for `target` (default: the predicted class), the target
     and the class probabilities, for one scaled image `x` [3, S, S]."""
-    from captum.attr import LayerAttribution, LayerGradCam
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+    except ImportError:
+        raise LeafnetError("Grad-CAM needs captum: pip install 'leafnet[explain]'") from None
 
     x = x.unsqueeze(0).detach().clone()  # a normal tensor even if `x` came from inference mode
     with torch.no_grad():
@@ -221,6 +228,9 @@ class ExplainImages(Callback):
 
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if self._x is None or not writers or not trainer.is_global_zero:
+            return
+        if importlib.util.find_spec("captum") is None:  # a base install trains without it
+            log.warning("no explain figures in TensorBoard: pip install 'leafnet[explain]'")
             return
         net = pl_module.net
         device = next(net.parameters()).device

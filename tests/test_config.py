@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from leafnet import train as train_mod
-from leafnet.config import CONFIG_DIR
+from leafnet.config import CONFIG_DIR, _config_subdir
 from leafnet.config import compose as leafnet_compose
 from leafnet.errors import LeafnetError
 from leafnet.module import build_scheduler
@@ -81,15 +83,22 @@ def test_callbacks_instantiate() -> None:
     }
 
 
-def test_run_and_sweep_directories() -> None:
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", ["optimizer=sgd", "lr=0.1"], return_hydra_config=True)
-    hydra_cfg = OmegaConf.to_container(cfg.hydra, resolve=False)
-    assert hydra_cfg["run"]["dir"] == "${paths.output_dir}/runs/${now:%Y-%m-%d_%H-%M-%S}"
-    assert hydra_cfg["sweep"]["dir"].startswith("${paths.output_dir}/multiruns/")
-    assert hydra_cfg["sweep"]["subdir"] == "${hydra.job.num}_${hydra.job.override_dirname}"
-    assert "data.dir" in cfg.hydra.job.config.override_dirname.exclude_keys
-    assert cfg.hydra.job.name == "train"
+def test_run_directories_new_resumed_and_swept(tmp_path: Path) -> None:
+    def hydra_node(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("train", ["lr=0.1", *overrides], return_hydra_config=True).hydra
+
+    first, second = (str(hydra_node().run.dir) for _ in range(2))
+    assert first.startswith("./outputs/runs/") and first != second  # unique within a second
+    assert hydra_node(f"resume={tmp_path}").run.dir == str(tmp_path)  # reopens the run
+    assert str(hydra_node().sweep.dir).startswith("./outputs/multiruns/")
+    assert "data.dir" in hydra_node().job.config.override_dirname.exclude_keys
+    # Where Hydra saves the invocation's config: a resumed run keeps its own .hydra/, and a
+    # directory that holds a run is not written into (train then refuses it).
+    assert _config_subdir(str(tmp_path), str(tmp_path)) == ".hydra/resume"
+    assert _config_subdir(None, str(tmp_path)) == ".hydra"
+    (tmp_path / "summary.json").write_text("{}")
+    assert _config_subdir(None, str(tmp_path)) is None
 
 
 @pytest.mark.parametrize(

@@ -88,12 +88,12 @@ def test_two_by_two_sweep_prints_the_table_and_compare_reads_it(
 def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
     tiny_train_images: Path, tmp_path: Path
 ) -> None:
-    # experiment=lr_study is a sweep by itself; the command line narrows it to 2 runs, one of
-    # which (SGD at lr=1e3) diverges while the other completes.
+    # experiment=lr_study is a sweep by itself; the command line narrows it to 3 runs: SGD at
+    # lr=1e3 diverges, lr=-1 fails (a bad value), lr=0.01 completes: the sweep goes on past both.
     result = train_cli(
         "experiment=lr_study",
         "optimizer=sgd",
-        "lr=1e3,0.01",
+        "lr=1e3,-1,0.01",
         *sweep_args(
             tiny_train_images, tmp_path, "epochs=2", "callbacks.divergence.check_every_n_steps=1"
         ),
@@ -102,16 +102,22 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
     sweep = only_sweep_dir(tmp_path)
     by_lr = {s["lr"]: s for s in summaries(sweep).values()}
     assert by_lr[1000.0]["diverged_at"] is not None
+    assert by_lr[-1]["status"] == "failed" and "lr=-1" in by_lr[-1]["error"]
     assert by_lr[0.01]["status"] == "completed" and by_lr[0.01]["epochs_completed"] == 2
+    # Sub-directories named by job number and the swept values only (data.dir is left out).
+    names = [run.name for run in run_dirs(sweep)]
+    assert [n.split("_")[0] for n in names] == ["0", "1", "2"]
+    assert all("optimizer=sgd" in n and "data.dir" not in n for n in names)
     rows = (sweep / "sweep_table.txt").read_text().splitlines()[2:]
     assert [r.split()[1:4] for r in rows] == [
         ["sgd", "1000", "diverged"],
+        ["sgd", "-1", "failed"],
         ["sgd", "0.01", "completed"],
     ]
 
-    # One split for every run, made before the first job and read by each.
+    # One split for every run that read data, made before the first job and read by each.
     shared = (sweep / "split.csv").read_text()
-    for run in run_dirs(sweep):
+    for run in (r for r in run_dirs(sweep) if "lr=-1" not in r.name):
         assert (run / "split.csv").read_text() == shared
         config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
         assert config["epochs"] == 2 and config["seed"] == 7

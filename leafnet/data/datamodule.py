@@ -107,7 +107,7 @@ class EpochIndices(Sampler):
         epoch = self.epoch
         generator = torch.Generator().manual_seed(self.seed + epoch)
         torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's draw
-        return ((epoch, int(i)) for i in torch.randperm(self.n, generator=generator))
+        return ((epoch, i) for i in torch.randperm(self.n, generator=generator).tolist())
 
 
 def _split_keys(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
@@ -160,7 +160,7 @@ class ImageTensors(Dataset):
         if self.transform is None:
             torch.index_select(self.images, 0, sel, out=out)
         else:
-            augmented = [self._augmented(int(j), e) for j, e in zip(sel, epochs, strict=True)]
+            augmented = [self._augmented(j, e) for j, e in zip(sel.tolist(), epochs, strict=True)]
             torch.stack(augmented, out=out)
         return out, self.labels.index_select(0, sel)
 

@@ -1,0 +1,54 @@
+"""`leafnet <command> [key=value ...]`: one console script for every command.
+
+`leafnet train optimizer=sgd` is `python -m leafnet.train optimizer=sgd`, and so on for each
+command below; `leafnet --help` lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "train": ("leafnet.train", "train a model (Hydra: key=value, -m for sweeps)"),
+    "predict": ("leafnet.predict", "classify photos: ckpt=RUN input=PHOTOS [output=preds.csv]"),
+    "evaluate": ("leafnet.evaluate", "measure on a labelled folder: ckpt=RUN data.dir=FOLDER"),
+    "export": ("leafnet.export", "ONNX, TorchScript or Keras weights: ckpt=RUN format=onnx"),
+    "explain": ("leafnet.explain", "filters, feature maps, Grad-CAM: ckpt=RUN input=PHOTO"),
+    "summary": ("leafnet.summary", "a model's Keras-style table: model=..."),
+    "compare": ("leafnet.compare", "the report of a sweep: SWEEP_DIR"),
+    "import-keras": ("leafnet.import_keras", "a Keras model as a checkpoint: SRC OUT.ckpt"),
+    "app": ("leafnet.app", "the web page: ckpt=RUN [port=8000]"),
+    "synthetic": ("leafnet.data.synthetic", "write the synthetic leaf set: [--style lab|field]"),
+    "bench": ("leafnet.bench", "time the training step against other implementations"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: leafnet <command> [arguments]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    lines += ["", "`leafnet <command> --help` (train) or conf/<command>.yaml lists the keys."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    name = args[0].replace("_", "-")
+    if name not in COMMANDS:
+        print(f"leafnet: error: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    # Each command reads its arguments from sys.argv, as under `python -m leafnet.<command>`.
+    sys.argv = [f"leafnet {name}", *args[1:]]
+    code = module.main()
+    if isinstance(code, int) and not isinstance(code, bool):  # the argparse tools return one
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

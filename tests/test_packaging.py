@@ -1,0 +1,64 @@
+"""leafnet as users install it: a wheel installed away from the source tree trains, predicts and
+answers the `leafnet` console script, with only the base dependencies' code paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_runs import REPO
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built from this checkout, installed into a bare target folder."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(root / "dist"), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = (root / "dist").glob("leafnet-*.whl")
+    target = root / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+         str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return target
+
+
+def run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(target), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
+    installed: Path, tmp_path: Path, tiny_train_images: Path
+) -> None:
+    assert (installed / "leafnet" / "conf" / "train.yaml").is_file()
+    assert (installed / "leafnet" / "conf" / "model" / "leafnet_gap.yaml").is_file()
+    where = run(installed, tmp_path, "-c", "import leafnet.config as c; print(c.CONFIG_DIR)")
+    assert where.stdout.strip() == str(installed / "leafnet" / "conf"), where.stderr
+
+    trained = run(
+        installed, tmp_path, "-m", "leafnet.train", "data=folder", f"data.dir={tiny_train_images}",
+        "data.image_size=32", "epochs=1", "batch_size=8", "trainer=cpu", "hydra.run.dir=run",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()  # relative to the cwd
+
+    script = run(
+        installed, tmp_path, str(installed / "bin" / "leafnet"), "predict", "ckpt=run",
+        f"input={tiny_train_images}", "output=preds.csv",
+    )  # fmt: skip
+    assert script.returncode == 0, script.stderr[-3000:]
+    assert len((tmp_path / "preds.csv").read_text().splitlines()) == 37
+
+    helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
+    assert "predict" in helped.stdout and "import-keras" in helped.stdout
