@@ -16,6 +16,7 @@ and the TensorBoard events. At the end the best checkpoint is tested and a resul
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -345,6 +346,23 @@ def _train_in(
             write_summary(run_dir, summary)
 
 
+def _logger(node: DictConfig, run_dir: Path, overrides: list[str]) -> Any:
+    """A logger from its config, writing under the run directory; a run name left null (MLflow's
+    `run_name`, W&B's `name`) becomes the run's overrides."""
+    kwargs: dict[str, Any] = {"save_dir": str(run_dir)}
+    for key in ("run_name", "name"):
+        if key in node and node[key] is None:
+            kwargs[key] = ",".join(overrides) or run_dir.name
+    target = str(node.get("_target_", ""))
+    for extra in ("mlflow", "wandb"):
+        if target.lower().endswith(f"{extra}logger") and importlib.util.find_spec(extra) is None:
+            raise LeafnetError(f"logger={extra} needs pip install 'leafnet[{extra}]'")
+    uri = str(node.get("tracking_uri") or "")
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return instantiate(node, **kwargs)
+
+
 @contextmanager
 def _interruptible(trainer: pl.Trainer) -> Iterator[None]:
     """Lightning turns Ctrl-C (and SIGTERM, see `run_job`) into sys.exit(1) after the callbacks'
@@ -375,7 +393,9 @@ def _fit_and_test(
         to_primitive(cfg), class_names, datamodule.preprocessing.to_dict()
     )
 
-    loggers = [instantiate(c, save_dir=str(run_dir)) for c in (cfg.get("logger") or {}).values()]
+    loggers = [
+        _logger(c, run_dir, summary["overrides"]) for c in (cfg.get("logger") or {}).values()
+    ]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not loggers:  # logger=none: nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

@@ -258,3 +258,21 @@ def test_tiny_run_logs_the_explain_figures_by_default(tiny_run: Path) -> None:
         acc.Reload()
         images |= set(acc.Tags()["images"])
     assert {"explain/filters", "explain/gradcam"} <= images, images
+
+
+def test_mlflow_logs_each_epoch_the_knobs_and_the_checkpoints(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    overrides = tiny_args(tiny_train_images, tmp_path, "logger=[tensorboard,mlflow]", "epochs=2")
+    train(compose("train", overrides), tmp_path / "run")
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("leafnet").experiment_id])
+    assert run.info.run_name == "run"  # no Hydra overrides in-process: the directory's name
+    assert run.data.params["optimizer"] == "adam" and float(run.data.params["lr"]) == 0.01
+    epochs = client.get_metric_history(run.info.run_id, "val_acc")
+    assert len(epochs) == 2
+    assert "final/test_acc" in run.data.metrics
+    best = [a.path for a in client.list_artifacts(run.info.run_id, "best")]
+    assert "best/best.ckpt" in best, best
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))  # TensorBoard beside it
