@@ -1,0 +1,213 @@
+"""`python -m leafnet.app ckpt=<run dir | ckpt> [port=8000] [host=127.0.0.1]`: a web page for predictions.
+
+A local page (FastAPI, `pip install 'leafnet[app]'`) where a user drops one or many leaf photos
+and sees, for each, the predicted class, every class's probability, the image as the network saw
+it (the checkpoint's preprocessing: letterboxed by default) and the Grad-CAM overlay of where it
+looked. Endpoints:
+
+- `GET /`: the page;
+- `POST /api/predict` (multipart field `file`): `{"class": ..., "probabilities": {class: p}}`;
+- `POST /api/explain` (same field): the same plus `input` and `gradcam`, PNG data URLs.
+
+An upload that is not an image, or is larger than `max_upload_mb`, gets a 4xx with a one-line
+`detail`, never a 500. Uploads are read in memory and decoded from a temporary folder that is
+removed at once; nothing else is written.
+"""
+
+
+import base64
+import html
+import io
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from leafnet.data.images import BadImage, load_for_model, to_float
+from leafnet.errors import LeafnetError, cli_errors
+from leafnet.inference import command_config, load_model
+from leafnet.module import LeafClassifier
+
+
+def _png_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _overlay(view: torch.Tensor, cam: torch.Tensor) -> Image.Image:
+    """The Grad-CAM heatmap [S, S] in [0, 1] over the network's view (uint8 [3, S, S])."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](cam.numpy())[..., :3] * 255
+    base = view.permute(1, 2, 0).float().numpy()
+    return Image.fromarray((0.55 * base + 0.45 * heat).clip(0, 255).astype("uint8"))
+
+
+class Predictor:
+    """The checkpoint's classifier behind a lock: one request uses the network at a time (Grad-CAM
+    hooks into it)."""
+
+    def __init__(self, classifier: LeafClassifier, device: torch.device) -> None:
+        self.classifier, self.device = classifier, device
+        self.class_names = list(classifier.hparams.class_names)
+        self._lock = threading.Lock()
+
+    def view(self, data: bytes, filename: str) -> torch.Tensor:
+        """The upload as the network sees it (uint8 [3, S, S]); raises BadImage."""
+        suffix = Path(filename or "upload").suffix.lower()[:10] or ".img"
+        with tempfile.TemporaryDirectory(prefix="leafnet-upload-") as folder:
+            path = Path(folder) / f"upload{suffix}"
+            path.write_bytes(data)
+            return load_for_model(path, self.classifier.prep)
+
+    def predict(self, view: torch.Tensor) -> dict[str, Any]:
+        with self._lock, torch.no_grad():
+            probs = self.classifier.predict_proba(view.unsqueeze(0).to(self.device))[0].cpu()
+        best = int(probs.argmax())
+        return {
+            "class": self.class_names[best],
+            "probabilities": {n: float(p) for n, p in zip(self.class_names, probs, strict=True)},
+        }
+
+    def explain(self, view: torch.Tensor) -> dict[str, Any]:
+        from leafnet.explain import gradcam
+
+        result = self.predict(view)
+        x = to_float(view.to(self.device), self.classifier.prep)
+        with self._lock:
+            cam, _, _ = gradcam(self.classifier.net, x)
+        view_image = Image.fromarray(view.permute(1, 2, 0).numpy())
+        return {
+            **result,
+            "input": _png_data_url(view_image),
+            "gradcam": _png_data_url(_overlay(view, cam)),
+        }
+
+
+def create_app(predictor: Predictor, max_upload_mb: float = 20.0) -> Any:
+    """The FastAPI application: the page and the two JSON endpoints."""
+    # Imported here (the `app` extra); this module has no `from __future__ import annotations`
+    # so that FastAPI can read the endpoints' UploadFile annotations.
+    from fastapi import FastAPI, File, HTTPException, UploadFile
+    from fastapi.responses import HTMLResponse
+
+    limit = int(max_upload_mb * 2**20)
+    app = FastAPI(title="leafnet", description="Leaf-disease classification of uploaded photos")
+
+    async def read_view(file: UploadFile) -> torch.Tensor:
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"{file.filename}: larger than {max_upload_mb:g} MB")
+        if not data:
+            raise HTTPException(400, f"{file.filename}: the upload is empty")
+        try:
+            return predictor.view(data, file.filename or "upload")
+        except BadImage as err:
+            raise HTTPException(415, f"{file.filename}: not a readable image ({err})") from None
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.replace("{{classes}}", html.escape(", ".join(predictor.class_names)))
+
+    @app.post("/api/predict")
+    async def api_predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        return predictor.predict(await read_view(file))
+
+    @app.post("/api/explain")
+    async def api_explain(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        view = await read_view(file)
+        try:
+            return predictor.explain(view)
+        except LeafnetError as err:  # Grad-CAM without captum
+            raise HTTPException(501, str(err)) from None
+
+    return app
+
+
+def serve(cfg: DictConfig) -> None:
+    """Load the checkpoint and serve the page until Ctrl-C."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise LeafnetError("the web page needs its extra: pip install 'leafnet[app]'") from None
+    classifier, device = load_model(cfg)
+    app = create_app(Predictor(classifier, device), float(cfg.max_upload_mb))
+    print(f"leafnet: serving {cfg.ckpt} on http://{cfg.host}:{cfg.port} (Ctrl-C stops)")
+    uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level="warning")
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    serve(command_config("app", sys.argv[1:] if argv is None else argv, required=("ckpt",)))
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>leafnet</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2rem; color: #1d2a1d; background: #f6f8f4; }
+ h1 { margin: 0 0 .2rem; } .sub { color: #5b6b5b; margin: 0 0 1rem; }
+ #drop { display: block; border: 2px dashed #6b8f5a; border-radius: 10px; padding: 1.5rem; text-align: center;
+         background: #fff; cursor: pointer; } #drop.over { background: #eef6e8; }
+ .result { display: flex; gap: 1rem; align-items: flex-start; background: #fff; margin-top: 1rem;
+           padding: 1rem; border-radius: 10px; box-shadow: 0 1px 3px #0002; }
+ .result img { width: 224px; height: 224px; border-radius: 6px; }
+ .class { font-size: 1.2rem; font-weight: 600; } .error { color: #a00; }
+ table { border-collapse: collapse; margin-top: .5rem; } td { padding: .1rem .6rem .1rem 0; }
+ .bar { background: #6b8f5a; height: .6rem; border-radius: 3px; }
+</style></head>
+<body>
+<h1>leafnet</h1>
+<p class="sub">Drop leaf photos to classify them. Classes: {{classes}}.</p>
+<label id="drop">Drop photos here, or click to choose
+ <input id="files" type="file" accept="image/*" multiple hidden></label>
+<div id="results"></div>
+<script>
+const results = document.getElementById("results");
+async function classify(file) {
+  const card = document.createElement("div");
+  card.className = "result";
+  card.innerHTML = `<div><b></b><div class="status">working...</div></div>`;
+  card.querySelector("b").textContent = file.name;
+  results.prepend(card);
+  const body = new FormData();
+  body.append("file", file);
+  const reply = await fetch("/api/explain", { method: "POST", body });
+  const data = await reply.json();
+  if (!reply.ok) {
+    card.querySelector(".status").outerHTML = `<div class="error"></div>`;
+    card.querySelector(".error").textContent = data.detail;
+    return;
+  }
+  const rows = Object.entries(data.probabilities).map(([name, p]) =>
+    `<tr><td>${name}</td><td>${(100 * p).toFixed(1)}%</td>` +
+    `<td><div class="bar" style="width:${Math.round(120 * p)}px"></div></td></tr>`).join("");
+  card.innerHTML = `<img alt="as the network saw it" src="${data.input}">` +
+    `<img alt="where it looked (Grad-CAM)" src="${data.gradcam}">` +
+    `<div><b></b><div class="class"></div><table>${rows}</table></div>`;
+  card.querySelector("b").textContent = file.name;
+  card.querySelector(".class").textContent = data["class"];
+}
+const input = document.getElementById("files");
+input.addEventListener("change", () => [...input.files].forEach(classify));
+const drop = document.getElementById("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault(); drop.classList.remove("over");
+  [...e.dataTransfer.files].forEach(classify);
+});
+</script>
+</body></html>
+"""
+
+
+if __name__ == "__main__":
+    main()

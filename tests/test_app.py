@@ -1,0 +1,134 @@
+"""The web page: its JSON API through an HTTP client, and the page itself in headless Chromium
+(an upload, the class read off the page, a screenshot)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from leafnet.app import Predictor, create_app
+from leafnet.predict import main as predict_main
+from leafnet.runs import load_classifier
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def app(tiny_run: Path):
+    return create_app(Predictor(load_classifier(tiny_run), torch.device("cpu")), max_upload_mb=1)
+
+
+def photo(images: Path) -> Path:
+    return sorted(images.rglob("*.jpg"))[0]
+
+
+def test_predict_answers_what_the_predict_command_answers(
+    app, tiny_run: Path, tiny_train_images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = photo(tiny_train_images)
+    reply = TestClient(app).post("/api/predict", files={"file": (image.name, image.read_bytes())})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    (expected,) = predict_main([f"ckpt={tiny_run}", f"input={image}"])
+    capsys.readouterr()
+    assert body["class"] == expected["predicted"]
+    assert body["probabilities"].keys() == expected["probabilities"].keys()
+    for name, p in expected["probabilities"].items():
+        assert body["probabilities"][name] == pytest.approx(p, abs=1e-6)
+
+
+def test_explain_adds_the_networks_view_and_gradcam(app, tiny_train_images: Path) -> None:
+    image = photo(tiny_train_images)
+    reply = TestClient(app).post("/api/explain", files={"file": (image.name, image.read_bytes())})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["input"].startswith("data:image/png;base64,")
+    assert body["gradcam"].startswith("data:image/png;base64,") and body["gradcam"] != body["input"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "status", "says"),
+    [
+        ("notes.txt", b"not an image at all", 415, "not a readable image"),
+        ("big.jpg", b"\xff" * (2**20 + 10), 413, "larger than 1 MB"),
+        ("empty.jpg", b"", 400, "empty"),
+        ("cut.jpg", None, 415, "cut.jpg"),  # a truncated JPEG
+    ],
+)
+def test_bad_uploads_get_a_4xx_with_one_line(
+    app, tiny_train_images: Path, name: str, data: bytes | None, status: int, says: str
+) -> None:
+    if data is None:
+        data = photo(tiny_train_images).read_bytes()[:200]
+    before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("leafnet-upload-*"))
+    reply = TestClient(app).post("/api/predict", files={"file": (name, data)})
+    assert reply.status_code == status, reply.text
+    detail = reply.json()["detail"]
+    assert says in detail and "\n" not in detail
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("leafnet-upload-*")) == before
+
+
+def test_the_page_is_served(app) -> None:
+    reply = TestClient(app).get("/")
+    assert reply.status_code == 200 and "Broad_beans" in reply.text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(app):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def chromium(playwright):
+    """Debian's Chromium, headless, with no background traffic to a network it cannot reach."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (.ci/run does)")
+def test_a_photo_dropped_on_the_page_shows_its_class(
+    served: str, tiny_run: Path, tiny_train_images: Path, tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = photo(tiny_train_images)
+    (expected,) = predict_main([f"ckpt={tiny_run}", f"input={image}"])
+    with sync_api.sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page(viewport={"width": 900, "height": 600})
+        page.goto(served)
+        page.set_input_files("#files", str(image))
+        page.wait_for_selector(".result .class", timeout=30_000)
+        assert page.inner_text(".result .class") == expected["predicted"]
+        assert page.locator(".result img").count() == 2
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 10_000
