@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_browser import chromium, needs_chromium
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -19,8 +19,6 @@ from fastapi.testclient import TestClient
 from leafnet.app import Predictor, create_app
 from leafnet.predict import main as predict_main
 from leafnet.runs import load_classifier
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +103,7 @@ def served(app):
     thread.join(timeout=10)
 
 
-def chromium(playwright):
-    """Debian's Chromium, headless, with no background traffic to a network it cannot reach."""
-    return playwright.chromium.launch(
-        executable_path=CHROMIUM,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--disable-sync", "--no-first-run"],
-    )  # fmt: skip
-
-
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed (.ci/run does)")
+@needs_chromium
 def test_a_photo_dropped_on_the_page_shows_its_class(
     served: str, tiny_run: Path, tiny_train_images: Path, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_browser import chromium, needs_chromium
 from fixtures_runs import REPO, tiny_args, train_cli
 
 import leafnet.errors
@@ -276,3 +278,43 @@ def test_mlflow_logs_each_epoch_the_knobs_and_the_checkpoints(
     best = [a.path for a in client.list_artifacts(run.info.run_id, "best")]
     assert "best/best.ckpt" in best, best
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))  # TensorBoard beside it
+
+
+@needs_chromium
+def test_tensorboard_hparams_view_lists_each_run_with_its_final_metrics(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    for lr in ("0.01", "0.001"):  # a two-run sweep's outputs
+        cfg = compose("train", tiny_args(tiny_train_images, tmp_path, f"lr={lr}", "epochs=1"))
+        train(cfg, tmp_path / "sweep" / f"lr={lr}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "sweep"),
+         "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = chromium(p)
+            page = browser.new_page(viewport={"width": 1400, "height": 800})
+            deadline = time.time() + 60
+            while True:  # until TensorBoard answers
+                try:
+                    page.goto(f"http://127.0.0.1:{port}/#hparams")
+                    break
+                except sync_api.Error:
+                    assert time.time() < deadline, "TensorBoard did not start"
+                    time.sleep(0.3)
+            page.get_by_text("final/best_val_acc").first.wait_for(timeout=60_000)
+            for run in ("lr=0.01", "lr=0.001"):  # one row per run (Trial ID: its directory)
+                page.get_by_text(run).first.wait_for(timeout=30_000)
+                assert page.get_by_text(run).count() == 1
+            page.screenshot(path=str(tmp_path / "hparams.png"))
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert (tmp_path / "hparams.png").stat().st_size > 10_000
