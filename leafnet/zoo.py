@@ -47,7 +47,7 @@ def _pretrained_state(name: str) -> dict[str, Tensor]:
     weights = get_model_weights(name).DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     try:
-        return weights.get_state_dict(progress=False)
+        return weights.get_state_dict(progress=False, weights_only=True)
     except (URLError, OSError, RuntimeError) as err:
         raise LeafnetError(
             f"model.pretrained=true: torchvision's {name} weights are not at {cached} and could "
