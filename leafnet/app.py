@@ -14,7 +14,6 @@ An upload that is not an image, or is larger than `max_upload_mb`, gets a 4xx wi
 removed at once; nothing else is written.
 """
 
-
 import base64
 import html
 import io

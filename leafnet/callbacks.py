@@ -67,7 +67,9 @@ class AtomicCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        if getattr(trainer.lightning_module, "diverged_at", None) is not None:
+        weights = trainer.lightning_module.parameters()
+        if not all(bool(torch.isfinite(w).all()) for w in weights):  # once per save
+            log.warning("weights are not finite: %s not written", Path(filepath).name)
             return
         if trainer.is_global_zero:
             with atomic_path(filepath) as tmp:
@@ -125,8 +127,8 @@ class DivergenceStop(Callback):
       means the predictions are confidently wrong by a wide margin, which a learning optimizer
       never reaches (`optimizer=sgd lr=1000` ends epoch 1 at 345). `max_loss_ratio: null`
       turns the rule off.
-    It sets `pl_module.diverged_at = {"epoch", "step", "reason", "loss"}` (epochs counted from 1,
-    steps from 0) and stops the trainer.
+    It records `diverged_at = {"epoch", "step", "reason", "loss"}` on itself (epochs counted
+    from 1, steps from 0; None while the run is sound; kept in checkpoints) and stops the trainer.
     """
 
     def __init__(self, check_every_n_steps: int = 50, max_loss_ratio: float | None = 10.0) -> None:
@@ -140,6 +142,13 @@ class DivergenceStop(Callback):
                 f"callbacks.divergence.max_loss_ratio={max_loss_ratio!r}: use a number > 1 or null"
             )
         self.max_loss_ratio = max_loss_ratio
+        self.diverged_at: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"diverged_at": self.diverged_at}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.diverged_at = state_dict.get("diverged_at")
 
     def _stop(
         self,
@@ -150,21 +159,21 @@ class DivergenceStop(Callback):
         loss: float,
     ) -> None:
         epoch = trainer.current_epoch + 1
-        pl_module.diverged_at = {"epoch": epoch, "step": step, "reason": reason, "loss": loss}
+        self.diverged_at = {"epoch": epoch, "step": step, "reason": reason, "loss": loss}
         trainer.should_stop = True
         log.warning("loss %s at epoch %d step %d (%.4g): stopping", reason, epoch, step, loss)
 
     def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if getattr(pl_module, "diverged_at", None) is not None:
+        if self.diverged_at is not None:
             return
-        step = int(pl_module.nonfinite_step)
+        step = pl_module.first_nonfinite_step()
         if not trainer.strategy.reduce_boolean_decision(step >= 0, all=False):
             return
         self._stop(trainer, pl_module, max(step, 0), "not finite", math.nan)
 
     def _check_exploding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train_loss")
-        if self.max_loss_ratio is None or loss is None or pl_module.diverged_at is not None:
+        if self.max_loss_ratio is None or loss is None or self.diverged_at is not None:
             return
         limit = self.max_loss_ratio * math.log(len(pl_module.hparams.class_names))
         if float(loss) > limit:
@@ -193,7 +202,7 @@ class DeadUnits(Callback):
     at ln(num_classes) for good. A forward hook on the network's `hidden_layer` (LeafNet's `dense`;
     `layer` overrides it) records on the device which units were positive for at least one
     validation image; the count is read once per epoch, logged as `val_alive_units`, kept as
-    `pl_module.hidden_units_alive`, and a warning says what to change. Networks without such a
+    and a warning says what to change. Networks without such a
     layer (torchvision's) are not watched.
     """
 
@@ -221,7 +230,6 @@ class DeadUnits(Callback):
         if trainer.sanity_checking or self._alive is None:
             return
         alive, total = int(self._alive.sum()), self._alive.numel()
-        pl_module.hidden_units_alive = alive
         pl_module.log("val_alive_units", float(alive), sync_dist=False)
         if alive == 0 and not self._warned:
             self._warned = True

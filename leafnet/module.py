@@ -190,7 +190,6 @@ class LeafClassifier(pl.LightningModule):
         self.test_confmat = MulticlassConfusionMatrix(n)
         # Divergence is tracked on the device (no host sync per step); DivergenceStop reads it.
         self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
-        self.diverged_at: dict[str, int] | None = None
 
     @classmethod
     def from_config(
@@ -286,7 +285,7 @@ class LeafClassifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Schedules step once per epoch; plateau watches the validation loss of this epoch.
         scheduler = self.lr_schedulers()
-        if scheduler is None or self.diverged_at is not None:
+        if scheduler is None or self.trainer.should_stop:  # the run ends here (e.g. diverged)
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             val_loss = self.trainer.callback_metrics.get("val_loss")
@@ -322,6 +321,10 @@ class LeafClassifier(pl.LightningModule):
             for name, value in zip(names, metric.compute(), strict=True):
                 self.log(f"test_{label}/{name}", value)
             metric.reset()
+
+    def first_nonfinite_step(self) -> int:
+        """The first training step whose loss was NaN or infinite, or -1 (one host sync)."""
+        return int(self.nonfinite_step)
 
     def confusion_matrix(self) -> Tensor:
         """The test confusion matrix (rows: true class, columns: predicted)."""

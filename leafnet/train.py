@@ -43,11 +43,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from leafnet import files, rundir
-from leafnet.callbacks import AtomicCheckpoint
+from leafnet.callbacks import AtomicCheckpoint, DivergenceStop
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, tune_process
+from leafnet.runs import read_run
 from leafnet.schema import check_train_config
 from leafnet.sweep import split_threads
 
@@ -426,8 +427,12 @@ def _fit_and_test(
     with _interruptible(trainer):
         trainer.fit(classifier, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    rows = next((cb.rows for cb in callbacks if hasattr(cb, "rows")), [])
-    diverged = classifier.diverged_at
+    # The run's facts, from what it logged and wrote: metrics.csv (EpochMetrics), the last logged
+    # val_alive_units (DeadUnits), and the divergence record of the DivergenceStop it built.
+    rows = read_run(run_dir).metrics
+    alive = trainer.callback_metrics.get("val_alive_units")
+    stops = [cb for cb in callbacks if isinstance(cb, DivergenceStop)]
+    diverged = stops[0].diverged_at if stops else None
     summary["status"] = "diverged" if diverged else "completed"
     summary["diverged_at"] = diverged
     summary["epochs_completed"] = len(rows)
@@ -440,7 +445,7 @@ def _fit_and_test(
         speeds = [r["images_per_s"] for r in rows if _finite(r["images_per_s"])]
         summary["images_per_s"] = round(sum(speeds) / len(speeds), 2) if speeds else None
     summary["micro_batch_size"] = classifier.hparams.micro_batch_size
-    summary["hidden_units_alive"] = getattr(classifier, "hidden_units_alive", None)
+    summary["hidden_units_alive"] = None if alive is None else int(alive)
     summary["seed"] = cfg.seed
 
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"

@@ -46,20 +46,20 @@ def validate(kill: bool, caplog: pytest.LogCaptureFixture) -> LeafClassifier:
     )
     with caplog.at_level(logging.WARNING, logger="leafnet.callbacks"):
         trainer.validate(module, DataLoader(TensorDataset(x, y), batch_size=4), verbose=False)
-    return module
+    return module, int(trainer.callback_metrics["val_alive_units"])
 
 
 def test_dead_units_counts_units_that_fire(caplog: pytest.LogCaptureFixture) -> None:
-    module = validate(kill=False, caplog=caplog)
-    assert 0 < module.hidden_units_alive <= 8
+    module, alive = validate(kill=False, caplog=caplog)
+    assert 0 < alive <= 8
     assert "dying ReLU" not in caplog.text
     # The hook is removed after validation: a plain forward does not touch the callback.
     assert not module.net.dense._forward_hooks
 
 
 def test_dead_units_warns_when_every_unit_is_dead(caplog: pytest.LogCaptureFixture) -> None:
-    module = validate(kill=True, caplog=caplog)
-    assert module.hidden_units_alive == 0
+    _, alive = validate(kill=True, caplog=caplog)
+    assert alive == 0
     assert "all 8 units of layer 'dense' output 0" in caplog.text
     assert "dying ReLU" in caplog.text
 
@@ -121,7 +121,7 @@ def test_data_wait_share_is_low_when_the_step_is_slow(tmp_path: Path) -> None:
     assert written == pytest.approx(logged, abs=1e-4)
 
 
-def fit_with_divergence_stop(lr: float, stop: DivergenceStop, epochs: int = 3) -> LeafClassifier:
+def fit_with_divergence_stop(lr: float, stop: DivergenceStop, epochs: int = 3) -> DivergenceStop:
     """A few epochs of SGD on random images: lr=1000 makes the loss finite but huge."""
     torch.manual_seed(0)
     module = LeafClassifier(
@@ -144,12 +144,11 @@ def fit_with_divergence_stop(lr: float, stop: DivergenceStop, epochs: int = 3) -
         limit_val_batches=0,
     )
     trainer.fit(module, DataLoader(TensorDataset(x, torch.arange(24) % 3), batch_size=8))
-    return module
+    return stop
 
 
 def test_an_exploding_finite_loss_is_diverged() -> None:
-    module = fit_with_divergence_stop(1000.0, DivergenceStop())
-    d = module.diverged_at
+    d = fit_with_divergence_stop(1000.0, DivergenceStop()).diverged_at
     assert d is not None and d["reason"] == "exploding" and d["epoch"] == 1
     assert 10 * 1.0986 < d["loss"] < float("inf")  # finite, and over the rule's limit
 
