@@ -146,3 +146,19 @@ def test_predict_cli_error_is_one_line_without_traceback(tmp_path: Path) -> None
     assert result.stderr.strip().splitlines() == [
         f"leafnet: error: checkpoint {tmp_path / 'missing.ckpt'} not found; give a .ckpt file or a run directory"
     ]
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "explain", "app"])
+def test_help_lists_each_commands_keys(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"leafnet.{command}").main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert (
+        f"python -m leafnet.{command}" in out
+        and "ckpt:" in out
+        and "overwrite" in out
+        or (command == "app" and "port:" in out)
+    )
