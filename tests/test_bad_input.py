@@ -95,6 +95,7 @@ CASES = [
     (evaluate.main, ["ckpt={run}", "data.dir={images}", "out={home}/evaluation"], "overwrite"),
     (evaluate.main, ["ckpt={run}", "data.dir={home}/nothing"], "nothing"),
     (evaluate.main, ["ckpt={run}"], "data.dir= is required"),
+    (evaluate.main, ["ckpt={run}", "data.dir={images}", "out={home}/a_file/ev"], "cannot write"),
     # export
     (export.main, ["ckpt={run}", "format=tflite"], "format='tflite'"),
     (export.main, ["ckpt={run}", "output={home}/model.onnx"], "overwrite=true"),
@@ -104,6 +105,7 @@ CASES = [
     (explain.main, ["ckpt={run}", "input={images}"], "explain takes one image"),
     (explain.main, ["ckpt={run}", "input={image}", "out={home}/explained"], "overwrite=true"),
     (explain.main, ["ckpt={run}", "input={image}", "device=tpu"], "device=tpu"),
+    (explain.main, ["ckpt={run}", "input={image}", "out={home}/a_file/ex"], "cannot write"),
     # import_keras
     (import_keras.main, ["{home}/seed.weights.h5", "{home}/imported.ckpt"], "overwrite=true"),
     (import_keras.main, ["{home}/nothing.h5", "{home}/new.ckpt"], "no such file"),
