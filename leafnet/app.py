@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
-from leafnet.data.images import BadImage, load_for_model, to_float
+from leafnet.data.images import BadImage, load_for_model, to_display, to_float
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.inference import command_config, load_model
 from leafnet.module import LeafClassifier
@@ -59,7 +59,7 @@ class Predictor:
         self._lock = threading.Lock()
 
     def view(self, data: bytes, filename: str) -> torch.Tensor:
-        """The upload as the network sees it (uint8 [3, S, S]); raises BadImage."""
+        """The upload as the network sees it ([3, S, S]); raises BadImage."""
         suffix = Path(filename or "upload").suffix.lower()[:10] or ".img"
         with tempfile.TemporaryDirectory(prefix="leafnet-upload-") as folder:
             path = Path(folder) / f"upload{suffix}"
@@ -82,11 +82,11 @@ class Predictor:
         x = to_float(view.to(self.device), self.classifier.prep)
         with self._lock:
             cam, _, _ = gradcam(self.classifier.net, x)
-        view_image = Image.fromarray(view.permute(1, 2, 0).numpy())
+        shown = to_display(view, self.classifier.prep)  # uint8, whatever the resize mode
         return {
             **result,
-            "input": _png_data_url(view_image),
-            "gradcam": _png_data_url(_overlay(view, cam)),
+            "input": _png_data_url(Image.fromarray(shown.permute(1, 2, 0).numpy())),
+            "gradcam": _png_data_url(_overlay(shown, cam)),
         }
 
 

@@ -181,16 +181,16 @@ def explain_figures(
 
 def explain(cfg: DictConfig) -> dict[str, Path]:
     """Run the command on a composed `conf/explain.yaml`; returns the written PNGs by name."""
-    from leafnet.data.images import load_for_model, to_float
+    from leafnet.data.images import load_for_model, to_display, to_float
 
     classifier, device = load_model(cfg)
     files = expand_inputs(cfg.input)
     if len(files) != 1:
         raise LeafnetError(f"input={cfg.input} matches {len(files)} files; explain takes one image")
-    image = load_for_model(files[0], classifier.prep)  # uint8 [3, S, S], the network's view
+    image = load_for_model(files[0], classifier.prep)  # the network's view
     x = to_float(image.to(device), classifier.prep)
     names = list(classifier.hparams.class_names)
-    figures = explain_figures(classifier.net, x, names, display=image)
+    figures = explain_figures(classifier.net, x, names, display=to_display(image, classifier.prep))
     out = Path(str(cfg.out)) if cfg.get("out") else Path(f"explain_{files[0].stem}")
     for name in figures:
         refuse_existing(out / f"{name}.png", cfg.get("overwrite", False), "out")

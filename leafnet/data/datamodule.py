@@ -32,6 +32,7 @@ from leafnet.data.images import (
     BadImage,
     Preprocessing,
     load_for_model,
+    to_display,
 )
 from leafnet.data.synthetic import STYLES, ensure_synthetic
 from leafnet.errors import LeafnetError
@@ -317,7 +318,10 @@ class LeafDataModule(L.LightningDataModule):
         x = self.cache.get(key, self._prep.image_size)
         if x is None:
             try:
-                x = load_for_model(path, self._prep, self.max_pixels, self.min_size)
+                # The keras modes give floats; training holds uint8 (a 0.5/255 rounding).
+                x = to_display(
+                    load_for_model(path, self._prep, self.max_pixels, self.min_size), self._prep
+                )
             except BadImage as err:
                 return err
             self.cache.put(key, x)

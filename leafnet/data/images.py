@@ -20,7 +20,9 @@ from torch import Tensor
 
 from leafnet.errors import LeafnetError
 
-RESIZE_MODES = ("letterbox", "stretch", "center_crop")
+# keras*: what Keras' image_dataset_from_directory does (see `keras_resize`), for Keras models.
+KERAS_MODES = ("keras", "keras_crop", "keras_pad")
+RESIZE_MODES = ("letterbox", "stretch", "center_crop", *KERAS_MODES)
 NORMALIZE_MODES = ("rescale", "standardize")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
@@ -113,13 +115,15 @@ def read_image(
     min_size: int = 1,
     pad_color: tuple[int, int, int] | list[int] = (0, 0, 0),
     draft: int | None = None,
+    exif: bool = True,
 ) -> Image.Image:
     """Decode `path` as an upright RGB image, or raise `BadImage(reason)`.
 
     The pixel count is checked from the header, before any pixel is decoded, so a decompression
     bomb costs nothing. `draft` lets the JPEG decoder downscale by 1/2..1/8 while keeping both
     sides >= draft (a large photo decodes several times faster; quality is unaffected after the
-    final antialiased resize).
+    final antialiased resize). `exif=False` keeps the stored orientation, as TensorFlow's decoder
+    does.
     """
     path = Path(path)
     try:
@@ -154,7 +158,8 @@ def read_image(
                     img.draft("RGB", (draft, draft))
                 img.load()
                 # Decoders raise many types (OSError, SyntaxError, ValueError, struct.error...).
-                img = ImageOps.exif_transpose(img) or img
+                if exif:
+                    img = ImageOps.exif_transpose(img) or img
                 return _to_rgb(img, tuple(int(c) for c in pad_color))  # type: ignore[arg-type]
             except BadImage:
                 raise
@@ -203,13 +208,104 @@ def resize(img: Image.Image, prep: Preprocessing) -> Tensor:
     return _to_tensor(out)
 
 
+_warned_decoder = False
+
+
+def read_as_tensorflow(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: int = 1,
+    pad_color: tuple[int, int, int] | list[int] = (0, 0, 0),
+) -> Image.Image:
+    """Decode `path` as TensorFlow's `decode_image` does (what Keras' image pipeline reads with).
+
+    TensorFlow decodes JPEGs with libjpeg-turbo's fast integer IDCT (`INTEGER_FAST`) and fancy
+    chroma upsampling, and ignores the EXIF orientation; PIL uses the accurate IDCT, which differs
+    by up to ~20 levels on a photo. simplejpeg (libjpeg-turbo, `fastdct=True`,
+    `fastupsample=False`) decodes JPEGs to the same bytes as TensorFlow; without it, PIL's decode
+    is used and one warning says so. Other formats decode losslessly alike with PIL.
+    """
+    global _warned_decoder
+    path = Path(path)
+    try:
+        data = path.read_bytes() if path.stat().st_size <= 512 * 2**20 else b""
+    except OSError as err:
+        raise BadImage(f"cannot read file ({err.strerror or err})", path) from None
+    if data[:3] == b"\xff\xd8\xff":
+        try:
+            import simplejpeg
+        except ImportError:
+            simplejpeg = None
+            if not _warned_decoder:
+                _warned_decoder = True
+                warnings.warn(
+                    "data.resize=keras: simplejpeg is not installed, so JPEGs are decoded by PIL "
+                    "(accurate IDCT), not as TensorFlow does; pip install 'leafnet[keras]'",
+                    stacklevel=2,
+                )
+        if simplejpeg is not None:
+            try:
+                height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+                if width * height > max_pixels:
+                    raise BadImage(f"too many pixels ({width}x{height} > {max_pixels})", path)
+                if min(width, height) < min_size:
+                    raise BadImage(f"too small ({width}x{height}, min side {min_size})", path)
+                pixels = simplejpeg.decode_jpeg(
+                    data, colorspace="RGB", fastdct=True, fastupsample=False
+                )
+            except ValueError as err:
+                raise BadImage(f"corrupt or truncated ({err})", path) from None
+            return Image.fromarray(pixels, "RGB")
+    return read_image(path, max_pixels, min_size, pad_color=pad_color, exif=False)
+
+
+def keras_resize(img: Image.Image, prep: Preprocessing) -> Tensor:
+    """The network's input as Keras' `image_dataset_from_directory` makes it: TensorFlow's
+    bilinear resize (half-pixel centres, no antialiasing) on the full decode, kept in float32 (not
+    rounded to uint8), then scaled as `to_float` scales; float tensor [3, S, S].
+
+    keras: stretched to the square (Keras' default); keras_crop: the largest centred square first
+    (`crop_to_aspect_ratio=True`); keras_pad: aspect kept and centred on black, as
+    `pad_to_aspect_ratio=True` does through `tf.image.resize_with_pad`.
+    """
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1)
+    _, h, w = x.shape
+    if prep.resize == "keras_crop":
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[:, top : top + s, left : left + s]
+    elif prep.resize == "keras_pad":
+        # tf.image.resize_with_pad: aspect kept (sizes floored, in float32 as TensorFlow
+        # computes them), resized, then centred on black.
+        side = prep.image_size
+        f32 = np.float32
+        ratio = max(f32(w) / f32(side), f32(h) / f32(side))
+        fh, fw = f32(h) / ratio, f32(w) / ratio
+        rh, rw = int(np.floor(fh)), int(np.floor(fw))
+        inner = F.interpolate(x[None], (rh, rw), mode="bilinear", align_corners=False)[0]
+        out = torch.zeros((3, side, side), dtype=x.dtype)
+        # The offsets come from the unfloored sizes, as TensorFlow computes them.
+        top = max(0, int(np.floor((f32(side) - fh) / 2)))
+        left = max(0, int(np.floor((f32(side) - fw) / 2)))
+        out[:, top : top + rh, left : left + rw] = inner
+        return _scale(out, prep)
+    side = prep.image_size
+    y = F.interpolate(x[None], (side, side), mode="bilinear", align_corners=False, antialias=False)
+    return _scale(y[0], prep)
+
+
 def load_for_model(
     path: str | Path,
     prep: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_size: int = 1,
 ) -> Tensor:
-    """Read and resize one file: uint8 tensor [3, S, S]. Raises `BadImage`."""
+    """Read and resize one file: uint8 tensor [3, S, S], or for the keras modes the scaled float
+    tensor Keras' pipeline gives (`keras_resize`). Raises `BadImage`."""
+    if prep.resize in KERAS_MODES:
+        return keras_resize(read_as_tensorflow(path, max_pixels, min_size, prep.pad_color), prep)
     img = read_image(path, max_pixels, min_size, pad_color=prep.pad_color, draft=prep.image_size)
     return resize(img, prep)
 
@@ -222,10 +318,26 @@ def to_float(x: Tensor, prep: Preprocessing) -> Tensor:
     """
     if x.is_floating_point():
         return x
-    out = x.float().mul_(1.0 / 255.0)
+    return _scale(x.float(), prep)
+
+
+def _scale(out: Tensor, prep: Preprocessing) -> Tensor:
+    """A float image or batch in 0..255 scaled in place as `prep.normalize` says."""
+    out = out.mul_(1.0 / 255.0)
     if prep.normalize == "standardize":
         shape = (3, 1, 1)
-        mean = torch.tensor(prep.mean, device=x.device, dtype=out.dtype).view(shape)
-        std = torch.tensor(prep.std, device=x.device, dtype=out.dtype).view(shape)
+        mean = torch.tensor(prep.mean, device=out.device, dtype=out.dtype).view(shape)
+        std = torch.tensor(prep.std, device=out.device, dtype=out.dtype).view(shape)
         out = out.sub_(mean).div_(std)
     return out
+
+
+def to_display(x: Tensor, prep: Preprocessing) -> Tensor:
+    """The network's view as uint8 [3, S, S] for a picture: a uint8 image as it is, a scaled float
+    one (the keras modes) scaled back and rounded."""
+    if not x.is_floating_point():
+        return x
+    y = x.detach().float().cpu().clone()
+    if prep.normalize == "standardize":
+        y = y * torch.tensor(prep.std).view(3, 1, 1) + torch.tensor(prep.mean).view(3, 1, 1)
+    return (y * 255).round().clamp(0, 255).to(torch.uint8)
