@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import resource
 import sys
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # mallopt parameter numbers from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
@@ -195,3 +198,39 @@ def peak_rss_bytes(children: bool = False) -> int:
     peak = resource.getrusage(who).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+# -- parallel sweeps ------------------------------------------------------------------------------
+
+
+def launcher_jobs() -> int | None:
+    """How many jobs the current sweep runs at once, or None outside a parallel sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    n_jobs = hydra_cfg.launcher.get("n_jobs")  # joblib's; the basic launcher runs one at a time
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return None
+    if n_jobs < 0:  # joblib: -1 is every CPU, -2 all but one, ...
+        n_jobs = max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return n_jobs
+
+
+def job_threads(cpus: int, n_jobs: int | None) -> int | None:
+    """Torch threads for one of `n_jobs` parallel jobs sharing `cpus` cores."""
+    return None if n_jobs is None else max(1, cpus // n_jobs)
+
+
+def split_threads() -> int | None:
+    """In a parallel sweep, give this job its share of the cores; returns the threads it set."""
+    n_jobs = launcher_jobs()
+    threads = job_threads(physical_cores(), n_jobs)
+    if threads is not None:
+        tune_process(threads=threads)
+        log.info("parallel sweep: %d jobs at once -> %d torch thread(s) per job", n_jobs, threads)
+    return threads

@@ -47,10 +47,9 @@ from leafnet.callbacks import AtomicCheckpoint, DivergenceStop
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
-from leafnet.perf import peak_rss_bytes, runs_on_cpu, tune_process
+from leafnet.perf import peak_rss_bytes, runs_on_cpu, split_threads, tune_process
 from leafnet.runs import read_run
 from leafnet.schema import check_train_config
-from leafnet.sweep import split_threads
 
 log = logging.getLogger(__name__)
 

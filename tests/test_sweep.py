@@ -15,7 +15,7 @@ import yaml
 from fixtures_runs import REPO, tiny_args, train_cli
 
 from leafnet.config import CONFIG_DIR
-from leafnet.sweep import job_threads, launcher_jobs
+from leafnet.perf import job_threads, launcher_jobs
 
 
 def sweep_args(images: Path, out: Path, *extra: str) -> list[str]:
