@@ -76,7 +76,7 @@ class Predictor:
         }
 
     def explain(self, view: torch.Tensor) -> dict[str, Any]:
-        from leafnet.explain import gradcam
+        from leafnet.figures import gradcam
 
         result = self.predict(view)
         x = to_float(view.to(self.device), self.classifier.prep)

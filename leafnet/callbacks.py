@@ -7,6 +7,7 @@ Every file goes under the run directory, which is `Trainer.default_root_dir`.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import math
 import os
@@ -19,7 +20,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
 
+from leafnet.figures import _plt, explain_figures
 from leafnet.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -457,3 +460,42 @@ class ConfusionMatrixImage(Callback):
         for writer in _tensorboards(trainer):
             writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
         plt.close(fig)
+
+
+class ExplainImages(Callback):
+    """At the end of training, log the explain figures for the first validation image to
+    TensorBoard (tags `explain/filters`, `explain/feature_maps_conv2d`, ..., `explain/gradcam`)."""
+
+    def __init__(self) -> None:
+        self._x: Tensor | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            self._x = x[0].detach().cpu()  # already scaled by the module's batch transfer
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if self._x is None or not writers or not trainer.is_global_zero:
+            return
+        if importlib.util.find_spec("captum") is None:  # a base install trains without it
+            log.warning("no explain figures in TensorBoard: pip install 'leafnet[explain]'")
+            return
+        net = pl_module.net
+        device = next(net.parameters()).device
+        # Cloned outside validation's inference mode, so Grad-CAM can backpropagate through it.
+        x = self._x.clone().to(device)
+        if not x.is_floating_point():
+            from leafnet.data.images import to_float
+
+            x = to_float(x, pl_module.prep)
+        figures = explain_figures(net, x, list(pl_module.hparams.class_names))
+        plt = _plt()
+        for name, fig in figures.items():
+            for writer in writers:
+                writer.add_figure(f"explain/{name}", fig, global_step=trainer.global_step)
+            plt.close(fig)

@@ -10,8 +10,10 @@ from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
 from test_tune import tiny_fit_setup
 
+from leafnet.callbacks import ExplainImages
 from leafnet.data.images import load_for_model, to_float
-from leafnet.explain import ExplainImages, feature_maps, gradcam, main
+from leafnet.explain import main
+from leafnet.figures import feature_maps, gradcam
 from leafnet.runs import load_classifier
 
 PNGS = ("filters", "feature_maps_conv2d", "feature_maps_conv2d_1", "gradcam")
@@ -69,7 +71,7 @@ def test_callback_logs_figures_to_tensorboard(tiny_train_images: Path, tmp_path:
 
 
 def test_a_wide_layer_shows_its_most_active_channels() -> None:
-    from leafnet.explain import MAX_PANELS, feature_maps_figure
+    from leafnet.figures import MAX_PANELS, feature_maps_figure
 
     maps = torch.zeros(100, 4, 4)
     maps[7] = 5.0  # the most active channel must be among the panels

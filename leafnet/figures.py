@@ -1,0 +1,160 @@
+"""What a network learned, as figures: first-layer filters, feature maps and Grad-CAM.
+
+Used by the `explain` command, the web page and the `ExplainImages` training callback.
+
+Grad-CAM is captum's `LayerGradCam` on the network's `gradcam_layer` (LeafNet's last conv layer,
+`conv2d_1`; resnet's `layer4`; the last block of mobilenet's and efficientnet's `features`):
+captum is maintained by the PyTorch team, light (no OpenCV), and its attribution is the textbook
+one (channel weights = spatially averaged gradients, ReLU of the weighted sum), so there is
+nothing of ours to get wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from leafnet.errors import LeafnetError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def filters_figure(net: nn.Module) -> Figure:
+    """The first conv layer's kernels as tiny RGB images, each stretched to [0, 1]."""
+    plt = _plt()
+    name, conv = next(iter(net.feature_layers.items()))
+    w = conv.weight.detach().float().cpu()  # [out, in, kh, kw]
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    rows, cols = _grid(len(w))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(w):
+            kernel = w[i].permute(1, 2, 0) if w.shape[1] == 3 else w[i].mean(0)
+            ax.imshow(
+                kernel.numpy(), interpolation="nearest", cmap=None if w.shape[1] == 3 else "gray"
+            )
+            ax.set_title(str(i), fontsize=7)
+    fig.suptitle(
+        f"{name}: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
+    )
+    return fig
+
+
+def feature_maps(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Each feature layer's output after ReLU for one scaled image `x` [3, S, S] -> [C, H, W]."""
+    maps: dict[str, Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(
+            lambda _m, _i, out, name=name: maps.__setitem__(name, torch.relu(out[0]).detach().cpu())
+        )
+        for name, layer in net.feature_layers.items()
+    ]
+    try:
+        with torch.no_grad():
+            net(x.unsqueeze(0))
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps
+
+
+MAX_PANELS = 32  # LeafNet's layers have 32 and 16 channels; a deep model's last stage 1,280
+
+
+def feature_maps_figure(name: str, maps: Tensor) -> Figure:
+    """One panel per channel (at most MAX_PANELS: the most active ones), each with its own colour
+    scale (viridis), titled with its channel index."""
+    plt = _plt()
+    c, h, w = maps.shape
+    channels = torch.arange(c)
+    if c > MAX_PANELS:
+        channels = maps.float().mean(dim=(1, 2)).topk(MAX_PANELS).indices.sort().values
+    rows, cols = _grid(len(channels))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(channels):
+            ax.imshow(maps[channels[i]].float().numpy(), cmap="viridis")
+            ax.set_title(str(int(channels[i])), fontsize=7)
+    shown = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
+    fig.suptitle(f"{name}: {shown} feature maps of {h}x{w} (after ReLU)")
+    return fig
+
+
+def gradcam(net: nn.Module, x: Tensor, target: int | None = None) -> tuple[Tensor, int, Tensor]:
+    """Grad-CAM heatmap [S, S] in [0, 1] for `target` (default: the predicted class), the target
+    and the class probabilities, for one scaled image `x` [3, S, S]."""
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+    except ImportError:
+        raise LeafnetError("Grad-CAM needs captum: pip install 'leafnet[explain]'") from None
+
+    x = x.unsqueeze(0).detach().clone()  # a normal tensor even if `x` came from inference mode
+    with torch.no_grad():
+        probs = net(x).softmax(-1)[0].cpu()
+    target = int(probs.argmax()) if target is None else int(target)
+    with torch.enable_grad():
+        cam = LayerGradCam(net, net.gradcam_layer).attribute(
+            x, target=target, relu_attributions=True
+        )
+    cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), "bilinear")[0, 0]
+    cam = cam.clamp_min(0).cpu()
+    return cam / cam.max().clamp_min(1e-12), target, probs
+
+
+def gradcam_figure(image: Tensor, cam: Tensor, title: str) -> Figure:
+    """The image, and the image with the Grad-CAM heatmap over it. `image`: [3, S, S], any range."""
+    plt = _plt()
+    img = image.detach().float().cpu()
+    img = ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)).permute(1, 2, 0).numpy()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4))
+    left.imshow(img)
+    left.set_title("input (as the network sees it)", fontsize=9)
+    right.imshow(img)
+    right.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    right.set_title(title, fontsize=9)
+    for ax in (left, right):
+        ax.axis("off")
+    return fig
+
+
+def explain_figures(
+    net: nn.Module, x: Tensor, class_names: Sequence[str], display: Tensor | None = None
+) -> dict[str, Figure]:
+    """All figures for one scaled image `x` [3, S, S]; `display` is the picture to draw
+    (default: `x` stretched to [0, 1])."""
+    was_training = net.training
+    net.eval()
+    try:
+        figures = {"filters": filters_figure(net)}
+        for name, maps in feature_maps(net, x).items():
+            figures[f"feature_maps_{name}"] = feature_maps_figure(name, maps)
+        cam, target, probs = gradcam(net, x)
+        layer = list(net.feature_layers)[-1]
+        title = f"Grad-CAM ({layer}) for {class_names[target]} (p={float(probs[target]):.3f})"
+        figures["gradcam"] = gradcam_figure(x if display is None else display, cam, title)
+    finally:
+        net.train(was_training)
+    return figures
