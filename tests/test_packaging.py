@@ -62,3 +62,25 @@ def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
 
     helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
     assert "predict" in helped.stdout and "import-keras" in helped.stdout
+
+
+def test_a_base_install_trains_and_predicts_without_the_extras(
+    tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """captum (explain), onnx and the trackers are extras: without them training still logs to
+    TensorBoard, saying once what the missing figures need, and predict works."""
+    from fixtures_runs import tiny_args
+
+    from leafnet.config import compose
+    from leafnet.predict import main as predict_main
+    from leafnet.train import train
+
+    for extra in ("captum", "onnx", "onnxruntime", "mlflow", "fastapi", "sklearn"):
+        monkeypatch.setitem(sys.modules, extra, None)  # import fails, find_spec says None
+    run_dir = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        train(compose("train", tiny_args(tiny_train_images, tmp_path, "epochs=1")), run_dir)
+    assert "pip install 'leafnet[explain]'" in caplog.text
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert len(predict_main([f"ckpt={run_dir}", f"input={tiny_train_images}"])) == 36
