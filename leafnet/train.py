@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -40,7 +39,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from leafnet import files, rundir
 from leafnet.callbacks import AtomicCheckpoint, DivergenceStop
@@ -48,6 +47,7 @@ from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, split_threads, tune_process
+from leafnet.resume import resume_config
 from leafnet.runs import read_run
 from leafnet.schema import check_train_config
 
@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
-# What `resume=` may change: how long and where it runs, never what it computes.
-RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers")
 
 
 class Diverged(LeafnetError):
@@ -92,87 +90,6 @@ def validate(cfg: DictConfig) -> None:
                 f"precision={precision}: this CPU has no native bfloat16 (AVX512-BF16/AMX), so it "
                 "would run many times slower; use precision=32-true"
             )
-
-
-# -- resume ----------------------------------------------------------------------------------------
-
-
-def trusted_targets() -> set[str]:
-    """Every class leafnet's own config groups name (`_target_:` in conf/): all a resumed run may
-    build, whatever a run directory's files say."""
-    found: set[str] = set()
-    for path in CONFIG_DIR.rglob("*.yaml"):
-        found.update(re.findall(r"^\s*_target_:\s*([\w.]+)", path.read_text(), re.MULTILINE))
-    return found
-
-
-def _targets(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "_target_":
-                yield str(value)
-            yield from _targets(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _targets(value)
-
-
-def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Path, list[str]]:
-    """The resumed run's config, composed again from leafnet's config groups with the run's saved
-    overrides, plus the few changes `resume=` allows; and the run directory and its overrides.
-
-    A run directory may come from someone else: its `.hydra/config.yaml` is never instantiated,
-    and an override that would name a class to build (`_target_`) is refused.
-    """
-    run_dir = Path(str(cfg.resume))
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
-        raise LeafnetError(
-            f"resume={run_dir}: no .hydra/overrides.yaml there; give a run directory"
-        )
-    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-        raise LeafnetError(f"resume={run_dir}: no checkpoints/last.ckpt to continue from")
-    try:
-        original = OmegaConf.to_container(OmegaConf.load(saved))
-    except Exception as err:  # a hand-edited or foreign file: any YAML error
-        raise LeafnetError(f"resume={run_dir}: {saved} is not readable YAML ({err})") from None
-    if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
-        raise LeafnetError(f"resume={run_dir}: {saved} is not a list of key=value overrides")
-    kept = [
-        o for o in original if not o.split("=", 1)[0].lstrip("+~").startswith(("hydra.", "resume"))
-    ]
-    for override in kept:
-        if any(word in override for word in ("_target_", "_partial_", "_args_", "_recursive_")):
-            raise LeafnetError(
-                f"resume={run_dir}: its saved override {override!r} names code to run; leafnet "
-                "resumes only from its own config groups (start a new run instead)"
-            )
-    changes = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key == "resume" or key.startswith("hydra."):
-            continue
-        if not key.startswith(RESUME_CHANGEABLE):
-            raise LeafnetError(
-                f"resume: {override!r} would change what the run computes; only epochs, trainer.*, "
-                "micro_batch_size, max_memory_gb and data.num_workers may change (start a new run)"
-            )
-        changes.append(override)
-    resumed = compose("train", [*kept, *changes])
-    with open_dict(resumed):
-        resumed.resume = str(run_dir)
-        # The run's own split, whatever its saved config said (a sweep's split file lives in a
-        # sweep directory that resolves differently now); files that appeared since are reported
-        # and left out, files that vanished stop the run.
-        if (run_dir / "split.csv").is_file():
-            resumed.data.split_file = str(run_dir / "split.csv")
-    unknown = sorted(set(_targets(to_primitive(resumed))) - trusted_targets())
-    if unknown:
-        raise LeafnetError(
-            f"resume={run_dir}: its config would build {unknown[0]}, which is not one of "
-            "leafnet's config groups; start a new run instead"
-        )
-    return resumed, run_dir, kept
 
 
 # -- the run ---------------------------------------------------------------------------------------

@@ -65,7 +65,18 @@ def test_gpu_and_mps_configs_select_their_accelerator() -> None:
     assert leafnet_compose("train", ["trainer=mps"]).trainer.accelerator == "mps"
 
 
-@pytest.mark.parametrize("option", options("logger"))
+# The trackers write to their own stores: tested in test_train.py (MLflow) and below.
+FILE_LOGGERS = [o for o in options("logger") if o not in ("mlflow", "wandb")]
+
+
+def test_trackers_default_to_local_stores() -> None:
+    mlflow = leafnet_compose("train", ["logger=mlflow", "paths.output_dir=/x"]).logger.mlflow
+    assert mlflow.tracking_uri == "sqlite:////x/mlruns/mlflow.db"
+    assert mlflow.artifact_location == "/x/mlruns/artifacts"
+    assert leafnet_compose("train", ["logger=wandb"]).logger.wandb.offline is True
+
+
+@pytest.mark.parametrize("option", FILE_LOGGERS)
 def test_loggers_write_into_the_run_dir(option: str, tmp_path) -> None:
     cfg = leafnet_compose("train", [f"logger={option}"])
     for logger_cfg in (cfg.logger or {}).values():

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from fixtures_runs import REPO, tiny_args, train_cli
 
+from leafnet.compare import main as compare_main
 from leafnet.config import CONFIG_DIR
 from leafnet.perf import job_threads, launcher_jobs
 
@@ -38,6 +39,7 @@ def summaries(sweep: Path) -> dict[str, dict]:
     return {p.name: json.loads((p / "summary.json").read_text()) for p in run_dirs(sweep)}
 
 
+@pytest.mark.slow  # a second sweep; the study test below covers the default suite's needs
 def test_two_by_two_sweep_prints_the_table_and_compare_reads_it(
     tiny_train_images: Path, tmp_path: Path
 ) -> None:
@@ -108,7 +110,11 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
     names = [run.name for run in run_dirs(sweep)]
     assert [n.split("_")[0] for n in names] == ["0", "1", "2"]
     assert all("optimizer=sgd" in n and "data.dir" not in n for n in names)
-    rows = (sweep / "sweep_table.txt").read_text().splitlines()[2:]
+    table = (sweep / "sweep_table.txt").read_text()
+    assert table in result.stdout + result.stderr  # printed at the end, and saved
+    header, _, *rows = table.splitlines()
+    for column in ("optimizer", "lr", "status", "best val acc", "final val loss", "epochs", "time"):
+        assert column in header
     assert [r.split()[1:4] for r in rows] == [
         ["sgd", "1000", "diverged"],
         ["sgd", "-1", "failed"],
@@ -125,6 +131,14 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
     for name in ("comparison.png", "accuracy.png", "comparison.md", "comparison.csv"):
         assert (sweep / name).stat().st_size > 0
     assert "| sgd | 1000 | diverged |" in (sweep / "comparison.md").read_text()
+    # ... and again from the command, elsewhere.
+    compare_main([str(sweep), "--out", str(tmp_path / "report")])
+    with (tmp_path / "report" / "comparison.csv").open(newline="") as fh:
+        rows_csv = list(csv.DictReader(fh))
+    by_status = {r["status"]: r for r in rows_csv}
+    assert sorted(by_status) == ["completed", "diverged", "failed"]
+    assert by_status["completed"]["best_for_optimizer"] == "yes"
+    assert by_status["diverged"]["best_for_optimizer"] != "yes"
 
     # A study job resumes on its own split (its config's split file names the sweep directory).
     job = next(run for run in run_dirs(sweep) if "lr=0.01" in run.name)

@@ -11,11 +11,13 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from fixtures_runs import tiny_args, train_cli
+from fixtures_runs import tiny_args
 from torch.optim import optimizer as torch_optimizer
 
+from leafnet.config import compose
 from leafnet.data.datamodule import LeafDataModule
 from leafnet.module import LeafClassifier
+from leafnet.train import train
 from leafnet.tune import lr_find
 
 
@@ -78,15 +80,16 @@ def test_lr_find_sweeps_saves_and_restores(tiny_train_images: Path, tmp_path: Pa
     assert trainer.fit_loop.max_epochs == 2
 
 
-def test_train_lr_find_cli(tiny_train_images: Path, tmp_path: Path) -> None:
+def test_train_with_lr_find_saves_the_suggestion_and_stops(
+    tiny_train_images: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
-    result = train_cli(
+    overrides = [
         *tiny_args(tiny_train_images, tmp_path),
         "tune.lr_find=true",
         "tune.num_training=30",
-        f"hydra.run.dir={run_dir}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    ]
+    assert train(compose("train", overrides), run_dir) is None
     doc = json.loads((run_dir / "lr_find.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "lr_find" and summary["lr_suggestion"] == doc["suggested_lr"]
