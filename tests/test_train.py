@@ -50,7 +50,7 @@ def test_tiny_run_has_every_output_and_learns(tiny_run: Path) -> None:
     assert set(s) >= SUMMARY_KEYS
     assert s["status"] == "completed" and s["epochs_completed"] == 4 and s["diverged_at"] is None
     assert s["optimizer"] == "adam" and s["lr"] == 0.01 and s["batch_size"] == 8
-    assert 0 <= s["test_acc"] <= 1 and s["best_val_acc"] >= 0.5
+    assert s["test_acc"] >= 0.5 and s["best_val_acc"] >= 0.5  # three colours: easy to learn
     assert "lr=1e-2" in s["overrides"]
 
     lines = (tiny_run / "metrics.csv").read_text().splitlines()
