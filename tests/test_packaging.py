@@ -63,6 +63,28 @@ def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
     helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
     assert "predict" in helped.stdout and "import-keras" in helped.stdout
 
+    # The other commands, from the installed package, in one process (each as its CLI runs it).
+    others = f"""
+import leafnet, sys
+assert leafnet.__file__.startswith({str(installed)!r}), leafnet.__file__
+from leafnet import compare, evaluate, explain, export, summary
+evaluate.main(["ckpt=run", "data.dir={tiny_train_images}", "out=evaluation"])
+export.main(["ckpt=run", "format=torchscript", "output=model.pt"])
+explain.main(["ckpt=run", "input={next(tiny_train_images.rglob("*.jpg"))}", "out=explained"])
+summary.main(["model=leafnet_gap"])
+compare.main(["run", "--out", "report"])
+"""
+    done = run(installed, tmp_path, "-c", others)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in (
+        "evaluation/metrics.json",
+        "model.pt",
+        "explained/gradcam.png",
+        "report/comparison.md",
+    ):
+        assert (tmp_path / name).is_file(), name
+    assert "Total params: 5,683" in done.stdout
+
 
 def test_a_base_install_trains_and_predicts_without_the_extras(
     tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch,
