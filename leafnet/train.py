@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -41,11 +40,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from leafnet import files, rundir
+from leafnet import rundir
 from leafnet.callbacks import AtomicCheckpoint, DivergenceStop
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
+from leafnet.outcome import final_metrics, fit_outcome, format_result, test_outcome, write_summary
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, split_threads, tune_process
 from leafnet.resume import resume_config
 from leafnet.runs import read_run
@@ -124,68 +124,6 @@ def _flat_hparams(cfg: DictConfig, classifier: LeafClassifier) -> dict[str, Any]
         "normalize": hp.preprocessing["normalize"],
         "augment": str(cfg.data.get("augment", "none")),
     }
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    files.write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-
-
-def format_result(summary: dict[str, Any], run_dir: Path) -> str:
-    """The short table printed at the end of a run."""
-
-    def num(value: Any, fmt: str = ".4f") -> str:
-        return "-" if value is None else format(value, fmt)
-
-    lines = [
-        f"leafnet: {summary['status']}  {run_dir}",
-        f"  optimizer        {summary['optimizer']}  lr={summary['lr']:g}  batch={summary['batch_size']}"
-        f"  image={summary['image_size']}",
-        f"  epochs           {summary['epochs_completed']}  (best {summary['best_epoch'] or '-'})",
-        f"  best val acc     {num(summary['best_val_acc'])}",
-        f"  final val loss   {num(summary['final_val_loss'])}   train loss {num(summary['final_train_loss'])}",
-        f"  test acc         {num(summary['test_acc'])}   macro F1 {num(summary['test_f1_macro'])}",
-    ]
-    per_class = summary.get("test_per_class") or {}
-    if per_class:
-        width = max(len(name) for name in per_class)
-        lines.append(f"    {'class':<{width}}  precision  recall")
-        for name, pr in per_class.items():
-            lines.append(
-                f"    {name:<{width}}  {num(pr['precision'], '9.3f')}  {num(pr['recall'], '6.3f')}"
-            )
-    matrix = summary.get("confusion_matrix")
-    if matrix and per_class:
-        lines.append("  confusion matrix (rows: true class, columns: predicted)")
-        width = max(len(name) for name in per_class) + 4
-        lines.append(" " * (width + 4) + "".join(f"{f'[{i}]':>6}" for i in range(len(matrix))))
-        for i, (name, row) in enumerate(zip(per_class, matrix, strict=True)):
-            label = f"[{i}] {name}"
-            lines.append(f"    {label:<{width}}" + "".join(f"{int(v):>6}" for v in row))
-    lines.append(
-        f"  time             {summary['wall_time_s']:.1f} s   {num(summary['images_per_s'], '.1f')} train img/s"
-        f"   peak RSS {summary['peak_rss_gb']:.2f} GB"
-    )
-    if summary.get("hidden_units_alive") == 0:
-        lines += [
-            "  hidden units     all dead (dying ReLU): the network answers one class for every image",
-            "  try next         python -m leafnet.train model=leafnet_gap   (position-free features)",
-            "                   python -m leafnet.train model=torchvision model.name=resnet18 "
-            "data.image_size=224",
-            "                   (why: docs/dying_relu.md)",
-        ]
-    if summary.get("diverged_at"):
-        d = summary["diverged_at"]
-        lines.append(
-            f"  diverged         loss {d.get('reason', 'not finite')} at epoch {d['epoch']} step {d['step']}"
-        )
-    return "\n".join(lines)
 
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | None:
@@ -345,23 +283,11 @@ def _fit_and_test(
 
     # The run's facts, from what it logged and wrote: metrics.csv (EpochMetrics), the last logged
     # val_alive_units (DeadUnits), and the divergence record of the DivergenceStop it built.
-    rows = read_run(run_dir).metrics
-    alive = trainer.callback_metrics.get("val_alive_units")
     stops = [cb for cb in callbacks if isinstance(cb, DivergenceStop)]
     diverged = stops[0].diverged_at if stops else None
-    summary["status"] = "diverged" if diverged else "completed"
-    summary["diverged_at"] = diverged
-    summary["epochs_completed"] = len(rows)
-    if rows:
-        best = max(rows, key=lambda r: -1.0 if math.isnan(r["val_acc"]) else r["val_acc"])
-        summary["best_val_acc"] = _finite(best["val_acc"])
-        summary["best_epoch"] = int(best["epoch"]) if _finite(best["val_acc"]) is not None else None
-        summary["final_val_loss"] = _finite(rows[-1]["val_loss"])
-        summary["final_train_loss"] = _finite(rows[-1]["train_loss"])
-        speeds = [r["images_per_s"] for r in rows if _finite(r["images_per_s"])]
-        summary["images_per_s"] = round(sum(speeds) / len(speeds), 2) if speeds else None
+    alive = trainer.callback_metrics.get("val_alive_units")
+    summary.update(fit_outcome(read_run(run_dir).metrics, diverged, alive))
     summary["micro_batch_size"] = classifier.hparams.micro_batch_size
-    summary["hidden_units_alive"] = None if alive is None else int(alive)
     summary["seed"] = cfg.seed
 
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
@@ -374,26 +300,11 @@ def _fit_and_test(
                 verbose=False,
                 weights_only=True,
             )
-        m = metrics[0] if metrics else {}
-        summary["test_acc"] = _finite(m.get("test_acc"))
-        summary["test_f1_macro"] = _finite(m.get("test_f1_macro"))
-        summary["test_per_class"] = {
-            name: {
-                "precision": _finite(m.get(f"test_precision/{name}")),
-                "recall": _finite(m.get(f"test_recall/{name}")),
-            }
-            for name in class_names
-        }
-        summary["confusion_matrix"] = classifier.confusion_matrix().tolist()
+        summary.update(
+            test_outcome(metrics[0] if metrics else {}, class_names, classifier.confusion_matrix())
+        )
 
-    final = {
-        "final/best_val_acc": summary["best_val_acc"],
-        "final/val_loss": summary["final_val_loss"],
-        "final/train_loss": summary["final_train_loss"],
-        "final/test_acc": summary["test_acc"],
-        "final/test_f1_macro": summary["test_f1_macro"],
-    }
-    final = {k: v for k, v in final.items() if v is not None}
+    final = final_metrics(summary)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             # The HParams tab pairs hparams with these metrics (instead of hp_metric = -1).
