@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.tables import markdown_table
 
 KERAS_BACKENDS = {"keras-tf": "tensorflow", "keras-torch": "torch"}
 DEFAULT_CONTENDERS = "leafnet,torch,keras-tf,keras-torch"
@@ -574,24 +575,26 @@ def format_table(report: dict[str, Any]) -> str:
         f"{report['train_gflop_per_image']:.2f} GFLOP/image; roofline (fp32 4096² matmul) "
         f"{report['roofline_gflops']:.0f} GFLOP/s",
         "",
-        "| contender | ms/image | images/s | GFLOP/s | roofline | peak RSS GB | vs keras-tf | vs keras-torch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    header = ["contender", "ms/image", "images/s", "GFLOP/s", "roofline", "peak RSS GB",
+              "vs keras-tf", "vs keras-torch"]  # fmt: skip
+    rows: list[list[str]] = []
     for name, r in report["contenders"].items():
         if "ms_per_image" not in r:
-            lines.append(f"| {name} | error: {r.get('error', '?')[:80]} | | | | | | |")
+            rows.append([name, f"error: {r.get('error', '?')[:80]}", "", "", "", "", "", ""])
             continue
 
         def ratio(key: str, r: dict[str, Any] = r) -> str:
             return f"{r[key]:.1f}x" if key in r else "-"
 
-        lines.append(
-            f"| {name} | {r['ms_per_image']:.1f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
-            f"{r['roofline_share']:.0%} | {r['peak_rss_gb']:.2f} | {ratio('speedup_vs_keras-tf')} | "
-            f"{ratio('speedup_vs_keras-torch')} |"
-        )
+        rows.append([
+            name, f"{r['ms_per_image']:.1f}", f"{r['images_per_s']:.1f}", f"{r['gflops']:.0f}",
+            f"{r['roofline_share']:.0%}", f"{r['peak_rss_gb']:.2f}",
+            ratio("speedup_vs_keras-tf"), ratio("speedup_vs_keras-torch"),
+        ])  # fmt: skip
     for name, why in report.get("skipped", {}).items():
-        lines.append(f"| {name} | skipped: {why} | | | | | | |")
+        rows.append([name, f"skipped: {why}", "", "", "", "", "", ""])
+    lines.append(markdown_table(header, rows, right=[False] + [True] * 7))
     data = report.get("data")
     if data:
         cached, pred = data.get("cached", {}), data.get("predict", {})

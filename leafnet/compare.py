@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from leafnet import tables
 from leafnet.errors import LeafnetError, cli_errors
 
 # The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
@@ -337,17 +338,6 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds:.1f}s" if seconds < 120 else f"{seconds / 60:.1f}min"
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain-text table with aligned columns (what the sweep prints)."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
-        for line in (header, *rows)
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def run_table(runs: Sequence[RunRecord]) -> str:
     """One line per run: what a sweep prints when it ends."""
     show_seed = len({r.seed for r in runs}) > 1
@@ -372,7 +362,7 @@ def run_table(runs: Sequence[RunRecord]) -> str:
                 _fmt_time(r.wall_time_s),
             ]
         )
-    return format_table(header, rows)
+    return tables.text_table(header, rows)
 
 
 _CSV_HEADER = [
@@ -437,7 +427,7 @@ def markdown_table(settings: Sequence[Setting]) -> str:
         "best",
     ]
     header = [h for h in header if h]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    rows = []
     for s in settings:
         acc = _fmt(s.mean("best_val_acc"))
         if seeds and math.isfinite(s.std("best_val_acc")):
@@ -456,8 +446,8 @@ def markdown_table(settings: Sequence[Setting]) -> str:
             _fmt_time(s.mean("wall_time_s")),
             "★" if s.best else "",
         ]
-        lines.append("| " + " | ".join(c for c in cells if c is not None) + " |")
-    return "\n".join(lines)
+        rows.append([c for c in cells if c is not None])
+    return tables.markdown_table(header, rows)
 
 
 def write_markdown(settings: Sequence[Setting], sources: Sequence[Path], path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from leafnet import tables
 from leafnet.config import to_primitive
 from leafnet.errors import LeafnetError
 from leafnet.runs import read_run
@@ -115,10 +116,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         value = row.get(key)
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(title for _, title in columns) + " |"]
-    lines.append("|" + "---:|" * len(columns))
-    lines += ["| " + " | ".join(cell(r, key) for key, _ in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    titles = [title for _, title in columns]
+    cells = [[cell(r, key) for key, _ in columns] for r in rows]
+    return tables.markdown_table(titles, cells, right=[True] * len(columns))
 
 
 def main(argv: list[str] | None = None) -> int:
