@@ -28,9 +28,10 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from leafnet.config import command_config
 from leafnet.data.images import BadImage, load_for_model, to_display, to_float
 from leafnet.errors import LeafnetError, cli_errors
-from leafnet.inference import command_config, load_model
+from leafnet.inference import load_model
 from leafnet.module import LeafClassifier
 
 

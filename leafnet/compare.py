@@ -1,6 +1,6 @@
 """Compare finished (or still running) runs: loss/accuracy figures and a table per setting.
 
-`python -m leafnet.compare DIR [DIR ...] [--out OUT]` reads every run under the given
+`python -m leafnet.compare dirs=DIR [out=OUT]` (several: `dirs=[A,B]`) reads every run under the given
 directories (a multirun directory, run directories, or folders holding either), and writes
 
 - `comparison.png`: a panel per optimizer, a colour per learning rate, training (dashed) and
@@ -16,13 +16,13 @@ It only reads files, so it works on a sweep that is still running or was cut sho
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import re
 import statistics
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import ListConfig
 
 from leafnet import tables
+from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
 
 # The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
@@ -706,25 +708,12 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> d
 
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m leafnet.compare",
-        description="Compare runs: loss/accuracy figures per optimizer and a table per setting.",
-    )
-    parser.add_argument(
-        "dirs",
-        nargs="+",
-        metavar="DIR",
-        help="a multirun directory, run directories, or folders holding them",
-    )
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="where to write the files (default: DIR, or the DIRs' common parent)",
-    )
-    args = parser.parse_args(argv)
-    runs = load_runs(args.dirs)
-    out = Path(args.out) if args.out else default_out_dir(args.dirs)
-    files = write_report(runs, [Path(p) for p in args.dirs], out)
+    """`key=value` arguments (conf/compare.yaml): write the report, print the table."""
+    cfg = command_config("compare", sys.argv[1:] if argv is None else argv, required=("dirs",))
+    dirs = [str(d) for d in cfg.dirs] if isinstance(cfg.dirs, ListConfig) else [str(cfg.dirs)]
+    runs = load_runs(dirs)
+    out = Path(str(cfg.out)) if cfg.out else default_out_dir(dirs)
+    files = write_report(runs, [Path(p) for p in dirs], out)
     print(markdown_table(group_settings(runs)))
     print("wrote " + ", ".join(str(p) for p in files.values()))
 

@@ -7,6 +7,7 @@ API, so they create no run directory.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,3 +73,26 @@ def to_primitive(cfg: DictConfig | dict) -> dict:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
+
+
+def command_config(
+    name: str, argv: Sequence[str], required: Sequence[str] = (), conf: str | None = None
+) -> DictConfig:
+    """`conf/<conf or name>.yaml` with `argv` overrides for `python -m leafnet.<name>`; each key of
+    `required` must be set. `--help` prints the command's keys (its YAML, with what each one does)
+    and exits."""
+    conf = conf or name
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"python -m leafnet.{name} key=value ...   keys and defaults:\n")
+        print((CONFIG_DIR / f"{conf}.yaml").read_text())
+        sys.exit(0)
+    cfg = compose(conf, argv)
+    for key in required:
+        if OmegaConf.select(cfg, key, default=None) in (None, "", "???"):
+            raise LeafnetError(
+                f"{key}= is required: python -m leafnet.{name} {key}=... (see conf/{conf}.yaml)"
+            )
+    from leafnet.schema import COMMAND_KEYS, check_config
+
+    check_config(to_primitive(cfg), COMMAND_KEYS)
+    return cfg

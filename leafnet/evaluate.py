@@ -27,10 +27,11 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from leafnet.config import command_config
 from leafnet.data.datamodule import scan_folder
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing, write_text
-from leafnet.inference import command_config, load_model, predict_files
+from leafnet.inference import load_model, predict_files
 
 
 def match_classes(folder_classes: Sequence[str], ckpt_classes: Sequence[str], root: Any) -> None:

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.figures import _plt, explain_figures
 from leafnet.files import atomic_path, refuse_existing
-from leafnet.inference import command_config, expand_inputs, load_model
+from leafnet.inference import expand_inputs, load_model
 
 
 def explain(cfg: DictConfig) -> dict[str, Path]:

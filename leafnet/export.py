@@ -29,9 +29,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing
-from leafnet.inference import command_config, load_model
+from leafnet.inference import load_model
 from leafnet.module import LeafClassifier
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "keras": ".weights.h5"}

@@ -16,32 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.data.images import IMAGE_EXTENSIONS, BadImage, load_for_model
 from leafnet.errors import LeafnetError
 from leafnet.module import LeafClassifier
-from leafnet.schema import COMMAND_KEYS, check_config
 
 PROGRESS_MIN_FILES = 64  # below this a progress bar is noise
-
-
-def command_config(name: str, argv: Sequence[str], required: Sequence[str] = ()) -> DictConfig:
-    """`conf/<name>.yaml` with `argv` overrides; each key of `required` must be set. `--help`
-    prints the command's keys (its YAML, with what each one does) and exits."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"python -m leafnet.{name} key=value ...   keys and defaults:\n")
-        print((CONFIG_DIR / f"{name}.yaml").read_text())
-        sys.exit(0)
-    cfg = compose(name, argv)
-    for key in required:
-        if OmegaConf.select(cfg, key, default=None) in (None, "", "???"):
-            raise LeafnetError(
-                f"{key}= is required: python -m leafnet.{name} {key}=... (see conf/{name}.yaml)"
-            )
-    check_config(to_primitive(cfg), COMMAND_KEYS)
-    return cfg
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -18,10 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import (
-    command_config,
     display_names,
     expand_inputs,
     load_model,

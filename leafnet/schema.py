@@ -170,6 +170,11 @@ COMMAND_KEYS: tuple[Key, ...] = (
     Key("host", _is_str, "an address to listen on, e.g. 127.0.0.1"),
     Key("port", lambda v: _is_int(v) and 1 <= v <= 65535, "a port number from 1 to 65535"),
     Key("max_upload_mb", lambda v: _is_number(v) and v > 0, "a positive number of MB"),
+    Key("style", one_of("lab", "field"), "lab or field"),
+    Key("seed", _is_int, "an integer"),
+    Key("n_per_class", positive_int, "a positive integer"),
+    Key("size", lambda v: _is_int(v) and 32 <= v <= 4096, "an integer from 32 to 4096"),
+    Key("preview", _is_path, "a PNG file name", nullable=True),
 )
 
 

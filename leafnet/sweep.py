@@ -56,7 +56,9 @@ class SweepReport(Callback):
         try:
             files = write_report(runs, [sweep_dir], sweep_dir)
         except Exception:
-            log.exception("comparison report failed; run: python -m leafnet.compare %s", sweep_dir)
+            log.exception(
+                "comparison report failed; run: python -m leafnet.compare dirs=%s", sweep_dir
+            )
             return
         print("comparison: " + ", ".join(str(p) for p in files.values()), flush=True)
 

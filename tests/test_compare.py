@@ -196,7 +196,7 @@ def test_missing_directory_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(LeafnetError, match="no runs under"):
         compare([tmp_path])
     proc = subprocess.run(
-        [sys.executable, "-m", "leafnet.compare", str(tmp_path / "nope")],
+        [sys.executable, "-m", "leafnet.compare", f"dirs={tmp_path / 'nope'}"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -207,7 +207,7 @@ def test_missing_directory_is_one_line_error(tmp_path: Path) -> None:
 
 def test_cli_writes_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sweep = study_sweep(tmp_path)
-    main([str(sweep), "--out", str(tmp_path / "report")])
+    main([f"dirs={sweep}", f"out={tmp_path / 'report'}"])
     out = capsys.readouterr().out
     assert "| optimizer | lr |" in out and "wrote" in out
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [

@@ -72,7 +72,7 @@ evaluate.main(["ckpt=run", "data.dir={tiny_train_images}", "out=evaluation"])
 export.main(["ckpt=run", "format=torchscript", "output=model.pt"])
 explain.main(["ckpt=run", "input={next(tiny_train_images.rglob("*.jpg"))}", "out=explained"])
 summary.main(["model=leafnet_gap"])
-compare.main(["run", "--out", "report"])
+compare.main(["dirs=run", "out=report"])
 """
     done = run(installed, tmp_path, "-c", others)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,6 +1,6 @@
 """The embedded synthetic leaf set: offline training data in the seed's three classes.
 
-`python -m leafnet.data.synthetic [--out DIR] [--seed S] [--preview sheet.png]` writes
+`python -m leafnet.data.synthetic [out=DIR] [seed=S] [preview=sheet.png]` writes
 `<out>/<class>/NNN.jpg`. Every image is one leaf drawn from a few random parameters (outline,
 margin, veins, colour, pose) on paper, soil or blurred foliage, then given the symptoms of its
 class as the seed's "How to Detect?" text describes them:
@@ -21,7 +21,6 @@ subset can be regenerated in any order or process.
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import functools
 import json
@@ -36,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from leafnet.config import command_config
+from leafnet.errors import cli_errors
 
 CLASS_NAMES: tuple[str, ...] = (
     "Broad_beans_Urahi-Cercospora_leaf_spot",
@@ -815,34 +817,20 @@ def contact_sheet(
     return out_png
 
 
-def main(argv: list[str] | None = None) -> int:
-    from leafnet.errors import LeafnetError
-
-    parser = argparse.ArgumentParser(
-        prog="python -m leafnet.data.synthetic", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--style", choices=STYLES, default="lab")
-    parser.add_argument("--out", type=Path, help="output folder (default data/synthetic-<style>)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-per-class", type=int, default=100)
-    parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--preview", type=Path, help="also write a contact sheet PNG here")
-    args = parser.parse_args(argv)
-    out = args.out or Path(os.environ.get("LEAFNET_ROOT", ".")) / "data" / f"synthetic-{args.style}"
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    """`key=value` arguments (conf/synthetic.yaml): write the set, and a contact sheet if asked."""
+    cfg = command_config("data.synthetic", sys.argv[1:] if argv is None else argv, conf="synthetic")
+    root = Path(os.environ.get("LEAFNET_ROOT", "."))
+    out = Path(str(cfg.out)) if cfg.out else root / "data" / f"synthetic-{cfg.style}"
     start = time.perf_counter()
-    try:
-        wrote = ensure_synthetic(out, args.n_per_class, args.size, args.seed, args.style)
-    except LeafnetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if wrote:
-        print(f"wrote the {args.style} set to {out} in {time.perf_counter() - start:.1f} s")
+    if ensure_synthetic(out, cfg.n_per_class, cfg.size, cfg.seed, cfg.style):
+        print(f"wrote the {cfg.style} set to {out} in {time.perf_counter() - start:.1f} s")
     else:
         print(f"{out} already holds this set")
-    if args.preview:
-        print(f"preview: {contact_sheet(out, args.preview)}")
-    return 0
+    if cfg.preview:
+        print(f"preview: {contact_sheet(out, Path(str(cfg.preview)))}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
