@@ -1,4 +1,4 @@
-"""`python -m leafnet.import_keras SRC OUT.ckpt [overrides]`: a Keras model as a leafnet checkpoint.
+"""`python -m leafnet.import_keras src=SRC out=OUT.ckpt [overrides]`: a Keras model as a checkpoint.
 
 SRC is a Keras 3 `.keras` archive, a Keras 3 `.weights.h5` or a Keras 2 / tf.keras `.h5` file of
 the seed's model (see `leafnet.keras_io`). The overrides are the training ones and describe the
@@ -18,7 +18,11 @@ from typing import Any
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import refuse_existing
 
-USAGE = "usage: python -m leafnet.import_keras SRC OUT.ckpt [key=value overrides] [overwrite=true]"
+USAGE = (
+    "usage: python -m leafnet.import_keras src=<keras file> out=<file.ckpt> [overwrite=true] "
+    "[training overrides, e.g. data.image_size=320 data.resize=keras]"
+)
+OWN_KEYS = ("src", "out", "overwrite")
 
 
 def class_names_from_data(data: Any) -> list[str]:
@@ -69,21 +73,23 @@ def import_keras(
 
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry: SRC OUT.ckpt, then Hydra overrides."""
+    """`src=<keras file> out=<file.ckpt> [overwrite=true] [training overrides]`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in args if a.startswith("overwrite=")]
-    args = [a for a in args if not a.startswith("overwrite=")]
-    overwrite = flags[-1].split("=", 1)[1] if flags else "false"
-    if overwrite not in ("true", "false"):
-        raise LeafnetError(f"overwrite={overwrite}: use true or false")
-    paths = [a for a in args if "=" not in a]
-    if len(paths) != 2 or args[:2] != paths:
-        raise LeafnetError(f"expected SRC and OUT.ckpt before the overrides; {USAGE}")
-    src, out = paths
-    if not out.endswith(".ckpt"):
-        raise LeafnetError(f"OUT must end in .ckpt, got {out}; {USAGE}")
-    written = import_keras(src, out, args[2:], overwrite=overwrite == "true")
-    print(f"wrote {written} from {src}")
+    if any(a in ("-h", "--help") for a in args):
+        print(f"{USAGE}\n\n{__doc__}")
+        return
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
+    overrides = [a for a in args if a.split("=", 1)[0] not in OWN_KEYS]
+    if "src" not in own or "out" not in own:
+        raise LeafnetError(f"src= and out= are required; {USAGE}")
+    if own.get("overwrite", "false") not in ("true", "false"):
+        raise LeafnetError(f"overwrite={own['overwrite']}: use true or false")
+    if not own["out"].endswith(".ckpt"):
+        raise LeafnetError(f"out= must end in .ckpt, got {own['out']}; {USAGE}")
+    written = import_keras(
+        own["src"], own["out"], overrides, overwrite=own.get("overwrite") == "true"
+    )
+    print(f"wrote {written} from {own['src']}")
 
 
 if __name__ == "__main__":

@@ -107,13 +107,21 @@ CASES = [
     (explain.main, ["ckpt={run}", "input={image}", "device=tpu"], "device=tpu"),
     (explain.main, ["ckpt={run}", "input={image}", "out={home}/a_file/ex"], "cannot write"),
     # import_keras
-    (import_keras.main, ["{home}/seed.weights.h5", "{home}/imported.ckpt"], "overwrite=true"),
-    (import_keras.main, ["{home}/nothing.h5", "{home}/new.ckpt"], "no such file"),
-    (import_keras.main, ["{home}/seed.weights.h5", "{home}/new.pt"], "must end in .ckpt"),
-    (import_keras.main, ["{home}/seed.weights.h5", "{home}/n.ckpt", "overwrite=maybe"], "true"),
-    (import_keras.main, ["{home}/external.weights.h5", "{home}/n.ckpt"], "in another file"),
-    (import_keras.main, ["{home}/linked.weights.h5", "{home}/n.ckpt"], "link to elsewhere"),
-    (import_keras.main, ["{home}/image.jpg", "{home}/n.ckpt"], "neither HDF5 nor a zip"),
+    (
+        import_keras.main,
+        ["src={home}/seed.weights.h5", "out={home}/imported.ckpt"],
+        "overwrite=true",
+    ),
+    (import_keras.main, ["src={home}/nothing.h5", "out={home}/new.ckpt"], "no such file"),
+    (import_keras.main, ["src={home}/seed.weights.h5", "out={home}/new.pt"], "must end in .ckpt"),
+    (
+        import_keras.main,
+        ["src={home}/seed.weights.h5", "out={home}/n.ckpt", "overwrite=maybe"],
+        "true",
+    ),
+    (import_keras.main, ["src={home}/external.weights.h5", "out={home}/n.ckpt"], "in another file"),
+    (import_keras.main, ["src={home}/linked.weights.h5", "out={home}/n.ckpt"], "link to elsewhere"),
+    (import_keras.main, ["src={home}/image.jpg", "out={home}/n.ckpt"], "neither HDF5 nor a zip"),
 ]
 
 
@@ -140,7 +148,7 @@ def test_a_keras_archive_that_unpacks_too_far_is_refused(
 ) -> None:
     monkeypatch.setattr(keras_io, "MAX_WEIGHTS_BYTES", 2**20)  # the real cap is 2 GB
     home = user["home"]
-    err = run_error(capsys, [f"{home}/bomb.keras", f"{home}/n.ckpt"], import_keras.main)
+    err = run_error(capsys, [f"src={home}/bomb.keras", f"out={home}/n.ckpt"], import_keras.main)
     assert "unpacks to more than" in err and not (home / "n.ckpt").exists()
 
 
