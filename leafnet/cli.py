@@ -17,11 +17,11 @@ COMMANDS = {
     "export": ("leafnet.export", "ONNX, TorchScript or Keras weights: ckpt=RUN format=onnx"),
     "explain": ("leafnet.explain", "filters, feature maps, Grad-CAM: ckpt=RUN input=PHOTO"),
     "summary": ("leafnet.summary", "a model's Keras-style table: model=..."),
-    "compare": ("leafnet.compare", "the report of a sweep: dirs=SWEEP_DIR"),
+    "compare": ("leafnet.lab.compare", "the report of a sweep: dirs=SWEEP_DIR"),
     "import-keras": ("leafnet.import_keras", "a Keras model as a checkpoint: src=SRC out=OUT.ckpt"),
     "app": ("leafnet.app", "the web page: ckpt=RUN [port=8000]"),
     "synthetic": ("leafnet.data.synthetic", "write the synthetic leaf set: [style=lab|field]"),
-    "bench": ("leafnet.bench", "time the training step against other implementations"),
+    "bench": ("leafnet.lab.bench", "time the training step against other implementations"),
 }
 
 

@@ -4,7 +4,7 @@
   job's `summary.json` / `metrics.csv`, prints one line per run (optimizer, lr, status, best val
   accuracy, final val loss, epochs, time), writes it to `<sweep dir>/sweep_table.txt` and, with
   `compare: true` (experiment=lr_study), writes the comparison report there too
-  (`leafnet.compare`).
+  (`leafnet.lab.compare`).
 - `SharedSplit`, a Hydra callback for studies: before the first job it writes one `split.csv` into
   the sweep directory, which every job reads through `data.split_file`, so all runs train and
   validate on the same images.
@@ -22,8 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from leafnet.compare import load_runs, run_table, write_report
 from leafnet.errors import LeafnetError
+from leafnet.lab.compare import load_runs, run_table, write_report
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SweepReport(Callback):
             files = write_report(runs, [sweep_dir], sweep_dir)
         except Exception:
             log.exception(
-                "comparison report failed; run: python -m leafnet.compare dirs=%s", sweep_dir
+                "comparison report failed; run: python -m leafnet.lab.compare dirs=%s", sweep_dir
             )
             return
         print("comparison: " + ", ".join(str(p) for p in files.values()), flush=True)

@@ -1,4 +1,4 @@
-"""`python -m leafnet.bench` end to end at a tiny size: the report's figures hang together."""
+"""`python -m leafnet.lab.bench` end to end at a tiny size: the report's figures hang together."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from leafnet.bench import train_flops_per_image
+from leafnet.lab.bench import train_flops_per_image
 
 
 def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     # Run from tmp_path: the bench writes its generated data and reports under ./outputs/bench.
     return subprocess.run(
-        [sys.executable, "-m", "leafnet.bench", *args],
+        [sys.executable, "-m", "leafnet.lab.bench", *args],
         cwd=tmp_path,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True,

@@ -1,4 +1,4 @@
-"""leafnet.compare on run directories fabricated per the contract (docs/architecture.md).
+"""leafnet.lab.compare on run directories fabricated per the contract (docs/architecture.md).
 
 The end-to-end path (a real multirun, then compare on its output) is in tests/test_sweep.py.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from leafnet.compare import (
+from leafnet.errors import LeafnetError
+from leafnet.lab.compare import (
     compare,
     find_run_dirs,
     group_settings,
@@ -23,7 +24,6 @@ from leafnet.compare import (
     read_metrics,
     wide_range,
 )
-from leafnet.errors import LeafnetError
 
 COLUMNS = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s"
 
@@ -196,7 +196,7 @@ def test_missing_directory_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(LeafnetError, match="no runs under"):
         compare([tmp_path])
     proc = subprocess.run(
-        [sys.executable, "-m", "leafnet.compare", f"dirs={tmp_path / 'nope'}"],
+        [sys.executable, "-m", "leafnet.lab.compare", f"dirs={tmp_path / 'nope'}"],
         capture_output=True,
         text=True,
         timeout=120,

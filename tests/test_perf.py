@@ -108,8 +108,8 @@ _SYNCS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__inde
 def _fit_counting_syncs(
     images: Path, cache: Path, steps: int, monkeypatch: pytest.MonkeyPatch, leak: bool = False
 ) -> int:
-    from leafnet.bench import steps_trainer
     from leafnet.data.datamodule import LeafDataModule
+    from leafnet.lab.bench import steps_trainer
     from leafnet.module import LeafClassifier
 
     dm = LeafDataModule(

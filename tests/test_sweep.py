@@ -14,8 +14,8 @@ import pytest
 import yaml
 from fixtures_runs import REPO, tiny_args, train_cli
 
-from leafnet.compare import main as compare_main
 from leafnet.config import CONFIG_DIR
+from leafnet.lab.compare import main as compare_main
 from leafnet.perf import job_threads, launcher_jobs
 
 
@@ -69,7 +69,7 @@ def test_two_by_two_sweep_prints_the_table_and_compare_reads_it(
 
     report = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "leafnet.compare", f"dirs={sweep}", f"out={report}"],
+        [sys.executable, "-m", "leafnet.lab.compare", f"dirs={sweep}", f"out={report}"],
         cwd=REPO,
         capture_output=True,
         text=True,

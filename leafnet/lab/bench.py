@@ -1,7 +1,7 @@
-"""`python -m leafnet.bench`: leafnet's training step against a bare torch loop and Keras, in one run.
+"""`python -m leafnet.lab.bench`: leafnet's training step against a bare torch loop and Keras, in one run.
 
-    python -m leafnet.bench --image-size 640 --batch 32 --steps 6
-    python -m leafnet.bench --contenders leafnet,torch+tuned+cl,torch+tuned --image-size 128
+    python -m leafnet.lab.bench --image-size 640 --batch 32 --steps 6
+    python -m leafnet.lab.bench --contenders leafnet,torch+tuned+cl,torch+tuned --image-size 128
 
 Every contender runs in its own subprocess (a process can hold one Keras backend, and each
 contender's peak RSS and allocator state must be its own). Contenders alternate: the timed steps
@@ -374,7 +374,15 @@ def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
     if name in KERAS_BACKENDS:
         env["KERAS_BACKEND"] = KERAS_BACKENDS[name]
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [sys.executable, "-m", "leafnet.bench", "--worker", name, "--worker-args", json.dumps(a)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "leafnet.lab.bench",
+        "--worker",
+        name,
+        "--worker-args",
+        json.dumps(a),
+    ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -623,7 +631,9 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m leafnet.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m leafnet.lab.bench", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--image-size", type=int, default=640)
     p.add_argument("--batch", type=int, default=32, help="optimizer batch")
     p.add_argument(

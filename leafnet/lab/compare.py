@@ -1,6 +1,6 @@
 """Compare finished (or still running) runs: loss/accuracy figures and a table per setting.
 
-`python -m leafnet.compare dirs=DIR [out=OUT]` (several: `dirs=[A,B]`) reads every run under the given
+`python -m leafnet.lab.compare dirs=DIR [out=OUT]` (several: `dirs=[A,B]`) reads every run under the given
 directories (a multirun directory, run directories, or folders holding either), and writes
 
 - `comparison.png`: a panel per optimizer, a colour per learning rate, training (dashed) and
@@ -709,7 +709,8 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> d
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """`key=value` arguments (conf/compare.yaml): write the report, print the table."""
-    cfg = command_config("compare", sys.argv[1:] if argv is None else argv, required=("dirs",))
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = command_config("lab.compare", argv, required=("dirs",), conf="compare")
     dirs = [str(d) for d in cfg.dirs] if isinstance(cfg.dirs, ListConfig) else [str(cfg.dirs)]
     runs = load_runs(dirs)
     out = Path(str(cfg.out)) if cfg.out else default_out_dir(dirs)
