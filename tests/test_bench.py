@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from fixtures_cli import run_error
 
+from leafnet.lab.bench import main as bench_main
 from leafnet.lab.bench import train_flops_per_image
 
 
@@ -62,27 +65,26 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert "cpu, leafnet precision 32-true" in result.stdout
 
 
-def test_bench_refuses_a_gpu_it_does_not_have(tmp_path: Path) -> None:
-    # bench() hides every GPU (CUDA_VISIBLE_DEVICES=""), so this holds on any machine.
-    result = bench(tmp_path, "--accelerator", "gpu", "--contenders", "leafnet")
-    assert result.returncode == 2
-    assert "no CUDA GPU is visible here; use --accelerator cpu" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bench_refuses_a_gpu_it_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the bench writes under ./outputs/bench
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # any machine: no GPU
+    err = run_error(capsys, ["--accelerator", "gpu", "--contenders", "leafnet"], bench_main)
+    assert "no CUDA GPU is visible here; use --accelerator cpu" in err
     assert not (tmp_path / "outputs").exists()  # nothing generated for a run that cannot start
 
 
-def test_bench_refuses_bad_sizes(tmp_path: Path) -> None:
-    result = bench(tmp_path, "--steps", "0")
-    assert result.returncode == 2
-    assert "--steps and --batch must be >= 1" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bench_refuses_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--steps and --batch must be >= 1" in run_error(capsys, ["--steps", "0"], bench_main)
 
 
-def test_bench_refuses_an_unknown_precision(tmp_path: Path) -> None:
-    result = bench(tmp_path, "--precision", "8-bit")
-    assert result.returncode == 2
-    assert "--precision: invalid choice: '8-bit'" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bench_refuses_an_unknown_precision(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage line and error
+        bench_main(["--precision", "8-bit"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--precision: invalid choice: '8-bit'" in err and "Traceback" not in err
 
 
 def test_the_flop_count_is_the_hand_count() -> None:
