@@ -15,8 +15,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from keras.layers import Conv2D, Dense, Flatten, MaxPooling2D
-from keras.models import Sequential
+from fixtures_keras import seed_model
 
 from leafnet.errors import LeafnetError
 from leafnet.keras_io import load_keras_weights, read_keras_layers, save_keras_weights
@@ -30,21 +29,6 @@ pytestmark = [
 ]
 
 TOLERANCE = 1e-5  # max abs difference of softmax outputs
-
-
-def seed_model(
-    size: int = 640, c1: int = 32, c2: int = 16, dense: int = 8, classes: int = 3
-) -> keras.Model:
-    """The seed's model, written as the seed writes it (the defaults are the seed's values)."""
-    model = Sequential()
-    model.add(Conv2D(c1, (3, 3), padding="same", input_shape=(size, size, 3), activation="relu"))
-    model.add(MaxPooling2D(pool_size=(3, 3)))
-    model.add(Conv2D(c2, (3, 3), padding="same", activation="relu"))
-    model.add(MaxPooling2D(pool_size=(2, 2)))
-    model.add(Flatten())
-    model.add(Dense(dense, activation="relu"))
-    model.add(Dense(classes, activation="softmax"))
-    return model
 
 
 def random_seed_model(seed: int, **kwargs: int) -> keras.Model:

@@ -75,22 +75,13 @@ def test_jpegs_are_decoded_as_tensorflow_decodes_them() -> None:
 @pytest.mark.parametrize("mode", ["keras", "keras_crop", "keras_pad"])
 def test_import_keras_records_the_mode_and_predict_uses_it(tmp_path: Path, mode: str) -> None:
     keras = pytest.importorskip("keras")
+    from fixtures_keras import seed_model
+
     from leafnet.import_keras import import_keras
     from leafnet.runs import load_classifier
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((48, 48, 3)),
-            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(3),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(8, activation="relu"),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
-    )
+    model = seed_model(48)
     model.save(tmp_path / "seed.keras")
     ckpt = import_keras(
         tmp_path / "seed.keras",
@@ -108,18 +99,11 @@ def test_import_keras_records_the_mode_and_predict_uses_it(tmp_path: Path, mode:
 KERAS_SIDE = """
 import json, sys
 import numpy as np, keras
-photos, out, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+photos, out, size, tests = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, tests)
+from fixtures_keras import seed_model
 keras.utils.set_random_seed(3)
-model = keras.Sequential([
-    keras.Input((size, size, 3)),
-    keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-    keras.layers.MaxPooling2D(3),
-    keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-    keras.layers.MaxPooling2D(2),
-    keras.layers.Flatten(),
-    keras.layers.Dense(8, activation="relu"),
-    keras.layers.Dense(3, activation="softmax"),
-])
+model = seed_model(size)
 model.save(f"{out}/seed.keras")
 probs = {}
 for mode, option in [("keras", {}), ("keras_crop", {"crop_to_aspect_ratio": True}),
@@ -149,7 +133,7 @@ def test_keras_own_pipeline_gives_the_same_probabilities(
         shutil.copy(photo, photos)
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": ""}
     subprocess.run(
-        [sys.executable, "-c", KERAS_SIDE, str(photos), str(tmp_path), "160"],
+        [sys.executable, "-c", KERAS_SIDE, str(photos), str(tmp_path), "160", str(Path(__file__).parent)],
         env=env, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     expected = json.loads((tmp_path / "keras.json").read_text())
