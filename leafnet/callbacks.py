@@ -60,6 +60,13 @@ class AtomicCheckpoint(ModelCheckpoint):
         self._boundary_step: int | None = None  # global step at the last whole-epoch save
         self._interrupting = False
 
+    @classmethod
+    def resume_path(cls, run_dir: Path) -> Path:
+        """The checkpoint `resume=` continues from: the end of the last whole epoch."""
+        checkpoints = Path(run_dir) / "checkpoints"
+        boundary = checkpoints / cls.EPOCH_END
+        return boundary if boundary.is_file() else checkpoints / "last.ckpt"
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._boundary_step = trainer.global_step  # a fit starts or resumes at an epoch's end
@@ -70,8 +77,8 @@ class AtomicCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        weights = trainer.lightning_module.parameters()
-        if not all(bool(torch.isfinite(w).all()) for w in weights):  # once per save
+        weights = [torch.isfinite(w).all() for w in trainer.lightning_module.parameters()]
+        if not bool(torch.stack(weights).all()):  # one host sync per save
             log.warning("weights are not finite: %s not written", Path(filepath).name)
             return
         if trainer.is_global_zero:

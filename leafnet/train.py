@@ -136,11 +136,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
     ckpt_path = None
     if cfg.get("resume"):
         cfg, run_dir, overrides = resume_config(cfg, overrides)
-        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
-        boundary = run_dir / "checkpoints" / AtomicCheckpoint.EPOCH_END
-        if boundary.is_file():  # interrupted inside an epoch: redo that epoch, exactly
-            log.info("resuming from %s (the end of the last whole epoch)", boundary)
-            ckpt_path = str(boundary)
+        ckpt_path = str(AtomicCheckpoint.resume_path(run_dir))
+        log.info("resuming from %s", ckpt_path)
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
     run_dir = Path(run_dir)

@@ -316,3 +316,23 @@ def test_tensorboard_hparams_view_lists_each_run_with_its_final_metrics(
         server.terminate()
         server.wait(timeout=30)
     assert (tmp_path / "hparams.png").stat().st_size > 10_000
+
+
+def test_weights_that_are_not_finite_are_never_checkpointed(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    # lr=1e30: the first SGD step makes the weights infinite, the loss NaN.
+    cfg = compose("train", tiny_args(tiny_train_images, tmp_path, "optimizer=sgd", "lr=1e30"))
+    with pytest.raises(leafnet.train.Diverged):
+        train(cfg, tmp_path / "run")
+    assert summary(tmp_path / "run")["status"] == "diverged"
+    assert not list((tmp_path / "run").rglob("*.ckpt"))
+
+
+def test_a_tracker_without_its_package_gets_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if leafnet[mlflow] were not installed
+    node = compose("train", ["logger=mlflow"]).logger.mlflow
+    with pytest.raises(leafnet.errors.LeafnetError, match=r"pip install 'leafnet\[mlflow\]'"):
+        leafnet.train._logger(node, tmp_path, [])
