@@ -347,13 +347,12 @@ class EpochMetrics(Callback):
 
 
 class EpochSeed(Callback):
-    """Reseed the shuffle with `seed + epoch` before each epoch's loader starts.
+    """Reseed the global RNGs with `seed + epoch` before each epoch.
 
-    Shuffling (and worker seeds) then depend on the epoch alone, so a run resumed from
-    `last.ckpt` draws the same batches as one that never stopped. Both the global RNGs and the
-    training loader's own `generator` (LeafDataModule gives it one) are reseeded. Lightning
-    creates the first iterator of a fit before any epoch hook and restores the loop's epoch only
-    after `on_fit_start`, so the first epoch is seeded in `on_fit_start` from the epoch this
+    What a step draws from them (dropout masks) then depends on the epoch alone, so a run resumed
+    from `last.ckpt` draws as one that never stopped. (The training order and the augmentation
+    are seeded by the data module itself, per epoch and image.) Lightning restores the loop's
+    epoch only after `on_fit_start`, so the first epoch is seeded there from the epoch this
     callback saved in the checkpoint; later ones in `on_train_epoch_start`.
     """
 
@@ -361,19 +360,12 @@ class EpochSeed(Callback):
         self.seed = int(seed)
         self._seeded_epoch: int | None = None
         self._next_epoch = 0  # the epoch a checkpoint taken now would resume at
-        self._generator: torch.Generator | None = None
 
     def _reseed(self, epoch: int) -> None:
         pl.seed_everything(self.seed + epoch, workers=True, verbose=False)
-        if self._generator is not None:
-            self._generator.manual_seed(self.seed + epoch)
         self._seeded_epoch = epoch
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # The datamodule hands every train loader the same generator; reach it the public way.
-        if trainer.datamodule is not None:
-            loader = trainer.datamodule.train_dataloader()
-            self._generator = getattr(loader, "generator", None)
         self._reseed(self._next_epoch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

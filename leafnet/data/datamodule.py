@@ -500,6 +500,8 @@ class LeafDataModule(L.LightningDataModule):
             ds,
             batch_size=self.batch_size,
             sampler=EpochIndices(len(ds), self.seed) if shuffle else None,
+            # Its own generator for the workers' base seed, which the DataLoader would otherwise
+            # draw from the global RNG (and so shift what a step draws, e.g. dropout masks).
             generator=self._loader_gen if shuffle else None,
             num_workers=workers,
             persistent_workers=workers > 0,
