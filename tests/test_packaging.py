@@ -117,3 +117,18 @@ def test_a_base_install_trains_and_predicts_without_the_extras(
     assert "pip install 'leafnet[explain]'" in caplog.text
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     assert len(predict_main([f"ckpt={run_dir}", f"input={tiny_train_images}"])) == 36
+    from leafnet.evaluate import main as evaluate_main
+
+    out = tmp_path / "evaluation"
+    metrics = evaluate_main([f"ckpt={run_dir}", f"data.dir={tiny_train_images}", f"out={out}"])
+    assert metrics["accuracy"] >= 0.5 and (out / "metrics.json").is_file()
+
+
+def test_the_console_script_names_an_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from leafnet.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["trian"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian'" in err and "train" in err and "Traceback" not in err
