@@ -16,6 +16,7 @@ and the TensorBoard events. At the end the best checkpoint is tested and a resul
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -337,38 +338,53 @@ def _task(cfg: DictConfig) -> float | None:
     return run_job(cfg, multirun=_is_multirun())
 
 
-def run_job(cfg: DictConfig, multirun: bool) -> float | None:
-    """Train, applying the error policy: a single run ends with one line and a non-zero exit; a
-    sweep job logs the error and returns, so the sweep goes on."""
-    terminated = []
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[list[int]]:
+    """SIGTERM (a cluster pre-empting the job) handled as Ctrl-C is: last.ckpt, status
+    interrupted. Yields the list the signal number is appended to, so the caller can tell the two
+    apart. Outside the main thread (signals need it) nothing changes."""
+    terminated: list[int] = []
+    trainer_pid = os.getpid()
 
     def on_sigterm(signum: int, frame: object) -> None:
-        # A cluster pre-empting the job: handled as Ctrl-C is (last.ckpt, status interrupted).
+        if os.getpid() != trainer_pid:
+            # A forked helper (a process pool writing the synthetic set, a data-loader worker)
+            # inherits this handler; its parent ends it with SIGTERM, which must just end it.
+            os._exit(128 + signum)
         terminated.append(signum)
         raise KeyboardInterrupt
 
-    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    if threading.current_thread() is not threading.main_thread():
+        yield terminated
+        return
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        return train(cfg)
-    except KeyboardInterrupt:
-        code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-        fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", code)
-    except LeafnetError as err:
-        if not multirun:
-            fail(str(err))
-        log.error("%s", " ".join(str(err).split()))
-        if isinstance(err, Diverged):
-            # A sweeper that optimises the return value (hparams_search=optuna) must learn that
-            # this learning rate is bad, not treat the trial as failed and learn nothing.
-            return 0.0
-    except Exception:
-        if not multirun:
-            raise
-        log.exception("run failed; the sweep goes on")
+        yield terminated
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_job(cfg: DictConfig, multirun: bool) -> float | None:
+    """Train, applying the error policy: a single run ends with one line and a non-zero exit; a
+    sweep job logs the error and returns, so the sweep goes on."""
+    with sigterm_as_ctrl_c() as terminated:
+        try:
+            return train(cfg)
+        except KeyboardInterrupt:
+            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", code)
+        except LeafnetError as err:
+            if not multirun:
+                fail(str(err))
+            log.error("%s", " ".join(str(err).split()))
+            if isinstance(err, Diverged):
+                # A sweeper that optimises the return value (hparams_search=optuna) must learn that
+                # this learning rate is bad, not treat the trial as failed and learn nothing.
+                return 0.0
+        except Exception:
+            if not multirun:
+                raise
+            log.exception("run failed; the sweep goes on")
     return None
 
 

@@ -336,3 +336,23 @@ def test_a_tracker_without_its_package_gets_one_line(
     node = compose("train", ["logger=mlflow"]).logger.mlflow
     with pytest.raises(leafnet.errors.LeafnetError, match=r"pip install 'leafnet\[mlflow\]'"):
         leafnet.train._logger(node, tmp_path, [])
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_sigterm_handler_lets_forked_helpers_end_quietly(capfd: pytest.CaptureFixture) -> None:
+    """A process pool forked while training (the synthetic set's writers) is ended by its parent
+    with SIGTERM: the helpers must exit, not print a KeyboardInterrupt traceback each."""
+    import multiprocessing as mp
+
+    from leafnet.train import sigterm_as_ctrl_c
+
+    with sigterm_as_ctrl_c() as terminated, mp.get_context("fork").Pool(2) as pool:
+        assert pool.map(_square, range(8)) == [x * x for x in range(8)]
+        pool.apply_async(time.sleep, (30,))  # busy when the pool is ended
+        time.sleep(0.5)
+    assert terminated == []
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
