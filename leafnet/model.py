@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from leafnet.banded import conv_pool_relu
 from leafnet.errors import LeafnetError
 
 
@@ -63,6 +64,9 @@ def _pooled(size: int, pool: int) -> int:
 
 class LeafNet(nn.Module):
     """The seed's CNN. Widths and input size are arguments; the flatten width is derived."""
+
+    # Train the first conv block on the CPU in row bands (leafnet.banded); False: layer by layer.
+    banded: bool = True
 
     def __init__(
         self,
@@ -137,11 +141,30 @@ class LeafNet(nn.Module):
         # the seed's, but ReLU and its backward then touch a 9x (4x) smaller tensor: at 640x640
         # the first conv output is 52 MB per image, and ReLU on it cost ~25% of a CPU step.
         # In-place ReLU is valid: max-pool's backward needs its indices, not its output.
-        x = torch.relu_(self.max_pooling2d(self.conv2d(x)))
+        if self._banded_now(x):
+            x = conv_pool_relu(x, self.conv2d.weight, self.conv2d.bias, 3)
+        else:
+            x = torch.relu_(self.max_pooling2d(self.conv2d(x)))
         x = torch.relu_(self.max_pooling2d_1(self.conv2d_1(x)))
         x = self.global_average_pooling2d(x) if self.global_pool else self.flatten(x)
         x = torch.relu_(self.dense(self.dropout(x)))
         return self.dense_1(self.dropout_1(x))
+
+    def _banded_now(self, x: Tensor) -> bool:
+        """Whether this forward computes the first block in bands of rows (leafnet.banded): the
+        same numbers without conv1's 52 MB per image ever leaving the cache. Only to train on the
+        CPU (GPUs keep cuDNN's layers: a band per kernel launch would be slow there), and only
+        while no hook watches `conv2d` or `max_pooling2d`, so a hook always sees their output."""
+        hooked = any(
+            m._forward_hooks or m._forward_pre_hooks for m in (self.conv2d, self.max_pooling2d)
+        )
+        return (
+            self.banded
+            and self.training
+            and torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and not hooked
+        )
 
     @property
     def global_pool(self) -> bool:

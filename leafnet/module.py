@@ -45,14 +45,20 @@ def _primitive(value: Any) -> Any:
     return value
 
 
-def _output_sizes(net: nn.Module) -> list[tuple[int, bool]]:
-    """(elements per image, is max-pooling) of every layer's output: LeafNet's from its table,
-    any other network's from one forward pass at batch 1 (hooks on its leaf modules)."""
+def _output_sizes(net: nn.Module, on_cpu: bool) -> list[tuple[int, bool]]:
+    """(elements per image, keeps int64 indices) of every layer output training keeps: LeafNet's
+    from its table, any other network's from one forward pass at batch 1 (hooks on its leaf
+    modules)."""
     if isinstance(net, LeafNet):
-        return [
+        rows = [
             (math.prod(d for d in r.output_shape if d is not None), r.kind == "MaxPooling2D")
             for r in net.layer_table()
         ]
+        if on_cpu and net.banded:
+            # leafnet.banded: conv1's output exists a band at a time and its max-pool keeps no
+            # indices; backward keeps the pooled output (and the input, counted by the caller).
+            return [(rows[1][0], False), *rows[2:]]
+        return rows
     sizes: list[tuple[int, bool]] = []
     leaves = [m for m in net.modules() if not list(m.children())]
     hooks = [
@@ -71,7 +77,7 @@ def _output_sizes(net: nn.Module) -> list[tuple[int, bool]]:
     return sizes
 
 
-def activation_bytes_per_image(net: nn.Module) -> int:
+def activation_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
     """Training memory one image costs, estimated from the layer shapes.
 
     Forward keeps every layer's float output (the float input too), max-pooling keeps int64
@@ -80,19 +86,19 @@ def activation_bytes_per_image(net: nn.Module) -> int:
     alone would allow micro-batches of 39; the heap limit in `auto_micro_batch_size` is lower.
     """
     floats = net.in_channels * net.image_size**2
-    for size, pooling in _output_sizes(net):
+    for size, pooling in _output_sizes(net, on_cpu):
         floats += size * (3 if pooling else 1)  # + int64 indices = 2 floats
     return 2 * 4 * floats
 
 
-def freed_at_once_bytes_per_image(net: nn.Module) -> int:
+def freed_at_once_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
     """Bytes one image's backward frees in one go, estimated from the layer shapes.
 
     The largest layer output and its gradient (at 640x640 conv1's float output, 52 MB per image,
     kept for max-pool's backward), plus a quarter for what is freed with them: the pooled outputs,
     their int64 indices and conv2's output come to about 25 MB per image at 640x640.
     """
-    largest = max(size for size, _ in _output_sizes(net))
+    largest = max(size for size, _ in _output_sizes(net, on_cpu))
     return 2 * 4 * largest * 5 // 4
 
 
@@ -108,7 +114,7 @@ def auto_micro_batch_size(
     still trimmed (measured at 640x640, batch 256: micro-batch 16, 71 ms/image; 12, 25 ms/image
     but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps micro-batches at 8.
     """
-    per_image = activation_bytes_per_image(net)
+    per_image = activation_bytes_per_image(net, on_cpu=heap_limited)
     fits = int(max_memory_gb * 2**30 // per_image)
     if fits < 1:
         raise LeafnetError(
@@ -118,7 +124,7 @@ def auto_micro_batch_size(
         )
     if not heap_limited:
         return min(batch_size, fits)
-    kept = max(1, HEAP_KEEP_BYTES // (2 * freed_at_once_bytes_per_image(net)))
+    kept = max(1, HEAP_KEEP_BYTES // (2 * freed_at_once_bytes_per_image(net, on_cpu=True)))
     return min(batch_size, fits, kept)
 
 

@@ -1,0 +1,133 @@
+"""Conv 3x3 ('same') + max-pool + ReLU computed in bands of rows, recomputed in backward.
+
+At 640x640 the seed's first convolution writes 52 MB of float output per image (1.7 GB for 32
+images) only for max-pool to keep a ninth of it. Done layer by layer, that output goes to main
+memory and back four times (written by the conv, read by the pool, zeroed and scattered into as
+its gradient, read by the weight gradient), so the step runs at the host's memory bandwidth, not
+its arithmetic. `conv_pool_relu` computes the same function a few rows of a few images at a
+time: each band's conv output is pooled while it is still in cache, only the pooled output and
+the input are kept for backward, and backward computes each band's conv output again (cheap:
+3 input channels) instead of reading it back from memory. Peak memory per image falls about
+tenfold, so the module can use fewer, larger micro-batches.
+
+The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), p))` (tested to 1e-5 in outputs and
+gradients): the same windows meet the same maximum, band edges only split rows between calls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The conv output a band may hold. Measured on a 2-core Sapphire Rapids (2 MiB L2 per core): 4 MiB
+# (a quarter of an image's rows) beat 1 MiB by 10% (fewer, larger conv calls) and 32 MiB by 20%.
+BAND_BYTES = 4 << 20
+
+
+def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[tuple[int, int, int, int]]:
+    """(first image, end image, first pooled row, end pooled row) of every band: whole rows of
+    one image while a row band fits `budget`, several whole images per band once one fits."""
+    rows = max(1, min(out_rows, budget // max(row_bytes, 1)))
+    images = max(1, budget // max(row_bytes * out_rows, 1)) if rows == out_rows else 1
+    return [
+        (i, min(i + images, n), r, min(r + rows, out_rows))
+        for i in range(0, n, images)
+        for r in range(0, out_rows, rows)
+    ]
+
+
+def _input_band(x: Tensor, r0: int, r1: int, pool: int, cols: int) -> Tensor:
+    """The input rows and columns conv output rows [r0*pool, r1*pool) x columns [0, cols) need,
+    with the 'same' padding's zeros where the band touches the image's edge."""
+    h, w = x.shape[-2:]
+    top, bottom = r0 * pool - 1, r1 * pool + 1
+    band = x[:, :, max(top, 0) : min(bottom, h), : min(cols + 1, w)]
+    pad = (1, cols + 1 - min(cols + 1, w), max(-top, 0), max(bottom - h, 0))
+    band = F.pad(band, pad)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        band = band.contiguous(memory_format=torch.channels_last)
+    return band
+
+
+class _ConvPoolReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int) -> Tensor:  # type: ignore[override]
+        n, _, h, w = x.shape
+        out_rows, out_cols = h // pool, w // pool
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        out = torch.empty(
+            (n, weight.shape[0], out_rows, out_cols),
+            dtype=x.dtype,
+            device=x.device,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        )
+        row_bytes = weight.shape[0] * pool * w * x.element_size()
+        bands = _bands(n, out_rows, row_bytes, budget)
+        for i0, i1, r0, r1 in bands:
+            xb = _input_band(x[i0:i1], r0, r1, pool, out_cols * pool)
+            out[i0:i1, :, r0:r1] = F.max_pool2d(F.conv2d(xb, weight, bias), pool)
+        out.relu_()
+        ctx.save_for_backward(x, weight, bias, out)
+        ctx.pool, ctx.bands = pool, bands
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        x, weight, bias, out = ctx.saved_tensors
+        pool = ctx.pool
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_out = grad_out * (out > 0)  # ReLU's backward
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_w = torch.zeros_like(weight)
+        grad_b = torch.zeros_like(bias)
+        h, w = x.shape[-2:]
+        cols = (w // pool) * pool
+        for i0, i1, r0, r1 in ctx.bands:
+            xb = _input_band(x[i0:i1], r0, r1, pool, cols)
+            yb = F.conv2d(xb, weight, bias)  # recomputed: bit-identical to forward's
+            _, indices = F.max_pool2d(yb, pool, return_indices=True)
+            gy = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad_out[i0:i1, :, r0:r1],
+                yb,
+                [pool, pool],
+                [pool, pool],
+                [0, 0],
+                [1, 1],
+                False,
+                indices,
+            )
+            del yb
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                gy,
+                xb,
+                weight,
+                [weight.shape[0]],
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [need_x, need_w, need_b],
+            )
+            if need_w:
+                grad_w += gw
+            if need_b:
+                grad_b += gb
+            if need_x:
+                # gx covers the padded band: drop the padding, add the overlapping halo rows.
+                top = r0 * pool - 1
+                lo, hi = max(top, 0), min(r1 * pool + 1, h)
+                c = min(cols + 1, w)
+                grad_x[i0:i1, :, lo:hi, :c] += gx[:, :, lo - top : hi - top, 1 : c + 1]
+        return grad_x, grad_w if need_w else None, grad_b if need_b else None, None, None
+
+
+def conv_pool_relu(
+    x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int | None = None
+) -> Tensor:
+    """relu(max_pool2d(conv2d(x, weight, bias, padding=1), pool)) for a 3x3 kernel, in bands."""
+    if weight.shape[-2:] != (3, 3):
+        raise ValueError(f"conv_pool_relu takes a 3x3 kernel, got {tuple(weight.shape[-2:])}")
+    return _ConvPoolReLU.apply(x, weight, bias, pool, budget or BAND_BYTES)

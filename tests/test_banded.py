@@ -1,0 +1,102 @@
+"""The banded conv + max-pool + ReLU equals the plain layers, and keeps less for backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leafnet.banded import conv_pool_relu
+from leafnet.model import LeafNet
+
+
+def plain(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pool: int) -> torch.Tensor:
+    return torch.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1), pool))
+
+
+@pytest.mark.parametrize(
+    ("shape", "out_channels", "pool", "budget", "channels_last"),
+    [
+        ((3, 3, 20, 17), 8, 3, 500, False),  # odd width, a band of one pooled row per image
+        ((2, 3, 21, 22), 8, 3, 10**9, True),  # every image in one band; height a multiple of 3
+        ((2, 5, 13, 13), 4, 2, 300, True),  # pool 2, more input channels, ragged last band
+        ((5, 3, 24, 24), 6, 3, 20_000, True),  # several whole images per band
+    ],
+)
+def test_outputs_and_gradients_equal_the_plain_layers(
+    shape: tuple[int, ...], out_channels: int, pool: int, budget: int, channels_last: bool
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(out_channels, shape[1], 3, 3, requires_grad=True)
+    b = torch.randn(out_channels, requires_grad=True)
+    xs = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    expected = plain(xs, w, b, pool)
+    got = conv_pool_relu(xs, w, b, pool, budget)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    grad = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, (x, w, b), grad)
+    have = torch.autograd.grad(got, (x, w, b), grad)
+    for h, e in zip(have, want, strict=True):
+        torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-5)
+
+
+def test_ties_take_the_same_maximum_as_max_pool() -> None:
+    """A flat region (a uniform backdrop) gives equal conv outputs in a window: the gradient
+    must go to the one element max-pool picks, not be shared."""
+    x = torch.ones(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(4, 3, 3, 3, requires_grad=True) / 27
+    b = torch.zeros(4, requires_grad=True)
+    grad = torch.rand(2, 4, 4, 4)
+    want = torch.autograd.grad(plain(x, w, b, 3), (w, b), grad)
+    have = torch.autograd.grad(conv_pool_relu(x, w, b, 3, 1000), (w, b), grad)
+    for h, e in zip(have, want, strict=True):
+        torch.testing.assert_close(h, e, rtol=1e-6, atol=1e-6)
+
+
+def _train_step(net: LeafNet, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    net.zero_grad()
+    logits = net(x)
+    F.cross_entropy(logits, y).backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_leafnet_trains_the_same_banded_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    net = LeafNet(image_size=96).to(memory_format=torch.channels_last).train()
+    x = torch.rand(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 1])
+    banded_logits, banded_grads = _train_step(net, x, y)
+    monkeypatch.setattr(LeafNet, "banded", False)
+    plain_logits, plain_grads = _train_step(net, x, y)
+    torch.testing.assert_close(banded_logits, plain_logits, rtol=0, atol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(banded_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def _saved_bytes(net: LeafNet, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward during one forward pass."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    return total
+
+
+def test_banded_training_keeps_a_fraction_of_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conv1's output and its max-pool indices are what the plain layers keep for backward;
+    the banded block keeps only its input and pooled output."""
+    net = LeafNet(image_size=120).train()
+    x = torch.rand(2, 3, 120, 120)
+    banded = _saved_bytes(net, x)
+    monkeypatch.setattr(LeafNet, "banded", False)
+    whole = _saved_bytes(net, x)
+    conv1_output = 2 * 32 * 120 * 120 * 4
+    assert whole - banded >= conv1_output
+    assert banded < whole / 3
