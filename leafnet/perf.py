@@ -27,6 +27,7 @@ import logging
 import os
 import resource
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,6 +195,12 @@ def allocator_state() -> dict[str, Any]:
 
 def peak_rss_bytes(children: bool = False) -> int:
     """Peak resident set size of this process (or its waited-for children) so far, in bytes."""
+    if not children and sys.platform == "linux":
+        # VmHWM belongs to this process' memory map: getrusage's ru_maxrss survives exec, so a
+        # process started by a large parent would report the parent's peak as its own.
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     peak = resource.getrusage(who).ru_maxrss
     # Linux reports KiB, macOS bytes.

@@ -175,6 +175,29 @@ COMMAND_KEYS: tuple[Key, ...] = (
     Key("n_per_class", positive_int, "a positive integer"),
     Key("size", lambda v: _is_int(v) and 32 <= v <= 4096, "an integer from 32 to 4096"),
     Key("preview", _is_path, "a PNG file name", nullable=True),
+    # python -m leafnet.lab.bench
+    Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
+    Key("batch", positive_int, "a positive integer"),
+    Key("micro_batch", positive_int, "a positive integer (null: automatic)", nullable=True),
+    Key("steps", positive_int, "a positive integer"),
+    Key("warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Key("rounds", positive_int, "a positive integer"),
+    Key(
+        "contenders",
+        lambda v: _is_str(v) or isinstance(v, list),
+        "a list, e.g. [leafnet,keras-tf-fit]",
+    ),
+    Key("accelerator", one_of("cpu", "gpu"), "cpu or gpu"),
+    Key(
+        "precision", one_of("32-true", "16-mixed", "bf16-mixed"), "32-true, 16-mixed or bf16-mixed"
+    ),
+    Key("threads", positive_int, "a positive integer (null: physical cores)", nullable=True),
+    Key("data_dir", _is_path, "a folder of images", nullable=True),
+    Key("data", _is_bool, "true or false"),
+    Key("predict_images", positive_int, "a positive integer"),
+    Key("predict_batch", positive_int, "a positive integer"),
+    Key("profile", _is_bool, "true or false"),
+    Key("timeout", lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
 )
 
 

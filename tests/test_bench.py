@@ -32,9 +32,9 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     result = bench(
         tmp_path,
-        *("--image-size", "32", "--batch", "4", "--steps", "2", "--warmup", "1"),
-        *("--rounds", "1", "--contenders", "leafnet,torch+tuned+cl", "--profile"),
-        *("--predict-images", "8", "--predict-batch", "4"),
+        *("image_size=32", "batch=4", "steps=2", "warmup=1", "rounds=2"),
+        *("contenders=[leafnet,torch+tuned+cl]", "profile=true"),
+        *("predict_images=8", "predict_batch=4"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reports = list((tmp_path / "outputs" / "bench").glob("*.json"))
@@ -45,10 +45,12 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert config["accelerator"] == "cpu" and config["precision"] == "32-true"
     assert config["micro_batch"] == 4  # leafnet.train's auto micro-batch: the whole batch at 32 px
     assert report["train_gflop_per_image"] == pytest.approx(train_flops_per_image(32) / 1e9)
-    assert report["roofline_gflops"] > 0
+    assert report["roofline_gflops"] > 0 and report["copy_gbs"] > 0
+    assert len(report["host_samples"]) == 3  # before the first round and after each of two
     for name in ("leafnet", "torch+tuned+cl"):
         row = report["contenders"][name]
         assert row["steps_timed"] == 2 and len(row["step_s"]) == 2
+        assert len(row["round_ms_per_image"]) == 2  # one step in each round
         assert row["ms_per_image"] > 0
         assert row["peak_rss_gb"] > 0
     leafnet = report["contenders"]["leafnet"]
@@ -70,21 +72,31 @@ def test_bench_refuses_a_gpu_it_does_not_have(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # the bench writes under ./outputs/bench
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # any machine: no GPU
-    err = run_error(capsys, ["--accelerator", "gpu", "--contenders", "leafnet"], bench_main)
-    assert "no CUDA GPU is visible here; use --accelerator cpu" in err
+    err = run_error(capsys, ["accelerator=gpu", "contenders=leafnet"], bench_main)
+    assert "no CUDA GPU is visible here; use accelerator=cpu" in err
     assert not (tmp_path / "outputs").exists()  # nothing generated for a run that cannot start
 
 
-def test_bench_refuses_bad_sizes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "--steps and --batch must be >= 1" in run_error(capsys, ["--steps", "0"], bench_main)
-
-
-def test_bench_refuses_an_unknown_precision(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:  # argparse's own usage line and error
-        bench_main(["--precision", "8-bit"])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "--precision: invalid choice: '8-bit'" in err and "Traceback" not in err
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("steps=0", "steps=0 is not valid: use a positive integer"),
+        ("image_size=abc", "image_size='abc' is not valid: use an integer from 6 to 8192"),
+        ("precision=8-bit", "use 32-true, 16-mixed or bf16-mixed"),
+        ("contenders=[leafnet,tf2]", "contenders: 'tf2' is unknown"),
+    ],
+)
+def test_bench_refuses_bad_keys_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    arg: str,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = run_error(capsys, [arg], bench_main)
+    assert message in err
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_the_flop_count_is_the_hand_count() -> None:

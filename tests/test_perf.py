@@ -218,3 +218,15 @@ def test_training_steps_reuse_the_heap_at_640() -> None:
     # same step faults untuned: reuse, not the re-fault of everything.
     assert statistics.median(tuned[1:]) < min(untuned[1:]) / 4, (tuned, untuned)
     assert sum(tuned[1:]) < sum(untuned[1:]) / 5, (tuned, untuned)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss survives exec on Linux")
+def test_a_child_process_reports_its_own_peak_not_its_parents() -> None:
+    """The bench's workers are started by a parent that has already peaked (its matmul and
+    copy probes); each worker's peak RSS must be its own."""
+    parent = torch.ones(768 * 2**20 // 4) + 1  # the parent's peak rises by 768 MiB
+    code = "from leafnet.perf import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)  # fmt: skip
+    assert child < perf.peak_rss_bytes() - 700 * 2**20
+    del parent

@@ -1,30 +1,37 @@
 """`python -m leafnet.lab.bench`: leafnet's training step against a bare torch loop and Keras, in one run.
 
-    python -m leafnet.lab.bench --image-size 640 --batch 32 --steps 6
-    python -m leafnet.lab.bench --contenders leafnet,torch+tuned+cl,torch+tuned --image-size 128
+    python -m leafnet.lab.bench                                   # 640 px, batch 32, the defaults
+    python -m leafnet.lab.bench contenders=[leafnet,torch+tuned+cl] image_size=128 profile=true
+    python -m leafnet.lab.bench --help                            # every key (conf/bench.yaml)
 
 Every contender runs in its own subprocess (a process can hold one Keras backend, and each
 contender's peak RSS and allocator state must be its own). Contenders alternate: the timed steps
-are spread over `--rounds` rounds and each round visits every contender, so a noisy neighbour on
-a shared CPU hits all of them alike. Each process warms up first; the figure is the median step.
+are spread over `rounds` rounds and each round visits every contender, so a noisy neighbour on
+a shared CPU hits all of them alike; the table gives the median and the per-round spread. Each
+process warms up first.
 
 Contenders:
-  leafnet        the real thing: `LeafClassifier` fitted by Lightning's Trainer from the
-                 `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
-                 uint8->float, logging and the optimizer step are all inside)
-  torch[+opts]   a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
-                 allocator/threads), +cl (channels_last), +compile (torch.compile)
-  keras-tf       the seed's Keras model, TensorFlow backend (`train_on_batch`)
-  keras-torch    the same on Keras' torch backend
+  leafnet              the real thing: `LeafClassifier` fitted by Lightning's Trainer from the
+                       `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
+                       uint8->float, logging and the optimizer step are all inside)
+  torch[+opts]         a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
+                       allocator/threads), +cl (channels_last), +compile (torch.compile)
+  keras-tf-fit         the seed's Keras model as its users train it: `model.fit` on
+                       `image_dataset_from_directory` over the same JPEG files (TensorFlow)
+  keras-tf-fit-numpy   `model.fit` on numpy arrays already in memory (TensorFlow)
+  keras-tf             `train_on_batch` on one fixed batch: Keras' step alone (TensorFlow)
+  keras-torch          `train_on_batch` on Keras' torch backend
 
-It also measures an fp32 4096x4096 matmul (the roofline), the data pipeline (cold decode+resize
-and cached batches per second) and prediction on a folder of JPEGs, decode included. JSON goes to
-`outputs/bench/<date_time>.json`, a table to the terminal.
+Beside them, in the same run: the host's fp32 4096x4096 matmul (the compute roofline) and its
+memory copy bandwidth, before the first and after every round; the data pipeline (cold
+decode+resize, cached batches per second); prediction on a folder of JPEGs, decode included, by
+leafnet and by the Keras model through `tf.data` (what `image_dataset_from_directory` does). JSON
+goes to `<out>/<date_time>.json`, a table to the terminal.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import math
 import os
@@ -37,11 +44,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from leafnet.config import command_config, to_primitive
 from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import write_text
 from leafnet.tables import markdown_table
 
-KERAS_BACKENDS = {"keras-tf": "tensorflow", "keras-torch": "torch"}
-DEFAULT_CONTENDERS = "leafnet,torch,keras-tf,keras-torch"
+# Keras contenders and the backend each runs on.
+KERAS_BACKENDS = {
+    "keras-tf-fit": "tensorflow",
+    "keras-tf-fit-numpy": "tensorflow",
+    "keras-tf": "tensorflow",
+    "keras-torch": "torch",
+}
 
 
 # -- FLOPs and the roofline -------------------------------------------------------------------------
@@ -73,6 +87,22 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
         torch.mm(a, b, out=out)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def copy_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """Median GB/s of copying a `megabytes` buffer on this process' threads, reads and writes
+    counted: the memory bandwidth a step that streams its activations through DRAM gets."""
+    import torch
+
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / statistics.median(times) / 1e9
 
 
 # -- the contenders (run inside worker subprocesses) -------------------------------------------------
@@ -259,15 +289,13 @@ def _timed(step: Any, a: dict[str, Any]) -> list[float]:
     return times
 
 
-def _work_keras(a: dict[str, Any]) -> dict[str, Any]:
-    """The seed's Sequential model and `model.compile(Adam(1e-4), categorical_crossentropy)`."""
+def _keras_seed_model(size: int) -> Any:
+    """The seed's Sequential model, compiled as the seed does (Adam 1e-4, categorical CE)."""
     import keras
-    import numpy as np
 
-    s = a["image_size"]
     model = keras.Sequential(
         [
-            keras.Input((s, s, 3)),
+            keras.Input((size, size, 3)),
             keras.layers.Conv2D(32, (3, 3), padding="same", activation="relu"),
             keras.layers.MaxPooling2D(pool_size=(3, 3)),
             keras.layers.Conv2D(16, (3, 3), padding="same", activation="relu"),
@@ -278,13 +306,79 @@ def _work_keras(a: dict[str, Any]) -> dict[str, Any]:
         ]
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.random((a["batch"], s, s, 3), dtype=np.float32)
-    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, a["batch"])]
+    return model
+
+
+def _work_keras(a: dict[str, Any], name: str) -> dict[str, Any]:
+    """The seed's Keras model trained three ways (see the module docstring)."""
+    import keras
+    import numpy as np
+
+    s, batch = a["image_size"], a["batch"]
+    model = _keras_seed_model(s)
+    if name in ("keras-tf", "keras-torch"):
+        rng = np.random.default_rng(0)
+        x = rng.random((batch, s, s, 3), dtype=np.float32)
+        y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)]
+        times = _timed(lambda: model.train_on_batch(x, y), a)
+    else:
+        steps = a["warmup"] + a["steps"]
+        stamps: list[float] = []
+
+        class Stamps(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch_index: int, logs: Any = None) -> None:
+                stamps.append(time.perf_counter())
+
+        if name == "keras-tf-fit":
+            # As the seed's users load a folder: decode + resize in the input pipeline, 1/255.
+            data = keras.utils.image_dataset_from_directory(
+                a["data_dir"], image_size=(s, s), batch_size=batch, label_mode="categorical",
+                shuffle=True, seed=0, verbose=False,
+            ).map(lambda x, y: (x / 255.0, y))  # fmt: skip
+            fit_args: dict[str, Any] = {"x": data}
+        else:
+            rng = np.random.default_rng(0)
+            fit_args = {
+                "x": rng.random((steps * batch, s, s, 3), dtype=np.float32),
+                "y": np.eye(3, dtype=np.float32)[rng.integers(0, 3, steps * batch)],
+                "batch_size": batch,
+            }
+        start = time.perf_counter()
+        model.fit(**fit_args, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[Stamps()])
+        ends = [start, *stamps]
+        times = [b - e for e, b in itertools.pairwise(ends)][a["warmup"] :]
+    return {"times": times, "keras": keras.__version__, "backend": keras.backend.backend()}
+
+
+def _jpegs(a: dict[str, Any]) -> list[Path]:
+    """The first `predict_images` JPEG files of the bench's folder, in a fixed order."""
+    files = sorted(
+        p for p in Path(a["data_dir"]).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")
+    )
+    return files[: a["predict_images"]]
+
+
+def _work_predict_keras(a: dict[str, Any]) -> dict[str, Any]:
+    """Keras' `model.predict` on the same files through `tf.data`: read, decode, bilinear resize
+    and 1/255 in the pipeline, as `image_dataset_from_directory` does."""
+    import tensorflow as tf
+
+    s, files = a["image_size"], [str(p) for p in _jpegs(a)]
+    model = _keras_seed_model(s)
+
+    def load(path: Any) -> Any:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.image.resize(image, (s, s)) / 255.0
+
+    def dataset(paths: list[str]) -> Any:
+        return tf.data.Dataset.from_tensor_slices(paths).map(load).batch(a["predict_batch"])
+
+    model.predict(dataset(files[: a["predict_batch"]]), verbose=0)  # warm-up
+    t = time.perf_counter()
+    model.predict(dataset(files), verbose=0)
     return {
-        "times": _timed(lambda: model.train_on_batch(x, y), a),
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
+        "predict_images": len(files),
+        "predict_images_per_s": len(files) / (time.perf_counter() - t),
     }
 
 
@@ -299,10 +393,7 @@ def _work_predict(a: dict[str, Any]) -> dict[str, Any]:
     tune_process()
     prep = Preprocessing(image_size=a["image_size"])
     net = LeafNet(a["image_size"]).to(memory_format=torch.channels_last).eval()
-    files = sorted(
-        p for p in Path(a["data_dir"]).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")
-    )
-    files = files[: a["predict_images"]]
+    files = _jpegs(a)
 
     def run(paths: list[Path]) -> None:
         for i in range(0, len(paths), a["predict_batch"]):
@@ -355,9 +446,11 @@ def worker(name: str, a: dict[str, Any]) -> dict[str, Any]:
     elif name.split("+")[0] == "torch":
         out = _work_torch(a, set(name.split("+")[1:]))
     elif name in KERAS_BACKENDS:
-        out = _work_keras(a)
+        out = _work_keras(a, name)
     elif name == "predict":
         out = _work_predict(a)
+    elif name == "predict-keras":
+        out = _work_predict_keras(a)
     elif name == "cached":
         out = _work_cached(a)
     else:
@@ -371,18 +464,11 @@ def worker(name: str, a: dict[str, Any]) -> dict[str, Any]:
 
 def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = dict(os.environ)
-    if name in KERAS_BACKENDS:
-        env["KERAS_BACKEND"] = KERAS_BACKENDS[name]
+    if name in KERAS_BACKENDS or name == "predict-keras":
+        env["KERAS_BACKEND"] = KERAS_BACKENDS.get(name, "tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [
-        sys.executable,
-        "-m",
-        "leafnet.lab.bench",
-        "--worker",
-        name,
-        "--worker-args",
-        json.dumps(a),
-    ]
+    code = "import sys; from leafnet.lab.bench import worker_main; worker_main(*sys.argv[1:])"
+    cmd = [sys.executable, "-c", code, name, json.dumps(a)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -411,7 +497,7 @@ def available(name: str) -> str | None:
     """Why a contender cannot run here, or None."""
     import importlib.util
 
-    if name == "keras-tf" and importlib.util.find_spec("tensorflow") is None:
+    if KERAS_BACKENDS.get(name) == "tensorflow" and importlib.util.find_spec("tensorflow") is None:
         return "tensorflow not installed (pip install 'leafnet[bench]')"
     if name in KERAS_BACKENDS and importlib.util.find_spec("keras") is None:
         return "keras not installed (pip install 'leafnet[bench]')"
@@ -428,49 +514,105 @@ def ensure_data(data_dir: Path, image_size: int, images_needed: int) -> None:
     ensure_synthetic(data_dir, n_per_class=per_class, size=max(image_size, 256))
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def _contender_names(value: Any) -> list[str]:
+    """`contenders=a,b` or `contenders=[a,b]`, each one the bench knows."""
+    names = [str(c).strip() for c in (value.split(",") if isinstance(value, str) else value)]
+    names = [c for c in names if c]
+    torch_options = {"tuned", "cl", "compile"}
+    for c in names:
+        base, *options = c.split("+")
+        known = (
+            c == "leafnet"
+            or c in KERAS_BACKENDS
+            or (base == "torch" and set(options) <= torch_options)
+        )
+        if not known:
+            raise LeafnetError(
+                f"contenders: {c!r} is unknown; use leafnet, torch[+tuned][+cl][+compile] or "
+                + ", ".join(KERAS_BACKENDS)
+            )
+    return names
+
+
+def _host_sample() -> dict[str, float]:
+    return {"matmul_gflops": matmul_gflops(), "copy_gbs": copy_gbs()}
+
+
+def _contender_row(
+    parts: list[dict[str, Any]], cfg: Any, flops: float, peak: float
+) -> dict[str, Any]:
+    """One contender's figures from its per-round worker results."""
+    errors = [p["error"] for p in parts if "error" in p]
+    times = [t for p in parts for t in p.get("times", [])]
+    if not times:
+        return {"error": errors[0] if errors else "no steps timed"}
+    step = statistics.median(times)
+    per_round = [statistics.median(p["times"]) * 1000 / cfg.batch for p in parts if p.get("times")]
+    gflops = flops * cfg.batch / step / 1e9
+    row = {
+        "ms_per_image": step * 1000 / cfg.batch,
+        "round_ms_per_image": per_round,
+        "images_per_s": cfg.batch / step,
+        "gflops": gflops,
+        "roofline_share": gflops / peak,
+        "peak_rss_gb": max(p.get("peak_rss_gb", 0.0) for p in parts),
+        "steps_timed": len(times),
+        "step_s": times,
+    }
+    for key in ("allocator", "channels_last", "keras", "backend"):
+        if key in parts[-1]:
+            row[key] = parts[-1][key]
+    if errors:
+        row["errors"] = errors
+    return row
+
+
+def run_bench(cfg: Any) -> dict[str, Any]:
+    """Every contender over `cfg.rounds` alternating rounds, the host figures between rounds."""
     import torch
 
     from leafnet.perf import tune_process
 
-    tune_process(args.threads)
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    tune_process(cfg.threads)
+    contenders = _contender_names(cfg.contenders)
     skipped = {c: why for c in contenders if (why := available(c))}
     contenders = [c for c in contenders if c not in skipped]
-    if args.accelerator == "gpu" and not torch.cuda.is_available():
-        raise LeafnetError("--accelerator gpu: no CUDA GPU is visible here; use --accelerator cpu")
-    micro = args.micro_batch or _auto_micro_batch(args.image_size, args.batch, args.accelerator)
-    rounds = max(1, min(args.rounds, args.steps))
-    # Enough training images that each worker's warm-up and timed steps are full batches of one
-    # epoch: a partial last batch or an epoch boundary inside the timing skews the median.
-    needed = args.batch * (args.warmup + math.ceil(args.steps / rounds))
-    if args.data_dir:  # the user's own folder: read as it is, never written into
-        data_dir = Path(args.data_dir)
+    if cfg.accelerator == "gpu" and not torch.cuda.is_available():
+        raise LeafnetError("accelerator=gpu: no CUDA GPU is visible here; use accelerator=cpu")
+    micro = cfg.micro_batch or _auto_micro_batch(cfg.image_size, cfg.batch, cfg.accelerator)
+    rounds = max(1, min(cfg.rounds, cfg.steps))
+    # Enough images that each worker's warm-up and timed steps are full batches of one epoch
+    # (the training split is 70% of the folder): a partial last batch or an epoch boundary
+    # inside the timing skews the median.
+    needed = cfg.batch * (cfg.warmup + math.ceil(cfg.steps / rounds))
+    out = Path(str(cfg.out))
+    if cfg.data_dir:  # the user's own folder: read as it is, never written into
+        data_dir = Path(str(cfg.data_dir))
         if not data_dir.is_dir():
-            raise LeafnetError(f"--data-dir {data_dir} is not a folder; give a folder of images")
+            raise LeafnetError(f"data_dir={data_dir} is not a folder; give a folder of images")
     else:
-        data_dir = Path(f"outputs/bench/data/synthetic_{args.image_size}_{needed}")
+        data_dir = out / "data" / f"synthetic_{cfg.image_size}_{needed}"
         print(f"data: {data_dir} (generated on first use)", file=sys.stderr)
-        ensure_data(data_dir, args.image_size, needed)
+        ensure_data(data_dir, cfg.image_size, needed)
     base = {
-        "image_size": args.image_size,
-        "batch": args.batch,
+        "image_size": cfg.image_size,
+        "batch": cfg.batch,
         "micro": micro,
-        "warmup": args.warmup,
+        "warmup": cfg.warmup,
         "data_dir": str(data_dir),
-        # Under outputs/bench/, not beside the data: a user's folder stays as it was.
-        "cache_dir": f"outputs/bench/cache/{data_dir.resolve().name}_{args.image_size}",
+        # Under out/, not beside the data: a user's folder stays as it was.
+        "cache_dir": str(out / "cache" / f"{data_dir.resolve().name}_{cfg.image_size}"),
         "profile": False,
-        "accelerator": args.accelerator,
-        "precision": args.precision,
-        "predict_images": args.predict_images,
-        "predict_batch": args.predict_batch,
+        "accelerator": cfg.accelerator,
+        "precision": cfg.precision,
+        "predict_images": cfg.predict_images,
+        "predict_batch": cfg.predict_batch,
     }
 
-    roofline = [matmul_gflops()]
+    host = [_host_sample()]
     raw: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
     for r in range(rounds):
-        steps = args.steps // rounds + (1 if r < args.steps % rounds else 0)
+        steps = cfg.steps // rounds + (1 if r < cfg.steps % rounds else 0)
         order = (
             contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
             if contenders
@@ -478,36 +620,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
         for name in order:
             print(f"round {r + 1}/{rounds}: {name} ({steps} steps)", file=sys.stderr)
-            raw[name].append(_spawn(name, {**base, "steps": steps}, args.timeout))
-        roofline.append(matmul_gflops())
+            raw[name].append(_spawn(name, {**base, "steps": steps}, cfg.timeout))
+        host.append(_host_sample())
 
-    flops = train_flops_per_image(args.image_size)
-    peak = statistics.median(roofline)
-    results: dict[str, Any] = {}
-    for name, parts in raw.items():
-        errors = [p["error"] for p in parts if "error" in p]
-        times = [t for p in parts for t in p.get("times", [])]
-        if not times:
-            results[name] = {"error": errors[0] if errors else "no steps timed"}
-            continue
-        step = statistics.median(times)
-        ms = step * 1000 / args.batch
-        gflops = flops * args.batch / step / 1e9
-        row = {
-            "ms_per_image": ms,
-            "images_per_s": args.batch / step,
-            "gflops": gflops,
-            "roofline_share": gflops / peak,
-            "peak_rss_gb": max(p.get("peak_rss_gb", 0.0) for p in parts),
-            "steps_timed": len(times),
-            "step_s": times,
-        }
-        for key in ("allocator", "channels_last", "keras", "backend"):
-            if key in parts[-1]:
-                row[key] = parts[-1][key]
-        if errors:
-            row["errors"] = errors
-        results[name] = row
+    flops = train_flops_per_image(cfg.image_size)
+    peak = statistics.median(h["matmul_gflops"] for h in host)
+    results = {name: _contender_row(parts, cfg, flops, peak) for name, parts in raw.items()}
     for keras_name in KERAS_BACKENDS:
         k = results.get(keras_name, {})
         for name, row in results.items():
@@ -515,23 +633,26 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 row[f"speedup_vs_{keras_name}"] = k["ms_per_image"] / row["ms_per_image"]
 
     extra: dict[str, Any] = {}
-    if args.profile and "leafnet" in contenders:
+    if cfg.profile and "leafnet" in contenders:
         print("profile: leafnet, 2 steps", file=sys.stderr)
         # Three more warm-up steps than the timed runs: the steps right after warm-up can still
         # grow the heap (first-touch page faults charged to fill_), which the medians leave out.
         profiled = {**base, "warmup": base["warmup"] + 3, "steps": 2, "profile": True}
-        prof = _spawn("leafnet", profiled, args.timeout)
+        prof = _spawn("leafnet", profiled, cfg.timeout)
         extra["profile"] = prof.get("profile", prof.get("error"))
         if "gpu_busy_share" in prof:
             extra["gpu_busy_share"] = prof["gpu_busy_share"]
-    if not args.no_data:
+    if cfg.data:
         print("data pipeline and predict", file=sys.stderr)
         extra["data"] = {
-            "cached": _spawn("cached", base, args.timeout),
-            "predict": _spawn("predict", {**base, "batch": args.predict_batch}, args.timeout),
+            "cached": _spawn("cached", base, cfg.timeout),
+            "predict": _spawn("predict", {**base, "batch": cfg.predict_batch}, cfg.timeout),
         }
+        if available("keras-tf-fit") is None:
+            extra["data"]["predict_keras"] = _spawn("predict-keras", base, cfg.timeout)
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
+        "command": "python -m leafnet.lab.bench " + " ".join(sys.argv[1:]),
         "machine": {
             "cpu": _cpu_name(),
             "cores": os.cpu_count(),
@@ -541,19 +662,20 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "load_avg_1m": os.getloadavg()[0],
         },
         "config": {
-            "image_size": args.image_size,
-            "batch": args.batch,
+            "image_size": cfg.image_size,
+            "batch": cfg.batch,
             "micro_batch": micro,
-            "steps": args.steps,
-            "warmup": args.warmup,
+            "steps": cfg.steps,
+            "warmup": cfg.warmup,
             "rounds": rounds,
-            "accelerator": args.accelerator,
-            "precision": args.precision,
-            "gpu": torch.cuda.get_device_name(0) if args.accelerator == "gpu" else None,
+            "accelerator": cfg.accelerator,
+            "precision": cfg.precision,
+            "gpu": torch.cuda.get_device_name(0) if cfg.accelerator == "gpu" else None,
         },
         "train_gflop_per_image": flops / 1e9,
         "roofline_gflops": peak,
-        "roofline_samples": roofline,
+        "copy_gbs": statistics.median(h["copy_gbs"] for h in host),
+        "host_samples": host,
         "contenders": results,
         "skipped": skipped,
         **extra,
@@ -572,37 +694,44 @@ def _cpu_name() -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """The terminal (and README) table: one row per contender, then the side measurements."""
-    c = report["config"]
+    c, m = report["config"], report["machine"]
     lines = [
-        f"leafnet bench {report['date']}  {report['machine']['cpu']}, {report['machine']['threads']} threads, "
-        f"torch {report['machine']['torch']}, load {report['machine']['load_avg_1m']:.1f}",
+        f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, "
+        f"torch {m['torch']}, load {m['load_avg_1m']:.1f}",
         f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
         f"{c.get('accelerator', 'cpu')}{' ' + c['gpu'] if c.get('gpu') else ''}, "
         f"leafnet precision {c.get('precision', '32-true')}, "
         f"median of {c['steps']} steps after {c['warmup']} warm-up, {c['rounds']} alternating rounds; "
-        f"{report['train_gflop_per_image']:.2f} GFLOP/image; roofline (fp32 4096² matmul) "
-        f"{report['roofline_gflops']:.0f} GFLOP/s",
+        f"{report['train_gflop_per_image']:.2f} GFLOP/image",
+        f"host: fp32 4096² matmul {report['roofline_gflops']:.0f} GFLOP/s, memory copy "
+        f"{report.get('copy_gbs', float('nan')):.1f} GB/s (medians of {len(report.get('host_samples', []))} "
+        "samples, one before the first round and one after each)",
         "",
     ]
-    header = ["contender", "ms/image", "images/s", "GFLOP/s", "roofline", "peak RSS GB",
-              "vs keras-tf", "vs keras-torch"]  # fmt: skip
+    contenders = report["contenders"]
+    keras = [k for k in KERAS_BACKENDS if "ms_per_image" in contenders.get(k, {})]
+    header = ["contender", "ms/image", "spread", "GFLOP/s", "roofline", "peak RSS GB"]
+    header += [f"vs {k}" for k in keras]
     rows: list[list[str]] = []
-    for name, r in report["contenders"].items():
+    for name, r in contenders.items():
         if "ms_per_image" not in r:
-            rows.append([name, f"error: {r.get('error', '?')[:80]}", "", "", "", "", "", ""])
+            rows.append([name, f"error: {r.get('error', '?')[:80]}"] + [""] * (len(header) - 2))
             continue
-
-        def ratio(key: str, r: dict[str, Any] = r) -> str:
-            return f"{r[key]:.1f}x" if key in r else "-"
-
-        rows.append([
-            name, f"{r['ms_per_image']:.1f}", f"{r['images_per_s']:.1f}", f"{r['gflops']:.0f}",
-            f"{r['roofline_share']:.0%}", f"{r['peak_rss_gb']:.2f}",
-            ratio("speedup_vs_keras-tf"), ratio("speedup_vs_keras-torch"),
-        ])  # fmt: skip
+        per_round = r.get("round_ms_per_image") or [r["ms_per_image"]]
+        rows.append(
+            [
+                name,
+                f"{r['ms_per_image']:.1f}",
+                f"{min(per_round):.1f}-{max(per_round):.1f}",
+                f"{r['gflops']:.0f}",
+                f"{r['roofline_share']:.0%}",
+                f"{r['peak_rss_gb']:.2f}",
+            ]
+            + [f"{r[f'speedup_vs_{k}']:.1f}x" if f"speedup_vs_{k}" in r else "-" for k in keras]
+        )
     for name, why in report.get("skipped", {}).items():
-        rows.append([name, f"skipped: {why}", "", "", "", "", "", ""])
-    lines.append(markdown_table(header, rows, right=[False] + [True] * 7))
+        rows.append([name, f"skipped: {why}"] + [""] * (len(header) - 2))
+    lines.append(markdown_table(header, rows, right=[False] + [True] * (len(header) - 1)))
     data = report.get("data")
     if data:
         cached, pred = data.get("cached", {}), data.get("predict", {})
@@ -610,10 +739,22 @@ def format_table(report: dict[str, Any]) -> str:
         if "decode_resize_images_per_s" in pred:
             lines.append(
                 f"data: cold decode+resize {pred['decode_resize_images_per_s']:.1f} images/s; "
-                f"cached batches {cached.get('cached_images_per_s', float('nan')):.0f} images/s; "
-                f"predict (JPEG decode included) {pred['predict_images_per_s']:.1f} images/s over "
-                f"{pred['predict_images']} files, peak RSS {pred['peak_rss_gb']:.2f} GB"
+                f"cached batches {cached.get('cached_images_per_s', float('nan')):.0f} images/s"
             )
+            line = (
+                f"predict, JPEG decode included, {pred['predict_images']} files: leafnet "
+                f"{pred['predict_images_per_s']:.1f} images/s"
+            )
+            keras_pred = data.get("predict_keras", {})
+            if "predict_images_per_s" in keras_pred:
+                ratio = pred["predict_images_per_s"] / keras_pred["predict_images_per_s"]
+                line += (
+                    f", Keras-TF model.predict on tf.data {keras_pred['predict_images_per_s']:.1f}"
+                    f" images/s ({ratio:.1f}x)"
+                )
+            elif "error" in keras_pred:
+                line += f", Keras: {keras_pred['error'][:80]}"
+            lines.append(line)
         else:
             lines.append(f"data: {pred.get('error') or cached.get('error')}")
     if "gpu_busy_share" in report:
@@ -630,69 +771,22 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m leafnet.lab.bench", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--image-size", type=int, default=640)
-    p.add_argument("--batch", type=int, default=32, help="optimizer batch")
-    p.add_argument(
-        "--micro-batch",
-        type=int,
-        default=None,
-        help="images per forward/backward (default: what leafnet.train picks, micro_batch_size=auto)",
-    )
-    p.add_argument("--steps", type=int, default=6, help="timed steps per contender (median; >= 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per process")
-    p.add_argument(
-        "--rounds", type=int, default=2, help="alternating rounds the steps are spread over"
-    )
-    p.add_argument("--contenders", default=DEFAULT_CONTENDERS)
-    p.add_argument(
-        "--accelerator",
-        choices=("cpu", "gpu"),
-        default="cpu",
-        help="where leafnet and the torch contenders train (Keras picks its own device)",
-    )
-    from leafnet.train import PRECISIONS
-
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="32-true",
-        help="leafnet's Trainer precision, e.g. 16-mixed on a GPU",
-    )
-    p.add_argument("--threads", type=int, default=None, help="default: physical cores")
-    p.add_argument(
-        "--data-dir", default=None, help="an image folder (default: a generated synthetic set)"
-    )
-    p.add_argument("--predict-images", type=int, default=64)
-    p.add_argument("--predict-batch", type=int, default=16)
-    p.add_argument("--profile", action="store_true", help="profile leafnet's step (torch.profiler)")
-    p.add_argument(
-        "--no-data", action="store_true", help="skip the data pipeline and predict figures"
-    )
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
-    p.add_argument("--out", default="outputs/bench")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-args", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+def worker_main(name: str, args_json: str) -> None:
+    """The entry of a worker subprocess: one contender's raw figures as a BENCH_RESULT line."""
+    print("BENCH_RESULT " + json.dumps(worker(name, json.loads(args_json))), flush=True)
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        result = worker(args.worker, json.loads(args.worker_args))
-        print("BENCH_RESULT " + json.dumps(result), flush=True)
-        return 0
-    if args.steps < 1 or args.batch < 1 or args.image_size < 6:
-        raise LeafnetError("--steps and --batch must be >= 1 and --image-size >= 6")
-    report = run_bench(args)
-    out = Path(args.out)
+    """`key=value` arguments (conf/bench.yaml): run the bench, write its JSON, print the table."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = command_config("lab.bench", argv, conf="bench")
+    report = run_bench(cfg)
+    report["config"]["requested"] = to_primitive(cfg)
+    out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_text(path, json.dumps(report, indent=2))
     print(format_table(report))
     print(f"\nwritten: {path}")
     return 0
