@@ -11,7 +11,9 @@ import csv
 import json
 import os
 import pickle
+import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,3 +134,50 @@ def read_run(run_dir: str | os.PathLike) -> Run:
         with metrics_file.open(newline="") as f:
             metrics = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return Run(run_dir, config, summary, metrics)  # type: ignore[arg-type]
+
+
+# How deep find_run_dirs looks: outputs/ -> multiruns/ -> <date_time>/ -> <num>_<overrides>/.
+_SCAN_DEPTH = 4
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort `10_lr=...` after `9_lr=...`."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory has metrics, a summary, or the config Hydra writes when a job starts."""
+    return any((path / name).is_file() for name in ("metrics.csv", "summary.json")) or (
+        (path / ".hydra" / "config.yaml").is_file()
+    )
+
+
+def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories in `paths` (each a run, a multirun directory, or a folder of either)."""
+    found: list[Path] = []
+
+    def scan(path: Path, depth: int) -> None:
+        if is_run_dir(path):
+            found.append(path)
+            return
+        if depth >= _SCAN_DEPTH:
+            return
+        for child in sorted((c for c in path.iterdir() if c.is_dir()), key=_natural_key):
+            if not child.name.startswith(".") and child.name != "checkpoints":
+                scan(child, depth + 1)
+
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            raise LeafnetError(
+                f"{path} is not a directory; pass a multirun directory "
+                "(outputs/multiruns/<date_time>) or run directories"
+            )
+        scan(path, 0)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise LeafnetError(
+            f"no runs under {', '.join(str(p) for p in paths)} "
+            "(a run directory holds metrics.csv, summary.json or .hydra/config.yaml)"
+        )
+    return unique

@@ -175,6 +175,7 @@ COMMAND_KEYS: tuple[Key, ...] = (
     Key("n_per_class", positive_int, "a positive integer"),
     Key("size", lambda v: _is_int(v) and 32 <= v <= 4096, "an integer from 32 to 4096"),
     Key("preview", _is_path, "a PNG file name", nullable=True),
+    Key("runs", lambda v: _is_path(v) or isinstance(v, list), "a run directory or a list of them"),
     # python -m leafnet.lab.bench
     Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
     Key("batch", positive_int, "a positive integer"),

@@ -17,13 +17,13 @@ import pytest
 from leafnet.errors import LeafnetError
 from leafnet.lab.compare import (
     compare,
-    find_run_dirs,
     group_settings,
     load_runs,
     main,
     read_metrics,
     wide_range,
 )
+from leafnet.runs import find_run_dirs
 
 COLUMNS = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s"
 
@@ -202,7 +202,7 @@ def test_missing_directory_is_one_line_error(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "leafnet: error: compare:" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "is not a directory" in proc.stderr
 
 
 def test_cli_writes_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,6 @@
 """Does a data set calibrate the seed recipe? A table of finished runs against a colour baseline.
 
-`python -m leafnet.lab.calibration <run dir> [<run dir> ...] [--out table.md]` prints one row per
+`python -m leafnet.lab.calibration runs=<folder of runs> [out=table.md]` prints one row per
 run: seed, test accuracy, hidden Dense units alive at the end, training accuracy at epoch 3, and
 the test accuracy of a colour-histogram logistic regression trained on the same run's split
 (`split.csv`). A CNN that does not beat the colour baseline clearly has learned colour, not
@@ -9,7 +9,6 @@ symptoms. The baseline needs scikit-learn (`pip install 'leafnet[lab]'`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +18,10 @@ import numpy as np
 import torch
 
 from leafnet import tables
-from leafnet.config import to_primitive
-from leafnet.errors import LeafnetError
-from leafnet.runs import read_run
+from leafnet.config import command_config, to_primitive
+from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import write_text
+from leafnet.runs import find_run_dirs, read_run
 
 BINS = 8  # per channel: 512 colour bins
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation, chosen on the validation images
@@ -121,19 +121,16 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return tables.markdown_table(titles, cells, right=[True] * len(columns))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m leafnet.lab.calibration", description=__doc__)
-    parser.add_argument("runs", nargs="+", type=Path, help="finished run directories")
-    parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
-    args = parser.parse_args(argv)
-    try:
-        table = markdown_table([calibration_row(r) for r in args.runs])
-    except LeafnetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """`key=value` arguments (conf/calibration.yaml): print the table, and write it to `out`."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = command_config("lab.calibration", argv, required=("runs",), conf="calibration")
+    runs = find_run_dirs([cfg.runs] if isinstance(cfg.runs, str) else [str(r) for r in cfg.runs])
+    table = markdown_table([calibration_row(r) for r in runs])
     print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    if cfg.out:
+        write_text(Path(str(cfg.out)), table + "\n")
     return 0
 
 

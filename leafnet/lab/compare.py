@@ -34,7 +34,8 @@ from omegaconf import ListConfig
 
 from leafnet import tables
 from leafnet.config import command_config
-from leafnet.errors import LeafnetError, cli_errors
+from leafnet.errors import cli_errors
+from leafnet.runs import find_run_dirs
 
 # The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
 OPTIMIZER_ORDER = ("sgd", "rmsprop", "adagrad", "adam")
@@ -46,7 +47,6 @@ _NOT_A_SETTING = re.compile(
 )
 # Loss ranges wider than this factor within a panel are drawn on a log scale.
 _LOG_SCALE_RATIO = 10.0
-_SCAN_DEPTH = 4
 
 
 @dataclass
@@ -149,49 +149,6 @@ def _to_float(text: str | None) -> float:
         return float(text) if text not in (None, "") else math.nan
     except ValueError:
         return math.nan
-
-
-def _natural_key(path: Path) -> list[Any]:
-    """Sort `10_lr=...` after `9_lr=...`."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", path.name)]
-
-
-def is_run_dir(path: Path) -> bool:
-    """A run directory has metrics, a summary, or the config Hydra writes when a job starts."""
-    return any((path / name).is_file() for name in ("metrics.csv", "summary.json")) or (
-        (path / ".hydra" / "config.yaml").is_file()
-    )
-
-
-def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories in `paths` (each a run, a multirun directory, or a folder of either)."""
-    found: list[Path] = []
-
-    def scan(path: Path, depth: int) -> None:
-        if is_run_dir(path):
-            found.append(path)
-            return
-        if depth >= _SCAN_DEPTH:
-            return
-        for child in sorted((c for c in path.iterdir() if c.is_dir()), key=_natural_key):
-            if not child.name.startswith(".") and child.name != "checkpoints":
-                scan(child, depth + 1)
-
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_dir():
-            raise LeafnetError(
-                f"compare: {path} is not a directory; pass a multirun directory "
-                "(outputs/multiruns/<date_time>) or run directories"
-            )
-        scan(path, 0)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise LeafnetError(
-            f"compare: no runs under {', '.join(str(p) for p in paths)} "
-            "(a run directory holds metrics.csv, summary.json or .hydra/config.yaml)"
-        )
-    return unique
 
 
 def read_metrics(path: Path) -> dict[str, list[float]]:
