@@ -476,9 +476,7 @@ class ExplainImages(Callback):
             self._x = x[0].detach().cpu()  # already scaled by the module's batch transfer
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        writers = _tensorboards(trainer)
         if self._x is None or not writers or not trainer.is_global_zero:
             return
         if importlib.util.find_spec("captum") is None:  # a base install trains without it

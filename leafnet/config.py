@@ -8,14 +8,15 @@ API, so they create no run directory.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from leafnet.errors import LeafnetError
@@ -68,11 +69,16 @@ def compose(
         raise LeafnetError(f"config: {' '.join(str(err).split())}") from None
 
 
-def to_primitive(cfg: DictConfig | dict) -> dict:
-    """A resolved config as plain dicts and lists (what checkpoints and hparams may hold)."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
+def to_primitive(value: Any) -> Any:
+    """Plain dicts, lists and scalars (what checkpoints and hparams may hold): config nodes are
+    resolved, other mappings and tuples converted all the way down."""
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(k): to_primitive(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [to_primitive(v) for v in value]
+    return value
 
 
 def command_config(

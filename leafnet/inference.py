@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from leafnet.data.images import IMAGE_EXTENSIONS, BadImage, load_for_model
 from leafnet.errors import LeafnetError
 from leafnet.module import LeafClassifier
+from leafnet.perf import auto_device
 
 PROGRESS_MIN_FILES = 64  # below this a progress bar is noise
 
@@ -29,9 +30,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     """`auto` is the GPU when there is one, else the CPU; anything else must be available."""
     name = str(name)
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        return auto_device()
     try:
         device = torch.device(name)
     except RuntimeError:

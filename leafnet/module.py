@@ -27,6 +27,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from leafnet.config import to_primitive
 from leafnet.data.images import Preprocessing, to_float
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
@@ -34,15 +35,6 @@ from leafnet.perf import HEAP_KEEP_BYTES, runs_on_cpu
 from leafnet.zoo import build_model
 
 SCHEDULERS = ("none", "cosine", "step", "plateau")
-
-
-def _primitive(value: Any) -> Any:
-    """Plain Python containers and scalars (config nodes and tuples become dicts and lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _primitive(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_primitive(v) for v in value]
-    return value
 
 
 def _output_sizes(net: nn.Module, on_cpu: bool) -> list[tuple[int, bool]]:
@@ -158,7 +150,7 @@ class LeafClassifier(pl.LightningModule):
         micro_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        model = _primitive(model)
+        model = to_primitive(model)
         class_names = [str(c) for c in class_names] if class_names else None
         num_classes = len(class_names) if class_names else int(model.get("num_classes") or 3)
         model["num_classes"] = num_classes
@@ -170,10 +162,10 @@ class LeafClassifier(pl.LightningModule):
         self.save_hyperparameters(
             {
                 "model": model,
-                "optimizer": _primitive(optimizer),
+                "optimizer": to_primitive(optimizer),
                 "lr": float(lr),
                 "weight_decay": float(weight_decay),
-                "scheduler": _primitive(scheduler or {"name": "none"}),
+                "scheduler": to_primitive(scheduler or {"name": "none"}),
                 "class_names": class_names or [str(i) for i in range(num_classes)],
                 "preprocessing": prep.to_dict(),
                 "micro_batch_size": int(micro_batch_size) if micro_batch_size else None,

@@ -82,10 +82,17 @@ def physical_cores() -> int:
     return max(1, min(allowed, physical))
 
 
+def auto_device() -> torch.device:
+    """What `auto` means everywhere in leafnet: a CUDA GPU, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
 def runs_on_cpu(accelerator: str) -> bool:
-    """Whether a Lightning `accelerator` setting trains on the CPU here ("auto" prefers CUDA, MPS)."""
+    """Whether a Lightning `accelerator` setting trains on the CPU here."""
     if accelerator == "auto":
-        return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+        return auto_device().type == "cpu"
     return accelerator == "cpu"
 
 

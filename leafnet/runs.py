@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import pickle
 import re
@@ -20,7 +21,9 @@ from typing import Any
 
 import lightning
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from leafnet.errors import LeafnetError
 from leafnet.files import atomic_path
@@ -111,29 +114,69 @@ def save_classifier(classifier: LeafClassifier, path: str | os.PathLike) -> Path
 
 @dataclass
 class Run:
-    """What a run directory holds: resolved config, summary.json, metrics.csv rows."""
+    """What a run directory holds so far: resolved config, saved overrides, summary.json,
+    metrics.csv rows (one per epoch)."""
 
     path: Path
     config: DictConfig | None
     summary: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict[str, float]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+
+def _to_float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan  # type: ignore[arg-type]
+    except ValueError:
+        return math.nan
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """metrics.csv's rows as floats (nan where empty), one per epoch in order: the last row wins
+    for a repeated epoch (as after a resume), a partly written last line is dropped."""
+    if not path.is_file():
+        return []
+    rows: dict[float, dict[str, float]] = {}
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            if None in row or None in row.values():  # a line cut short while being written
+                continue
+            epoch = _to_float(row.get("epoch"))
+            if math.isfinite(epoch):
+                rows[epoch] = {k: _to_float(v) for k, v in row.items()}
+    return [rows[e] for e in sorted(rows)]
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):  # being written by a run that has not finished
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.load(path) if path.is_file() else None
+    except (OSError, OmegaConfBaseException, yaml.YAMLError):
+        return None
 
 
 def read_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run directory, finished or not: missing files give an empty summary or metrics."""
+    """Read a run directory, finished or still running: what is missing or half-written reads
+    as empty (no config, no summary, fewer metrics rows)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise LeafnetError(f"run directory {run_dir} not found")
-    config_file = run_dir / ".hydra" / "config.yaml"
-    config = OmegaConf.load(config_file) if config_file.is_file() else None
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    metrics: list[dict[str, float]] = []
-    metrics_file = run_dir / "metrics.csv"
-    if metrics_file.is_file():
-        with metrics_file.open(newline="") as f:
-            metrics = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    return Run(run_dir, config, summary, metrics)  # type: ignore[arg-type]
+    config = _read_yaml(run_dir / ".hydra" / "config.yaml")
+    overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml")
+    return Run(
+        run_dir,
+        config if isinstance(config, DictConfig) else None,
+        _read_summary(run_dir / "summary.json"),
+        read_metrics(run_dir / "metrics.csv"),
+        [str(o) for o in overrides] if isinstance(overrides, ListConfig) else [],
+    )
 
 
 # How deep find_run_dirs looks: outputs/ -> multiruns/ -> <date_time>/ -> <num>_<overrides>/.

@@ -194,7 +194,7 @@ COMMAND_KEYS: tuple[Key, ...] = (
     ),
     Key("threads", positive_int, "a positive integer (null: physical cores)", nullable=True),
     Key("data_dir", _is_path, "a folder of images", nullable=True),
-    Key("data", _is_bool, "true or false"),
+    Key("data_pipeline", _is_bool, "true or false"),
     Key("predict_images", positive_int, "a positive integer"),
     Key("predict_batch", positive_int, "a positive integer"),
     Key("profile", _is_bool, "true or false"),

@@ -20,7 +20,6 @@ from leafnet.lab.compare import (
     group_settings,
     load_runs,
     main,
-    read_metrics,
     wide_range,
 )
 from leafnet.runs import find_run_dirs
@@ -171,17 +170,6 @@ def test_several_run_dirs_and_a_varying_override(tmp_path: Path) -> None:
     assert sorted(s.label for s in settings) == ["lr=0.01,batch_size=32", "lr=0.01,batch_size=64"]
     files = compare([a, b])
     assert files["csv"].parent == tmp_path  # the common parent
-
-
-def test_read_metrics_drops_a_partial_line_and_keeps_the_last_row_per_epoch(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.csv"
-    path.write_text(
-        f"{COLUMNS}\n1,1,2.0,0.1,2.0,0.1,0.1,1,1\n1,1,1.5,0.2,1.5,0.2,0.1,1,1\n2,2,nan,0,inf,0,0.1,1,1\n3,3,0.5"
-    )
-    m = read_metrics(path)
-    assert m["epoch"] == [1.0, 2.0]
-    assert m["train_loss"][0] == 1.5  # a resumed run rewrote epoch 1
-    assert math.isnan(m["train_loss"][1]) and math.isinf(m["val_loss"][1])
 
 
 def test_wide_range_picks_log_scale() -> None:

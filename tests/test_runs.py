@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from leafnet.errors import LeafnetError
 from leafnet.module import LeafClassifier
-from leafnet.runs import find_checkpoint, load_classifier, read_run, save_classifier
+from leafnet.runs import find_checkpoint, load_classifier, read_metrics, read_run, save_classifier
 
 
 def test_run_checkpoints_load_weights_only(tiny_run: Path) -> None:
@@ -70,3 +71,15 @@ def test_read_run(tiny_run: Path) -> None:
     assert run.config is not None and run.config.epochs == 4
     assert run.summary["status"] == "completed"
     assert [int(r["epoch"]) for r in run.metrics] == [1, 2, 3, 4]
+
+
+def test_read_metrics_drops_a_partial_line_and_keeps_the_last_row_per_epoch(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s\n"
+        "1,1,2.0,0.1,2.0,0.1,0.1,1,1\n1,1,1.5,0.2,1.5,0.2,0.1,1,1\n2,2,nan,0,inf,0,0.1,1,1\n3,3,0.5"
+    )
+    rows = read_metrics(path)
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    assert rows[0]["train_loss"] == 1.5  # a resumed run rewrote epoch 1
+    assert math.isnan(rows[1]["train_loss"]) and math.isinf(rows[1]["val_loss"])

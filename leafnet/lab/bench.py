@@ -15,7 +15,8 @@ Contenders:
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)
   torch[+opts]         a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
-                       allocator/threads), +cl (channels_last), +compile (torch.compile)
+                       allocator/threads), +cl (channels_last), +compile (torch.compile),
+                       +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch)
   keras-tf-fit         the seed's Keras model as its users train it: `model.fit` on
                        `image_dataset_from_directory` over the same JPEG files (TensorFlow)
   keras-tf-fit-numpy   `model.fit` on numpy arrays already in memory (TensorFlow)
@@ -257,13 +258,17 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
         torch.set_num_threads(physical_cores())
     device = torch.device("cuda" if a["accelerator"] == "gpu" else "cpu")
     fmt = torch.channels_last if "cl" in options else torch.contiguous_format
+    micro = a["micro"] or a["batch"]
+    if "unbanded" in options:  # conv1 layer by layer, as before leafnet.banded
+        LeafNet.banded = False
+        if not a["micro_fixed"]:
+            micro = _auto_micro_batch(a["image_size"], a["batch"], a["accelerator"])
     net = LeafNet(a["image_size"]).to(device=device, memory_format=fmt)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1e-7)
     run = torch.compile(net) if "compile" in options else net
     shape = (a["batch"], 3, a["image_size"], a["image_size"])
     x8 = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
     y = torch.randint(0, 3, (a["batch"],), device=device)
-    micro = a["micro"] or a["batch"]
 
     def step() -> None:
         x = x8.float().mul_(1 / 255).contiguous(memory_format=fmt)
@@ -275,7 +280,7 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     allocator = allocator_state()  # before the first step, as for leafnet
-    return {"times": _timed(step, a), "allocator": allocator}
+    return {"times": _timed(step, a), "allocator": allocator, "micro_batch": micro}
 
 
 def _timed(step: Any, a: dict[str, Any]) -> list[float]:
@@ -518,7 +523,7 @@ def _contender_names(value: Any) -> list[str]:
     """`contenders=a,b` or `contenders=[a,b]`, each one the bench knows."""
     names = [str(c).strip() for c in (value.split(",") if isinstance(value, str) else value)]
     names = [c for c in names if c]
-    torch_options = {"tuned", "cl", "compile"}
+    torch_options = {"tuned", "cl", "compile", "unbanded"}
     for c in names:
         base, *options = c.split("+")
         known = (
@@ -528,7 +533,7 @@ def _contender_names(value: Any) -> list[str]:
         )
         if not known:
             raise LeafnetError(
-                f"contenders: {c!r} is unknown; use leafnet, torch[+tuned][+cl][+compile] or "
+                f"contenders: {c!r} is unknown; use leafnet, torch[+tuned][+cl][+compile][+unbanded] or "
                 + ", ".join(KERAS_BACKENDS)
             )
     return names
@@ -559,7 +564,7 @@ def _contender_row(
         "steps_timed": len(times),
         "step_s": times,
     }
-    for key in ("allocator", "channels_last", "keras", "backend"):
+    for key in ("allocator", "channels_last", "keras", "backend", "micro_batch"):
         if key in parts[-1]:
             row[key] = parts[-1][key]
     if errors:
@@ -598,6 +603,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "batch": cfg.batch,
         "micro": micro,
+        "micro_fixed": cfg.micro_batch is not None,
         "warmup": cfg.warmup,
         "data_dir": str(data_dir),
         # Under out/, not beside the data: a user's folder stays as it was.
@@ -642,7 +648,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         extra["profile"] = prof.get("profile", prof.get("error"))
         if "gpu_busy_share" in prof:
             extra["gpu_busy_share"] = prof["gpu_busy_share"]
-    if cfg.data:
+    if cfg.data_pipeline:
         print("data pipeline and predict", file=sys.stderr)
         extra["data"] = {
             "cached": _spawn("cached", base, cfg.timeout),
@@ -718,9 +724,10 @@ def format_table(report: dict[str, Any]) -> str:
             rows.append([name, f"error: {r.get('error', '?')[:80]}"] + [""] * (len(header) - 2))
             continue
         per_round = r.get("round_ms_per_image") or [r["ms_per_image"]]
+        own_micro = r.get("micro_batch", c["micro_batch"]) != c["micro_batch"]
         rows.append(
             [
-                name,
+                f"{name} (micro {r['micro_batch']})" if own_micro else name,
                 f"{r['ms_per_image']:.1f}",
                 f"{min(per_round):.1f}-{max(per_round):.1f}",
                 f"{r['gflops']:.0f}",

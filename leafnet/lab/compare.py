@@ -17,7 +17,6 @@ It only reads files, so it works on a sweep that is still running or was cut sho
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import re
@@ -29,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from omegaconf import ListConfig
+from omegaconf import ListConfig, OmegaConf
 
 from leafnet import tables
 from leafnet.config import command_config
 from leafnet.errors import cli_errors
-from leafnet.runs import find_run_dirs
+from leafnet.runs import find_run_dirs, read_run
 
 # The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
 OPTIMIZER_ORDER = ("sgd", "rmsprop", "adagrad", "adam")
@@ -144,47 +142,6 @@ def _last(values: Sequence[float] | None) -> float:
     return values[-1] if values else math.nan
 
 
-def _to_float(text: str | None) -> float:
-    try:
-        return float(text) if text not in (None, "") else math.nan
-    except ValueError:
-        return math.nan
-
-
-def read_metrics(path: Path) -> dict[str, list[float]]:
-    """metrics.csv as columns of floats, one value per epoch (the last row wins for a repeated
-    epoch, as after a resume); a partly written last line is dropped."""
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows: dict[float, dict[str, float]] = {}
-        for row in reader:
-            if None in row or None in row.values():  # a line cut short while being written
-                continue
-            epoch = _to_float(row.get("epoch"))
-            if math.isfinite(epoch):
-                rows[epoch] = {k: _to_float(v) for k, v in row.items()}
-        columns = list(reader.fieldnames or [])
-    ordered = [rows[e] for e in sorted(rows)]
-    return {c: [r.get(c, math.nan) for r in ordered] for c in columns}
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _read_summary(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):  # being written by a run that has not finished
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _parse_overrides(items: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or ():
@@ -229,11 +186,12 @@ def _status(summary: dict[str, Any]) -> str:
 
 def read_run_record(path: Path) -> RunRecord:
     """One run directory, however far it got."""
-    summary = _read_summary(path / "summary.json")
-    overrides = _parse_overrides(_read_yaml(path / ".hydra" / "overrides.yaml"))
-    config = _read_yaml(path / ".hydra" / "config.yaml")
-    config = config if isinstance(config, dict) else {}
+    run = read_run(path)
+    summary, overrides = run.summary, _parse_overrides(run.overrides)
+    # Unresolved: a run's config refers to Hydra's runtime values (${hydra:...}).
+    config = OmegaConf.to_container(run.config, resolve=False) if run.config is not None else {}
     seed = _number(overrides.get("seed"), config.get("seed"))
+    columns = list(dict.fromkeys(k for row in run.metrics for k in row))
     return RunRecord(
         path=path,
         optimizer=_optimizer_name(summary, overrides, config),
@@ -242,7 +200,7 @@ def read_run_record(path: Path) -> RunRecord:
         status=_status(summary),
         summary=summary,
         overrides=overrides,
-        metrics=read_metrics(path / "metrics.csv"),
+        metrics={c: [row.get(c, math.nan) for row in run.metrics] for c in columns},
     )
 
 
