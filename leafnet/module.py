@@ -74,8 +74,9 @@ def activation_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
 
     Forward keeps every layer's float output (the float input too), max-pooling keeps int64
     indices, and backward holds gradients about as large alongside: hence a factor of 2 on the
-    sum (an estimate). At 640x640 that is about 154 MiB per image, so the default max_memory_gb=6
-    alone would allow micro-batches of 39; the heap limit in `auto_micro_batch_size` is lower.
+    sum (an estimate). At 640x640 that is about 154 MiB per image with conv1 whole (a GPU), so
+    the default max_memory_gb=6 allows micro-batches of 39, and 31 MiB with conv1 in bands (the
+    CPU, `on_cpu`), where the heap limit in `auto_micro_batch_size` is the lower one.
     """
     floats = net.in_channels * net.image_size**2
     for size, pooling in _output_sizes(net, on_cpu):
@@ -86,9 +87,9 @@ def activation_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
 def freed_at_once_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
     """Bytes one image's backward frees in one go, estimated from the layer shapes.
 
-    The largest layer output and its gradient (at 640x640 conv1's float output, 52 MB per image,
-    kept for max-pool's backward), plus a quarter for what is freed with them: the pooled outputs,
-    their int64 indices and conv2's output come to about 25 MB per image at 640x640.
+    The largest layer output and its gradient, plus a quarter for what is freed with them. At
+    640x640 that is conv1's float output (52 MB per image, kept for max-pool's backward) when
+    conv1 runs whole, and its pooled output (5.8 MB) when it runs in bands on the CPU.
     """
     largest = max(size for size, _ in _output_sizes(net, on_cpu))
     return 2 * 4 * largest * 5 // 4
@@ -103,8 +104,9 @@ def auto_micro_batch_size(
     memory a micro-batch frees at once must stay below what the allocator keeps
     for the next one (`perf.HEAP_KEEP_BYTES`, 2 GiB); above it every step page-faults its largest
     buffers in again and runs about twice as slow. Half the limit, because near it some steps
-    still trimmed (measured at 640x640, batch 256: micro-batch 16, 71 ms/image; 12, 25 ms/image
-    but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps micro-batches at 8.
+    still trimmed (measured with conv1 whole at 640x640, batch 256: micro-batch 16, 71 ms/image;
+    12, 25 ms/image but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps
+    micro-batches at 73 with conv1 in bands, 8 without.
     """
     per_image = activation_bytes_per_image(net, on_cpu=heap_limited)
     fits = int(max_memory_gb * 2**30 // per_image)
