@@ -1,17 +1,19 @@
-"""Conv 3x3 ('same') + max-pool + ReLU computed in bands of rows, recomputed in backward.
+"""Conv 3x3 ('same') + max-pool + ReLU computed in bands of rows.
 
 At 640x640 the seed's first convolution writes 52 MB of float output per image (1.7 GB for 32
 images) only for max-pool to keep a ninth of it. Done layer by layer, that output goes to main
-memory and back four times (written by the conv, read by the pool, zeroed and scattered into as
-its gradient, read by the weight gradient), so the step runs at the host's memory bandwidth, not
-its arithmetic. `conv_pool_relu` computes the same function a few rows of a few images at a
-time: each band's conv output is pooled while it is still in cache, only the pooled output and
-the input are kept for backward, and backward computes each band's conv output again (cheap:
-3 input channels) instead of reading it back from memory. Peak memory per image falls about
-tenfold, so the module can use fewer, larger micro-batches.
+memory and back four times (written by the conv, read by the pool, kept for backward, zeroed
+and scattered into as its gradient), so on a host with little memory bandwidth the step runs at
+that bandwidth, not at the arithmetic's speed. `conv_pool_relu` computes the same function a few
+rows of a few images at a time: each band's conv output is pooled while it is still in cache,
+and backward keeps only the input, the pooled output and max-pool's indices (a quarter of the
+memory). Backward then rebuilds each band's conv-output gradient from those indices, again in
+cache, and accumulates the weight gradient band by band. The CPU micro-batch can grow from 8
+images at 640 px to 73.
 
-The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), p))` (tested to 1e-5 in outputs and
-gradients): the same windows meet the same maximum, band edges only split rows between calls.
+The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), pool))` (tested to 1e-5 in outputs
+and gradients, ties included): the same windows meet the same maximum, band edges only split
+rows between calls.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The conv output a band may hold. Measured on a 2-core Sapphire Rapids (2 MiB L2 per core): 4 MiB
-# (a quarter of an image's rows) beat 1 MiB by 10% (fewer, larger conv calls) and 32 MiB by 20%.
+# The conv output a band may hold: 4 MiB, 17 pooled rows of one 640 px image. Measured on a
+# 2-core Sapphire Rapids (2 MiB L2 per core), 32 images of 640 px: 32.3 ms/image at 4 MiB,
+# 40.8 at 1 MiB (more, smaller calls), 37.5 with a whole image per band.
 BAND_BYTES = 4 << 20
 
 
@@ -55,62 +58,53 @@ class _ConvPoolReLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int) -> Tensor:  # type: ignore[override]
         n, _, h, w = x.shape
         out_rows, out_cols = h // pool, w // pool
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        out = torch.empty(
-            (n, weight.shape[0], out_rows, out_cols),
-            dtype=x.dtype,
-            device=x.device,
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        fmt = (
+            torch.channels_last
+            if x.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
         )
+        shape = (n, weight.shape[0], out_rows, out_cols)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        # Where each maximum was, as max-pool reports it: relative to its band's conv output.
+        where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
         row_bytes = weight.shape[0] * pool * w * x.element_size()
         bands = _bands(n, out_rows, row_bytes, budget)
         for i0, i1, r0, r1 in bands:
             xb = _input_band(x[i0:i1], r0, r1, pool, out_cols * pool)
-            out[i0:i1, :, r0:r1] = F.max_pool2d(F.conv2d(xb, weight, bias), pool)
+            pooled, indices = F.max_pool2d(F.conv2d(xb, weight, bias), pool, return_indices=True)
+            out[i0:i1, :, r0:r1] = pooled
+            where[i0:i1, :, r0:r1] = indices
         out.relu_()
-        ctx.save_for_backward(x, weight, bias, out)
-        ctx.pool, ctx.bands = pool, bands
+        ctx.save_for_backward(x, weight, out, where)
+        ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        x, weight, bias, out = ctx.saved_tensors
+        x, weight, out, where = ctx.saved_tensors
         pool = ctx.pool
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out * (out > 0)  # ReLU's backward
         grad_x = torch.zeros_like(x) if need_x else None
         grad_w = torch.zeros_like(weight)
-        grad_b = torch.zeros_like(bias)
+        grad_b = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
         h, w = x.shape[-2:]
         cols = (w // pool) * pool
         for i0, i1, r0, r1 in ctx.bands:
             xb = _input_band(x[i0:i1], r0, r1, pool, cols)
-            yb = F.conv2d(xb, weight, bias)  # recomputed: bit-identical to forward's
-            _, indices = F.max_pool2d(yb, pool, return_indices=True)
+            # max-pool's backward reads only the shape and layout of its input: an empty band.
+            band = torch.empty(
+                (i1 - i0, weight.shape[0], (r1 - r0) * pool, cols),
+                dtype=x.dtype, device=x.device, memory_format=ctx.fmt,
+            )  # fmt: skip
             gy = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad_out[i0:i1, :, r0:r1],
-                yb,
-                [pool, pool],
-                [pool, pool],
-                [0, 0],
-                [1, 1],
-                False,
-                indices,
-            )
-            del yb
+                grad_out[i0:i1, :, r0:r1], band, [pool, pool], [pool, pool], [0, 0], [1, 1], False,
+                where[i0:i1, :, r0:r1],
+            )  # fmt: skip
             gx, gw, gb = torch.ops.aten.convolution_backward(
-                gy,
-                xb,
-                weight,
-                [weight.shape[0]],
-                [1, 1],
-                [0, 0],
-                [1, 1],
-                False,
-                [0, 0],
-                1,
+                gy, xb, weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                 [need_x, need_w, need_b],
-            )
+            )  # fmt: skip
             if need_w:
                 grad_w += gw
             if need_b:

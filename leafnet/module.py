@@ -47,9 +47,9 @@ def _output_sizes(net: nn.Module, on_cpu: bool) -> list[tuple[int, bool]]:
             for r in net.layer_table()
         ]
         if on_cpu and net.banded:
-            # leafnet.banded: conv1's output exists a band at a time and its max-pool keeps no
-            # indices; backward keeps the pooled output (and the input, counted by the caller).
-            return [(rows[1][0], False), *rows[2:]]
+            # leafnet.banded: conv1's output exists a band at a time; backward keeps the pooled
+            # output and its max-pool indices (and the input, counted by the caller).
+            return rows[1:]
         return rows
     sizes: list[tuple[int, bool]] = []
     leaves = [m for m in net.modules() if not list(m.children())]
@@ -75,7 +75,7 @@ def activation_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
     Forward keeps every layer's float output (the float input too), max-pooling keeps int64
     indices, and backward holds gradients about as large alongside: hence a factor of 2 on the
     sum (an estimate). At 640x640 that is about 154 MiB per image with conv1 whole (a GPU), so
-    the default max_memory_gb=6 allows micro-batches of 39, and 31 MiB with conv1 in bands (the
+    the default max_memory_gb=6 allows micro-batches of 39, and 55 MiB with conv1 in bands (the
     CPU, `on_cpu`), where the heap limit in `auto_micro_batch_size` is the lower one.
     """
     floats = net.in_channels * net.image_size**2
