@@ -84,7 +84,7 @@ class _ConvPoolReLU(torch.autograd.Function):
         x, weight, out, where = ctx.saved_tensors
         pool = ctx.pool
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_out = grad_out * (out > 0)  # ReLU's backward
+        grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)  # ReLU's backward, one pass
         grad_x = torch.zeros_like(x) if need_x else None
         grad_w = torch.zeros_like(weight)
         grad_b = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
