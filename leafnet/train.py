@@ -41,16 +41,22 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from leafnet import rundir
-from leafnet.callbacks import AtomicCheckpoint, DivergenceStop
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
-from leafnet.outcome import final_metrics, fit_outcome, format_result, test_outcome, write_summary
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, split_threads, tune_process
-from leafnet.resume import resume_config
 from leafnet.runs import read_run
 from leafnet.schema import check_train_config
+from leafnet.training import rundir
+from leafnet.training.callbacks import AtomicCheckpoint, DivergenceStop
+from leafnet.training.outcome import (
+    final_metrics,
+    fit_outcome,
+    format_result,
+    test_outcome,
+    write_summary,
+)
+from leafnet.training.resume import resume_config
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +263,7 @@ def _fit_and_test(
     )
 
     if cfg.get("tune", {}).get("lr_find"):
-        from leafnet.tune import lr_find
+        from leafnet.training.tune import lr_find
 
         steps = int(cfg.tune.get("num_training", 100))
         suggestion = lr_find(trainer, classifier, datamodule, run_dir, num_training=steps)

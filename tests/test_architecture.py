@@ -11,9 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "leafnet"
 # What `python -m leafnet.train` runs on; nothing in it may import a command or a lab tool.
 TRAINING = {
-    "banded", "callbacks", "config", "data", "data.cache", "data.datamodule", "data.images",
-    "data.splits", "data.synthetic", "errors", "figures", "files", "model", "module", "optim",
-    "outcome", "perf", "resume", "rundir", "runs", "schema", "train", "tune", "zoo",
+    "banded", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
+    "data.synthetic", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
+    "schema", "train", "training.callbacks", "training.outcome", "training.resume",
+    "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
 
 
@@ -23,7 +24,7 @@ def _modules() -> dict[str, Path]:
         parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
-        if parts and parts != ["lab"]:
+        if parts and parts not in (["lab"], ["training"]):
             found[".".join(parts)] = path
     return found
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from leafnet.callbacks import DeadUnits, DivergenceStop, EpochMetrics
 from leafnet.module import LeafClassifier
+from leafnet.training.callbacks import DeadUnits, DivergenceStop, EpochMetrics
 
 MODEL = {"image_size": 24, "conv1_filters": 4, "conv2_filters": 4, "dense_units": 8}
 
@@ -44,7 +44,7 @@ def validate(kill: bool, caplog: pytest.LogCaptureFixture) -> LeafClassifier:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    with caplog.at_level(logging.WARNING, logger="leafnet.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="leafnet.training.callbacks"):
         trainer.validate(module, DataLoader(TensorDataset(x, y), batch_size=4), verbose=False)
     return module, int(trainer.callback_metrics["val_alive_units"])
 
@@ -159,8 +159,8 @@ def test_the_exploding_rule_can_be_turned_off_and_spares_a_normal_run() -> None:
 
 
 def test_a_bad_max_loss_ratio_is_one_line() -> None:
-    from leafnet.callbacks import DivergenceStop
     from leafnet.errors import LeafnetError
+    from leafnet.training.callbacks import DivergenceStop
 
     with pytest.raises(LeafnetError, match="max_loss_ratio"):
         DivergenceStop(max_loss_ratio=0.5)

@@ -10,11 +10,11 @@ from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
 from test_tune import tiny_fit_setup
 
-from leafnet.callbacks import ExplainImages
 from leafnet.data.images import load_for_model, to_float
 from leafnet.explain import main
 from leafnet.figures import feature_maps, gradcam
 from leafnet.runs import load_classifier
+from leafnet.training.callbacks import ExplainImages
 
 PNGS = ("filters", "feature_maps_conv2d", "feature_maps_conv2d_1", "gradcam")
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from fixtures_runs import tiny_args, train_cli
 
-from leafnet import rundir
 from leafnet.config import compose
 from leafnet.errors import LeafnetError
-from leafnet.resume import resume_config
 from leafnet.train import train
+from leafnet.training import rundir
+from leafnet.training.resume import resume_config
 
 
 def digest(path: Path) -> str:

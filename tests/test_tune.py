@@ -18,7 +18,7 @@ from leafnet.config import compose
 from leafnet.data.datamodule import LeafDataModule
 from leafnet.module import LeafClassifier
 from leafnet.train import train
-from leafnet.tune import lr_find
+from leafnet.training.tune import lr_find
 
 
 def tiny_fit_setup(

@@ -12,11 +12,16 @@ directories (a multirun directory, run directories, or folders holding either), 
 Runs of the same setting with different seeds are drawn as their mean with a +-1 std band.
 It only reads files, so it works on a sweep that is still running or was cut short: a run without
 `summary.json` is reported as `running` from whatever rows its `metrics.csv` holds so far.
+
+`SweepReport`, a Hydra callback (conf/hydra/default.yaml): when a multirun ends it prints one line
+per run (optimizer, lr, status, best val accuracy, final val loss, epochs, time), writes it to
+`<sweep dir>/sweep_table.txt` and, with `compare: true` (experiment=lr_study), the report above.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import re
@@ -28,14 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import ListConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from leafnet import tables
 from leafnet.config import command_config
-from leafnet.errors import cli_errors
+from leafnet.errors import LeafnetError, cli_errors
 from leafnet.runs import find_run_dirs, read_run
 
 # The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
+log = logging.getLogger(__name__)
+
 OPTIMIZER_ORDER = ("sgd", "rmsprop", "adagrad", "adam")
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s")
 # Override keys that never name a setting: file locations, machine details, the sweep itself.
@@ -619,6 +627,41 @@ def compare(paths: Sequence[str | Path], out_dir: str | Path | None = None) -> d
     runs = load_runs(paths)
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths)
     return write_report(runs, [Path(p) for p in paths], out)
+
+
+SWEEP_TABLE = "sweep_table.txt"
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: print and save the sweep table; optionally the comparison."""
+
+    def __init__(self, compare: bool = False) -> None:
+        self.compare = compare
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            runs = load_runs([sweep_dir])
+        except LeafnetError as err:  # e.g. every job failed before Hydra wrote its config
+            log.warning("sweep report: %s", err)
+            return
+        table = run_table(runs)
+        (sweep_dir / SWEEP_TABLE).write_text(table + "\n")
+        print(f"\nleafnet sweep: {len(runs)} runs in {sweep_dir}\n{table}", flush=True)
+        for run in runs:
+            if run.status != "completed" and run.summary.get("error"):
+                print(f"  {run.path.name}: {run.status}: {run.summary['error']}", flush=True)
+        if not self.compare:
+            return
+        # The runs are done and saved: a failing figure must not turn the sweep into an error.
+        try:
+            files = write_report(runs, [sweep_dir], sweep_dir)
+        except Exception:
+            log.exception(
+                "comparison report failed; run: python -m leafnet.lab.compare dirs=%s", sweep_dir
+            )
+            return
+        print("comparison: " + ", ".join(str(p) for p in files.values()), flush=True)
 
 
 @cli_errors
