@@ -37,7 +37,7 @@ from leafnet.zoo import build_model
 SCHEDULERS = ("none", "cosine", "step", "plateau")
 
 
-def _output_sizes(net: nn.Module, on_cpu: bool) -> list[tuple[int, bool]]:
+def _output_sizes(net: nn.Module, banded: bool) -> list[tuple[int, bool]]:
     """(elements per image, keeps int64 indices) of every layer output training keeps: LeafNet's
     from its table, any other network's from one forward pass at batch 1 (hooks on its leaf
     modules)."""
@@ -46,7 +46,7 @@ def _output_sizes(net: nn.Module, on_cpu: bool) -> list[tuple[int, bool]]:
             (math.prod(d for d in r.output_shape if d is not None), r.kind == "MaxPooling2D")
             for r in net.layer_table()
         ]
-        if on_cpu and net.banded:
+        if banded and net.banded:
             # leafnet.banded: conv1's output exists a band at a time; backward keeps the pooled
             # output and its max-pool indices (and the input, counted by the caller).
             return rows[1:]
@@ -69,34 +69,38 @@ def _output_sizes(net: nn.Module, on_cpu: bool) -> list[tuple[int, bool]]:
     return sizes
 
 
-def activation_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
+def activation_bytes_per_image(net: nn.Module, banded: bool = True) -> int:
     """Training memory one image costs, estimated from the layer shapes.
 
     Forward keeps every layer's float output (the float input too), max-pooling keeps int64
     indices, and backward holds gradients about as large alongside: hence a factor of 2 on the
     sum (an estimate). At 640x640 that is about 154 MiB per image with conv1 whole (a GPU), so
     the default max_memory_gb=6 allows micro-batches of 39, and 55 MiB with conv1 in bands (the
-    CPU, `on_cpu`), where the heap limit in `auto_micro_batch_size` is the lower one.
+    CPU in float32, `banded`), where the heap limit in `auto_micro_batch_size` is the lower one.
     """
     floats = net.in_channels * net.image_size**2
-    for size, pooling in _output_sizes(net, on_cpu):
+    for size, pooling in _output_sizes(net, banded):
         floats += size * (3 if pooling else 1)  # + int64 indices = 2 floats
     return 2 * 4 * floats
 
 
-def freed_at_once_bytes_per_image(net: nn.Module, on_cpu: bool = True) -> int:
+def freed_at_once_bytes_per_image(net: nn.Module, banded: bool = True) -> int:
     """Bytes one image's backward frees in one go, estimated from the layer shapes.
 
     The largest layer output and its gradient, plus a quarter for what is freed with them. At
     640x640 that is conv1's float output (52 MB per image, kept for max-pool's backward) when
     conv1 runs whole, and its pooled output (5.8 MB) when it runs in bands on the CPU.
     """
-    largest = max(size for size, _ in _output_sizes(net, on_cpu))
+    largest = max(size for size, _ in _output_sizes(net, banded))
     return 2 * 4 * largest * 5 // 4
 
 
 def auto_micro_batch_size(
-    net: nn.Module, batch_size: int, max_memory_gb: float, heap_limited: bool = True
+    net: nn.Module,
+    batch_size: int,
+    max_memory_gb: float,
+    heap_limited: bool = True,
+    banded: bool | None = None,
 ) -> int:
     """The largest micro-batch that fits `max_memory_gb` and the heap, at most `batch_size`.
 
@@ -106,9 +110,11 @@ def auto_micro_batch_size(
     buffers in again and runs about twice as slow. Half the limit, because near it some steps
     still trimmed (measured with conv1 whole at 640x640, batch 256: micro-batch 16, 71 ms/image;
     12, 25 ms/image but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps
-    micro-batches at 73 with conv1 in bands, 8 without.
+    micro-batches at 73 with conv1 in bands, 8 without. `banded` (default: `heap_limited`) says
+    whether LeafNet's conv1 runs in bands: on the CPU in float32 (`LeafNet._banded_now`).
     """
-    per_image = activation_bytes_per_image(net, on_cpu=heap_limited)
+    banded = heap_limited if banded is None else banded
+    per_image = activation_bytes_per_image(net, banded)
     fits = int(max_memory_gb * 2**30 // per_image)
     if fits < 1:
         raise LeafnetError(
@@ -118,7 +124,7 @@ def auto_micro_batch_size(
         )
     if not heap_limited:
         return min(batch_size, fits)
-    kept = max(1, HEAP_KEEP_BYTES // (2 * freed_at_once_bytes_per_image(net, on_cpu=True)))
+    kept = max(1, HEAP_KEEP_BYTES // (2 * freed_at_once_bytes_per_image(net, banded)))
     return min(batch_size, fits, kept)
 
 
@@ -214,8 +220,13 @@ class LeafClassifier(pl.LightningModule):
         micro = cfg.get("micro_batch_size")
         if micro in ("auto", None):
             on_cpu = runs_on_cpu(str(cfg.get("trainer", {}).get("accelerator", "auto")))
+            mixed = "mixed" in str(cfg.get("precision", "32-true"))  # autocast: conv1 unbanded
             micro = auto_micro_batch_size(
-                build_model(model), batch_size, cfg["max_memory_gb"], heap_limited=on_cpu
+                build_model(model),
+                batch_size,
+                cfg["max_memory_gb"],
+                heap_limited=on_cpu,
+                banded=on_cpu and not mixed,
             )
         return cls(
             model=model,

@@ -14,6 +14,7 @@ Contenders:
   leafnet              the real thing: `LeafClassifier` fitted by Lightning's Trainer from the
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)
+  leafnet+bf16         the same at precision=bf16-mixed (fast on CPUs with AMX, e.g. Sapphire Rapids)
   torch[+opts]         a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
                        allocator/threads), +cl (channels_last), +compile (torch.compile),
                        +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch)
@@ -448,6 +449,14 @@ def worker(name: str, a: dict[str, Any]) -> dict[str, Any]:
     """Run one contender (or one side measurement) in this process; returns its raw figures."""
     if name == "leafnet":
         out = _work_leafnet(a)
+    elif name == "leafnet+bf16":  # precision=bf16-mixed: conv1 layer by layer, its own micro-batch
+        micro = a["micro"]
+        if not a["micro_fixed"]:
+            micro = _auto_micro_batch(a["image_size"], a["batch"], a["accelerator"], "bf16-mixed")
+        out = {
+            **_work_leafnet({**a, "precision": "bf16-mixed", "micro": micro}),
+            "micro_batch": micro,
+        }
     elif name.split("+")[0] == "torch":
         out = _work_torch(a, set(name.split("+")[1:]))
     elif name in KERAS_BACKENDS:
@@ -485,7 +494,9 @@ def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
     return json.loads(lines[-1][len("BENCH_RESULT ") :])
 
 
-def _auto_micro_batch(image_size: int, batch: int, accelerator: str) -> int:
+def _auto_micro_batch(
+    image_size: int, batch: int, accelerator: str, precision: str = "32-true"
+) -> int:
     """The micro-batch `python -m leafnet.train` picks here (micro_batch_size=auto)."""
     from leafnet.config import compose
     from leafnet.model import LeafNet
@@ -493,8 +504,13 @@ def _auto_micro_batch(image_size: int, batch: int, accelerator: str) -> int:
     from leafnet.perf import runs_on_cpu
 
     max_memory_gb = float(compose("train", []).max_memory_gb)
+    on_cpu = runs_on_cpu(accelerator)
     return auto_micro_batch_size(
-        LeafNet(image_size), batch, max_memory_gb, heap_limited=runs_on_cpu(accelerator)
+        LeafNet(image_size),
+        batch,
+        max_memory_gb,
+        heap_limited=on_cpu,
+        banded=on_cpu and "mixed" not in precision,
     )
 
 
@@ -527,14 +543,14 @@ def _contender_names(value: Any) -> list[str]:
     for c in names:
         base, *options = c.split("+")
         known = (
-            c == "leafnet"
+            c in ("leafnet", "leafnet+bf16")
             or c in KERAS_BACKENDS
             or (base == "torch" and set(options) <= torch_options)
         )
         if not known:
             raise LeafnetError(
-                f"contenders: {c!r} is unknown; use leafnet, torch[+tuned][+cl][+compile][+unbanded] or "
-                + ", ".join(KERAS_BACKENDS)
+                f"contenders: {c!r} is unknown; use leafnet, leafnet+bf16, "
+                "torch[+tuned][+cl][+compile][+unbanded] or " + ", ".join(KERAS_BACKENDS)
             )
     return names
 
@@ -584,7 +600,9 @@ def run_bench(cfg: Any) -> dict[str, Any]:
     contenders = [c for c in contenders if c not in skipped]
     if cfg.accelerator == "gpu" and not torch.cuda.is_available():
         raise LeafnetError("accelerator=gpu: no CUDA GPU is visible here; use accelerator=cpu")
-    micro = cfg.micro_batch or _auto_micro_batch(cfg.image_size, cfg.batch, cfg.accelerator)
+    micro = cfg.micro_batch or _auto_micro_batch(
+        cfg.image_size, cfg.batch, cfg.accelerator, cfg.precision
+    )
     rounds = max(1, min(cfg.rounds, cfg.steps))
     # Enough images that each worker's warm-up and timed steps are full batches of one epoch
     # (the training split is 70% of the folder): a partial last batch or an epoch boundary
