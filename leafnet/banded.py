@@ -6,10 +6,10 @@ memory and back four times (written by the conv, read by the pool, kept for back
 and scattered into as its gradient), so on a host with little memory bandwidth the step runs at
 that bandwidth, not at the arithmetic's speed. `conv_pool_relu` computes the same function a few
 rows of a few images at a time: each band's conv output is pooled while it is still in cache,
-and backward keeps only the input, the pooled output and max-pool's indices (a quarter of the
-memory). Backward then rebuilds each band's conv-output gradient from those indices, again in
-cache, and accumulates the weight gradient band by band. The CPU micro-batch can grow from 8
-images at 640 px to 73.
+and backward keeps only the input, the pooled output and max-pool's indices (at 640 px 37 MB
+per image instead of 89). Backward then rebuilds each band's conv-output gradient from those
+indices, again in cache, and accumulates the weight gradient band by band. The CPU micro-batch
+can grow from 8 images at 640 px to 73.
 
 The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), pool))` (tested to 1e-5 in outputs
 and gradients, ties included): the same windows meet the same maximum, band edges only split
