@@ -139,6 +139,9 @@ def _popen_train(*args: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal: a suite started in the background (`make test &`) ignores SIGINT,
+        # and a child would inherit that and never see Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
