@@ -100,7 +100,7 @@ def auto_micro_batch_size(
     batch_size: int,
     max_memory_gb: float,
     heap_limited: bool = True,
-    banded: bool | None = None,
+    precision: str = "32-true",
 ) -> int:
     """The largest micro-batch that fits `max_memory_gb` and the heap, at most `batch_size`.
 
@@ -110,10 +110,11 @@ def auto_micro_batch_size(
     buffers in again and runs about twice as slow. Half the limit, because near it some steps
     still trimmed (measured with conv1 whole at 640x640, batch 256: micro-batch 16, 71 ms/image;
     12, 25 ms/image but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps
-    micro-batches at 73 with conv1 in bands, 8 without. `banded` (default: `heap_limited`) says
-    whether LeafNet's conv1 runs in bands: on the CPU in float32 (`LeafNet._banded_now`).
+    micro-batches at 73 with conv1 in bands, 8 without. LeafNet's conv1 runs in bands when it
+    trains on the CPU without autocast (`LeafNet._banded_now`): `heap_limited` and a `precision`
+    that is not mixed.
     """
-    banded = heap_limited if banded is None else banded
+    banded = heap_limited and "mixed" not in precision
     per_image = activation_bytes_per_image(net, banded)
     fits = int(max_memory_gb * 2**30 // per_image)
     if fits < 1:
@@ -220,13 +221,12 @@ class LeafClassifier(pl.LightningModule):
         micro = cfg.get("micro_batch_size")
         if micro in ("auto", None):
             on_cpu = runs_on_cpu(str(cfg.get("trainer", {}).get("accelerator", "auto")))
-            mixed = "mixed" in str(cfg.get("precision", "32-true"))  # autocast: conv1 unbanded
             micro = auto_micro_batch_size(
                 build_model(model),
                 batch_size,
                 cfg["max_memory_gb"],
                 heap_limited=on_cpu,
-                banded=on_cpu and not mixed,
+                precision=str(cfg.get("precision", "32-true")),
             )
         return cls(
             model=model,

@@ -30,12 +30,12 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow  # a benchmark run, ~45 s on 2 cores
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
-    result = bench(
-        tmp_path,
+    args = (
         *("image_size=32", "batch=4", "steps=2", "warmup=1", "rounds=2"),
         *("contenders=[leafnet,torch+tuned+cl]", "profile=true"),
         *("predict_images=8", "predict_batch=4"),
     )
+    result = bench(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = list((tmp_path / "outputs" / "bench").glob("*.json"))
     assert len(reports) == 1
@@ -65,6 +65,8 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert f"| leafnet | {leafnet['ms_per_image']:.1f} |" in result.stdout
     assert "| torch+tuned+cl |" in result.stdout
     assert "cpu, leafnet precision 32-true" in result.stdout
+    assert "predict, JPEG decode included, 8 files: leafnet" in result.stdout
+    assert report["command"] == "python -m leafnet.lab.bench " + " ".join(args)
 
 
 def test_bench_refuses_a_gpu_it_does_not_have(
@@ -84,6 +86,7 @@ def test_bench_refuses_a_gpu_it_does_not_have(
         ("image_size=abc", "image_size='abc' is not valid: use an integer from 6 to 8192"),
         ("precision=8-bit", "use 32-true, 16-mixed or bf16-mixed"),
         ("contenders=[leafnet,tf2]", "contenders: 'tf2' is unknown"),
+        ("data_dir=no/such/folder", "data_dir=no/such/folder is not a folder"),
     ],
 )
 def test_bench_refuses_bad_keys_in_one_line(

@@ -504,13 +504,12 @@ def _auto_micro_batch(
     from leafnet.perf import runs_on_cpu
 
     max_memory_gb = float(compose("train", []).max_memory_gb)
-    on_cpu = runs_on_cpu(accelerator)
     return auto_micro_batch_size(
         LeafNet(image_size),
         batch,
         max_memory_gb,
-        heap_limited=on_cpu,
-        banded=on_cpu and "mixed" not in precision,
+        heap_limited=runs_on_cpu(accelerator),
+        precision=precision,
     )
 
 
@@ -676,7 +675,6 @@ def run_bench(cfg: Any) -> dict[str, Any]:
             extra["data"]["predict_keras"] = _spawn("predict-keras", base, cfg.timeout)
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
-        "command": "python -m leafnet.lab.bench " + " ".join(sys.argv[1:]),
         "machine": {
             "cpu": _cpu_name(),
             "cores": os.cpu_count(),
@@ -768,14 +766,14 @@ def format_table(report: dict[str, Any]) -> str:
             )
             line = (
                 f"predict, JPEG decode included, {pred['predict_images']} files: leafnet "
-                f"{pred['predict_images_per_s']:.1f} images/s"
+                f"{pred['predict_images_per_s']:.1f} images/s (peak RSS {pred['peak_rss_gb']:.2f} GB)"
             )
             keras_pred = data.get("predict_keras", {})
             if "predict_images_per_s" in keras_pred:
                 ratio = pred["predict_images_per_s"] / keras_pred["predict_images_per_s"]
                 line += (
                     f", Keras-TF model.predict on tf.data {keras_pred['predict_images_per_s']:.1f}"
-                    f" images/s ({ratio:.1f}x)"
+                    f" images/s, peak RSS {keras_pred['peak_rss_gb']:.2f} GB (leafnet {ratio:.1f}x)"
                 )
             elif "error" in keras_pred:
                 line += f", Keras: {keras_pred['error'][:80]}"
@@ -807,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg = command_config("lab.bench", argv, conf="bench")
     report = run_bench(cfg)
+    report["command"] = "python -m leafnet.lab.bench " + " ".join(argv)
     report["config"]["requested"] = to_primitive(cfg)
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
