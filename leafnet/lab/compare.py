@@ -41,9 +41,9 @@ from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.runs import find_run_dirs, read_run
 
-# The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
 log = logging.getLogger(__name__)
 
+# The seed's order (SGD, RMSprop, Adagrad, Adam); other optimizers follow alphabetically.
 OPTIMIZER_ORDER = ("sgd", "rmsprop", "adagrad", "adam")
 METRIC_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s")
 # Override keys that never name a setting: file locations, machine details, the sweep itself.
