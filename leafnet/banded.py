@@ -8,8 +8,9 @@ that bandwidth, not at the arithmetic's speed. `conv_pool_relu` computes the sam
 rows of a few images at a time: each band's conv output is pooled while it is still in cache,
 and backward keeps only the input, the pooled output and max-pool's indices (at 640 px 37 MB
 per image instead of 89). Backward then rebuilds each band's conv-output gradient from those
-indices, again in cache, and accumulates the weight gradient band by band. The CPU micro-batch
-can grow from 8 images at 640 px to 73.
+indices, again in cache, and accumulates the weight gradient band by band. Each core works
+through its own share of the bands, one band at a time. The CPU micro-batch can grow from 8
+images at 640 px to 73.
 
 The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), pool))` (tested to 1e-5 in outputs
 and gradients, ties included): the same windows meet the same maximum, band edges only split
@@ -18,17 +19,25 @@ rows between calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# The conv output a band may hold: 4 MiB, 17 pooled rows of one 640 px image. Measured on a
-# 2-core Sapphire Rapids (2 MiB L2 per core), 32 images of 640 px: 32.3 ms/image at 4 MiB,
-# 40.8 at 1 MiB (more, smaller calls), 37.5 with a whole image per band.
-BAND_BYTES = 4 << 20
+T = TypeVar("T")
+Band = tuple[int, int, int, int]
+
+# The conv output a band may hold: 2 MiB, 8 pooled rows of one 640 px image. Measured with one
+# band per core on a 2-core AMD EPYC (512 KiB L2 per core, 8 MiB L3), a bare training step of 32
+# images of 640 px: 81.7 ms/image at 2 MiB, 86.1 at 1 MiB (more calls), 87.0 at 4 MiB.
+BAND_BYTES = 2 << 20
 
 
-def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[tuple[int, int, int, int]]:
+def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[Band]:
     """(first image, end image, first pooled row, end pooled row) of every band: whole rows of
     one image while a row band fits `budget`, several whole images per band once one fits."""
     rows = max(1, min(out_rows, budget // max(row_bytes, 1)))
@@ -38,6 +47,36 @@ def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[tuple[int
         for i in range(0, n, images)
         for r in range(0, out_rows, rows)
     ]
+
+
+@cache
+def _executor(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="leafnet-band")
+
+
+def _per_core(work: Callable[[Sequence[Band]], T], bands: list[Band]) -> list[T]:
+    """work(share) for each core's share of the bands (every k-th band), run side by side, each
+    share on one core with one intra-op thread.
+
+    A band is too small a job to split across cores well: one band per core at a time, each in
+    its own core's cache, measured 65-67 ms/image for this block at 640 px on a 2-core AMD EPYC
+    against 81 with each band's ops split over both cores (and 72 for the plain layers).
+    torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
+    started later begin with: that one is put back."""
+    cores = torch.get_num_threads()
+    threads = min(cores, len(bands))
+    if threads <= 1:
+        return [work(bands)]
+
+    def share(k: int) -> T:
+        torch.set_num_threads(1)
+        with torch.no_grad():  # grad mode is per thread: the worker's would record the ops
+            return work(bands[k::threads])
+
+    try:
+        return list(_executor(threads).map(share, range(threads)))
+    finally:
+        torch.set_num_threads(cores)
 
 
 def _format(x: Tensor) -> torch.memory_format:
@@ -63,13 +102,17 @@ class _ConvPoolReLU(torch.autograd.Function):
         where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
         bands = _bands(n, h // pool, weight.shape[0] * pool * w * x.element_size(), budget)
         k = [pool, pool]
-        for i0, i1, r0, r1 in bands:
-            band = F.conv2d(xp[i0:i1, :, r0 * pool : r1 * pool + 2], weight, bias)
-            # Pooled straight into the output: no per-band result to copy.
-            torch.ops.aten.max_pool2d_with_indices.out(
-                band, k, k, [0, 0], [1, 1], False,
-                out=out[i0:i1, :, r0:r1], indices=where[i0:i1, :, r0:r1],
-            )  # fmt: skip
+
+        def run(share: Sequence[Band]) -> None:
+            for i0, i1, r0, r1 in share:
+                band = F.conv2d(xp[i0:i1, :, r0 * pool : r1 * pool + 2], weight, bias)
+                # Pooled straight into the output: no per-band result to copy.
+                torch.ops.aten.max_pool2d_with_indices.out(
+                    band, k, k, [0, 0], [1, 1], False,
+                    out=out[i0:i1, :, r0:r1], indices=where[i0:i1, :, r0:r1],
+                )  # fmt: skip
+
+        _per_core(run, bands)
         out.relu_()
         ctx.save_for_backward(x, weight, out, where)
         ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt
@@ -83,32 +126,46 @@ class _ConvPoolReLU(torch.autograd.Function):
         grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)  # ReLU's backward, one pass
         # Padded again rather than kept from forward: 5 MB per 640 px image less to hold.
         xp = _padded(x)
-        grad_xp = torch.zeros_like(xp) if need_x else None
-        grad_w = torch.zeros_like(weight)
-        grad_b = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
         w = x.shape[-1]
-        for i0, i1, r0, r1 in ctx.bands:
-            rows = slice(r0 * pool, r1 * pool + 2)
-            # max-pool's backward reads only the shape and layout of its input: an empty band.
-            band = torch.empty(
-                (i1 - i0, weight.shape[0], (r1 - r0) * pool, w),
-                dtype=x.dtype, device=x.device, memory_format=ctx.fmt,
-            )  # fmt: skip
-            gy = torch.ops.aten.max_pool2d_with_indices_backward(
-                grad_out[i0:i1, :, r0:r1], band, k, k, [0, 0], [1, 1], False,
-                where[i0:i1, :, r0:r1],
-            )  # fmt: skip
-            gx, gw, gb = torch.ops.aten.convolution_backward(
-                gy, xp[i0:i1, :, rows], weight, [weight.shape[0]], [1, 1], [0, 0], [1, 1], False,
-                [0, 0], 1, [need_x, need_w, need_b],
-            )  # fmt: skip
-            if need_w:
-                grad_w += gw
-            if need_b:
-                grad_b += gb
-            if need_x:
-                grad_xp[i0:i1, :, rows] += gx  # neighbouring bands share their halo rows
-        grad_x = grad_xp[:, :, 1:-1, 1:-1] if need_x else None
+
+        def run(share: Sequence[Band]) -> tuple[Tensor, Tensor, list[tuple[Band, Tensor]]]:
+            grad_w = torch.zeros_like(weight)
+            grad_b = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
+            grad_x_bands = []
+            for i0, i1, r0, r1 in share:
+                # max-pool's backward reads only the shape and layout of its input: an empty band.
+                band = torch.empty(
+                    (i1 - i0, weight.shape[0], (r1 - r0) * pool, w),
+                    dtype=x.dtype, device=x.device, memory_format=ctx.fmt,
+                )  # fmt: skip
+                gy = torch.ops.aten.max_pool2d_with_indices_backward(
+                    grad_out[i0:i1, :, r0:r1], band, k, k, [0, 0], [1, 1], False,
+                    where[i0:i1, :, r0:r1],
+                )  # fmt: skip
+                gx, gw, gb = torch.ops.aten.convolution_backward(
+                    gy, xp[i0:i1, :, r0 * pool : r1 * pool + 2], weight, [weight.shape[0]],
+                    [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b],
+                )  # fmt: skip
+                if need_w:
+                    grad_w += gw
+                if need_b:
+                    grad_b += gb
+                if need_x:
+                    grad_x_bands.append(((i0, i1, r0, r1), gx))
+            return grad_w, grad_b, grad_x_bands
+
+        # Each core sums its own bands; the shares are added here in a fixed order, so the
+        # result does not depend on which core finished first.
+        shares = _per_core(run, ctx.bands)
+        grad_w = torch.stack([s[0] for s in shares]).sum(0)
+        grad_b = torch.stack([s[1] for s in shares]).sum(0)
+        grad_x = None
+        if need_x:
+            grad_xp = torch.zeros_like(xp)
+            for (i0, i1, r0, r1), gx in (b for s in shares for b in s[2]):
+                # Neighbouring bands share their halo rows: added one by one, never at once.
+                grad_xp[i0:i1, :, r0 * pool : r1 * pool + 2] += gx
+            grad_x = grad_xp[:, :, 1:-1, 1:-1]
         return grad_x, grad_w if need_w else None, grad_b if need_b else None, None, None
 
 

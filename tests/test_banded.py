@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -109,3 +111,30 @@ def test_autocast_runs_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, largest = _saved(net, x)
     assert largest == 2 * 32 * 120 * 120 * 2  # conv1's whole output, in bfloat16
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cores_share_the_bands_and_get_their_thread_count_back(threads: int) -> None:
+    """Each core takes every k-th band: the same numbers with any number of cores (weight
+    gradients summed per core, then added in a fixed order), and threads started afterwards get
+    the caller's intra-op thread count, not the workers' one."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 30, 31, requires_grad=True)
+    w = torch.randn(8, 3, 3, 3, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    grad = torch.randn(3, 8, 10, 10)
+    want = torch.autograd.grad(plain(x, w, b, 3), (x, w, b), grad)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = conv_pool_relu(x, w, b, 3, 8 * 3 * 31 * 4 * 2)  # two pooled rows a band: 15 bands
+        have = torch.autograd.grad(got, (x, w, b), grad)
+        seen: list[int] = []
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert seen == [threads]
+    finally:
+        torch.set_num_threads(before)
+    for h, e in zip(have, want, strict=True):
+        torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-5)
