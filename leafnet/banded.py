@@ -35,6 +35,9 @@ Band = tuple[int, int, int, int]
 # band per core on a 2-core AMD EPYC (512 KiB L2 per core, 8 MiB L3), a bare training step of 32
 # images of 640 px: 81.7 ms/image at 2 MiB, 86.1 at 1 MiB (more calls), 87.0 at 4 MiB.
 BAND_BYTES = 2 << 20
+# One band per core at a time (see _per_core); False: one band at a time over all cores, which the
+# bench's `+serial` option measures against.
+PER_CORE = True
 
 
 def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[Band]:
@@ -64,7 +67,7 @@ def _per_core(work: Callable[[Sequence[Band]], T], bands: list[Band]) -> list[T]
     torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
     started later begin with: that one is put back."""
     cores = torch.get_num_threads()
-    threads = min(cores, len(bands))
+    threads = min(cores, len(bands)) if PER_CORE else 1
     if threads <= 1:
         return [work(bands)]
 

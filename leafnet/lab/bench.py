@@ -17,7 +17,8 @@ Contenders:
   leafnet+bf16         the same at precision=bf16-mixed (fast on CPUs with AMX, e.g. Sapphire Rapids)
   torch[+opts]         a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
                        allocator/threads), +cl (channels_last), +compile (torch.compile),
-                       +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch)
+                       +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch),
+                       +serial (leafnet.banded's bands one at a time over all cores, not one per core)
   keras-tf-fit         the seed's Keras model as its users train it: `model.fit` on
                        `image_dataset_from_directory` over the same JPEG files (TensorFlow)
   keras-tf-fit-numpy   `model.fit` on numpy arrays already in memory (TensorFlow)
@@ -250,6 +251,7 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
+    from leafnet import banded
     from leafnet.model import LeafNet
     from leafnet.perf import allocator_state, physical_cores, tune_process
 
@@ -260,6 +262,8 @@ def _work_torch(a: dict[str, Any], options: set[str]) -> dict[str, Any]:
     device = torch.device("cuda" if a["accelerator"] == "gpu" else "cpu")
     fmt = torch.channels_last if "cl" in options else torch.contiguous_format
     micro = a["micro"] or a["batch"]
+    if "serial" in options:
+        banded.PER_CORE = False
     if "unbanded" in options:  # conv1 layer by layer, as before leafnet.banded
         LeafNet.banded = False
         if not a["micro_fixed"]:
@@ -538,7 +542,7 @@ def _contender_names(value: Any) -> list[str]:
     """`contenders=a,b` or `contenders=[a,b]`, each one the bench knows."""
     names = [str(c).strip() for c in (value.split(",") if isinstance(value, str) else value)]
     names = [c for c in names if c]
-    torch_options = {"tuned", "cl", "compile", "unbanded"}
+    torch_options = {"tuned", "cl", "compile", "unbanded", "serial"}
     for c in names:
         base, *options = c.split("+")
         known = (
@@ -549,7 +553,7 @@ def _contender_names(value: Any) -> list[str]:
         if not known:
             raise LeafnetError(
                 f"contenders: {c!r} is unknown; use leafnet, leafnet+bf16, "
-                "torch[+tuned][+cl][+compile][+unbanded] or " + ", ".join(KERAS_BACKENDS)
+                "torch[+tuned][+cl][+compile][+unbanded][+serial] or " + ", ".join(KERAS_BACKENDS)
             )
     return names
 
