@@ -172,6 +172,9 @@ class _ConvPoolReLU(torch.autograd.Function):
         return grad_x, grad_w if need_w else None, grad_b if need_b else None, None, None
 
 
+# Left to eager mode under torch.compile: a loop over bands handed to worker threads is nothing a
+# compiler can fuse, and tracing into it would rebuild the thread pool.
+@torch.compiler.disable
 def conv_pool_relu(
     x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int | None = None
 ) -> Tensor:

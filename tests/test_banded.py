@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 
 import pytest
 import torch
@@ -138,3 +139,20 @@ def test_cores_share_the_bands_and_get_their_thread_count_back(threads: int) -> 
         torch.set_num_threads(before)
     for h, e in zip(have, want, strict=True):
         torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_leaves_the_bands_to_eager_mode() -> None:
+    """Under torch.compile the banded block runs as it is (no tracing into its worker threads, no
+    warning from the compiler) and trains to the same gradients."""
+    torch.manual_seed(0)
+    net = LeafNet(image_size=96).to(memory_format=torch.channels_last).train()
+    x = torch.rand(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1, 2, 1])
+    _, eager = _train_step(net, x, y)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, compiled = _train_step(torch.compile(net), x, y)  # type: ignore[arg-type]
+    assert not [w for w in seen if "banded.py" in str(w.message)]
+    for name, grad in eager.items():
+        torch.testing.assert_close(compiled["_orig_mod." + name], grad, msg=name)
