@@ -33,7 +33,8 @@ Band = tuple[int, int, int, int]
 
 # The conv output a band may hold: 2 MiB, 8 pooled rows of one 640 px image. Measured with one
 # band per core on a 2-core AMD EPYC (512 KiB L2 per core, 8 MiB L3), a bare training step of 32
-# images of 640 px: 81.7 ms/image at 2 MiB, 86.1 at 1 MiB (more calls), 87.0 at 4 MiB.
+# images of 640 px, each budget one step in turn: 81.7 ms/image at 2 MiB, 86.1 at 1 MiB (more
+# calls), 87.0 at 4 MiB; a second, busier run put 1.5, 2 and 3 MiB within 1.5% of each other.
 BAND_BYTES = 2 << 20
 # One band per core at a time (see _per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
