@@ -8,11 +8,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from fixtures_cli import run_error
 
 from leafnet.errors import LeafnetError
 from leafnet.lab.compare import (
@@ -178,19 +177,14 @@ def test_wide_range_picks_log_scale() -> None:
     assert not wide_range([])
 
 
-def test_missing_directory_is_one_line_error(tmp_path: Path) -> None:
+def test_missing_directory_is_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(LeafnetError, match="is not a directory"):
         find_run_dirs([tmp_path / "nope"])
     with pytest.raises(LeafnetError, match="no runs under"):
         compare([tmp_path])
-    proc = subprocess.run(
-        [sys.executable, "-m", "leafnet.lab.compare", f"dirs={tmp_path / 'nope'}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "is not a directory" in proc.stderr
+    assert "is not a directory" in run_error(capsys, [f"dirs={tmp_path / 'nope'}"], main)
 
 
 def test_cli_writes_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from fixtures_runs import tiny_args, train_cli
+from fixtures_runs import tiny_args, train_main
 
 from leafnet.config import compose
 from leafnet.errors import LeafnetError
@@ -51,7 +51,7 @@ def test_resume_never_builds_what_the_runs_config_names(sent_run: Path, tmp_path
         + f"evil:\n  _target_: builtins.open\n  file: {planted}\n  mode: w\n"
         + f"callbacks_evil:\n  _target_: pathlib.Path.touch\n  self: {planted}\n"
     )
-    result = train_cli(f"resume={sent_run}", "epochs=5")
+    result = train_main(f"resume={sent_run}", "epochs=5")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not planted.exists()
     assert json.loads((sent_run / "summary.json").read_text())["epochs_completed"] == 5
@@ -73,7 +73,7 @@ def test_a_new_run_never_replaces_a_finished_one(sent_run: Path, tiny_train_imag
     before = {p: digest(p) for p in sent_run.rglob("*") if p.is_file()}
     old_log = (sent_run / "train.log").read_text()
     line = one_error_line(
-        train_cli(*tiny_args(tiny_train_images, sent_run.parent), f"hydra.run.dir={sent_run}")
+        train_main(*tiny_args(tiny_train_images, sent_run.parent), f"hydra.run.dir={sent_run}")
     )
     assert "already holds a run" in line and f"resume={sent_run}" in line
     log = sent_run / "train.log"
@@ -171,8 +171,8 @@ class InterruptMidEpoch(pl.Callback):
 def interrupted_then_resumed(
     overrides: list[str], run_dir: Path, monkeypatch: pytest.MonkeyPatch, *resume_args: str
 ) -> dict[str, torch.Tensor]:
-    """Train in-process until Ctrl-C inside epoch 2, then `python -m leafnet.train resume=`;
-    the resumed run's final weights."""
+    """Train until Ctrl-C inside epoch 2, then `leafnet.train resume=`; the resumed run's final
+    weights."""
     monkeypatch.setattr(sys.modules[__name__], "_INTERRUPT", InterruptMidEpoch(1, 1), raising=False)
     hook = f"+callbacks.interrupt._target_={__name__}.interrupt_at_test"
     with pytest.raises(KeyboardInterrupt):
@@ -183,7 +183,7 @@ def interrupted_then_resumed(
     # What Hydra writes for a run started from the command line (the hook was not one of them).
     (run_dir / ".hydra").mkdir()
     (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    result = train_cli(f"resume={run_dir}", *resume_args)
+    result = train_main(f"resume={run_dir}", *resume_args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (ckpts / "epoch_end.ckpt").exists()
     times = [float(row.split(",")[7]) for row in (run_dir / "metrics.csv").read_text().split()[1:]]
@@ -224,5 +224,5 @@ def test_augmented_run_with_workers_resumes_exactly_with_other_workers(
 
 def test_a_run_directory_hydra_cannot_create_gets_one_line(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("")
-    line = one_error_line(train_cli(f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"))
+    line = one_error_line(train_main(f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"))
     assert "cannot be created" in line and "a_file" in line

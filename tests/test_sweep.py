@@ -1,4 +1,4 @@
-"""Sweeps end to end: `python -m leafnet.train -m ...` in a subprocess on tiny images (32 px,
+"""Sweeps end to end: `leafnet.train -m ...` (in this process) on tiny images (32 px,
 1-2 epochs), the sweep table, experiment=lr_study, the joblib launcher and the Optuna sweeper."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_runs import REPO, tiny_args, train_cli
+from fixtures_runs import REPO, tiny_args, train_cli, train_main
 
 from leafnet.config import CONFIG_DIR
 from leafnet.lab.compare import main as compare_main
@@ -92,7 +92,7 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
 ) -> None:
     # experiment=lr_study is a sweep by itself; the command line narrows it to 3 runs: SGD at
     # lr=1e3 diverges, lr=-1 fails (a bad value), lr=0.01 completes: the sweep goes on past both.
-    result = train_cli(
+    result = train_main(
         "experiment=lr_study",
         "optimizer=sgd",
         "lr=1e3,-1,0.01",
@@ -142,7 +142,7 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
 
     # A study job resumes on its own split (its config's split file names the sweep directory).
     job = next(run for run in run_dirs(sweep) if "lr=0.01" in run.name)
-    resumed = train_cli(f"resume='{job}'", "epochs=3")  # quoted: the name holds = and ,
+    resumed = train_main(f"resume='{job}'", "epochs=3")  # quoted: the name holds = and ,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((job / "summary.json").read_text())["epochs_completed"] == 3
     assert (job / "split.csv").read_text() == shared

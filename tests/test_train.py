@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_browser import chromium, needs_chromium
-from fixtures_runs import REPO, tiny_args, train_cli
+from fixtures_runs import REPO, tiny_args, train_cli, train_main
 
 import leafnet.errors
 import leafnet.train  # (also: TensorBoard without TensorFlow, see leafnet/train.py)
@@ -90,7 +90,7 @@ def test_tensorboard_has_hparams_with_final_metrics_and_images(tiny_run: Path) -
 
 def test_divergence_ends_cleanly(tmp_path: Path, tiny_train_images: Path) -> None:
     run_dir = tmp_path / "run"
-    result = train_cli(
+    result = train_main(
         *tiny_args(tiny_train_images, tmp_path, "optimizer=sgd", "lr=1e3", "epochs=2"),
         f"hydra.run.dir={run_dir}",
     )
@@ -103,7 +103,8 @@ def test_divergence_ends_cleanly(tmp_path: Path, tiny_train_images: Path) -> Non
 
 
 def test_a_bad_value_exits_2_with_one_line(tmp_path: Path) -> None:
-    # The CLI's side of the schema (every key's cases: test_bad_input.py, in-process).
+    # The CLI's side of the schema, in a process of its own: what the interpreter exits with
+    # (every key's cases: test_bad_input.py, in-process).
     override, expected = "data.synthetic=no", "data.synthetic"
     result = train_cli(f"paths.output_dir={tmp_path}", "trainer=cpu", override)
     assert result.returncode == 2
@@ -112,7 +113,7 @@ def test_a_bad_value_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_bad_optimizer_lists_the_options(tmp_path: Path) -> None:
-    result = train_cli(f"paths.output_dir={tmp_path}", "optimizer=adamw")
+    result = train_main(f"paths.output_dir={tmp_path}", "optimizer=adamw")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Available options in 'optimizer'" in result.stderr
     for name in ("adagrad", "adam", "rmsprop", "sgd"):
@@ -160,7 +161,7 @@ def test_resume_after_sigkill_gives_the_same_weights(
     assert not (run_dir / "summary.json").exists()  # killed mid-run
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["epoch"] < 4
 
-    result = train_cli(f"resume={run_dir}")
+    result = train_main(f"resume={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert summary(run_dir)["status"] == "completed" and summary(run_dir)["epochs_completed"] == 4
     assert (run_dir / ".hydra" / "config.yaml").read_text() == (
@@ -172,7 +173,12 @@ def test_resume_after_sigkill_gives_the_same_weights(
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# Ctrl-C in a process of its own runs with -m slow: SIGTERM goes through leafnet's handler, and
+# the in-process interruption tests (test_reliability.py) cover what Ctrl-C leaves behind.
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],
+)
 def test_ctrl_c_or_sigterm_saves_last_and_ends_interrupted(
     tmp_path: Path, tiny_train_images: Path, sig: signal.Signals, code: int
 ) -> None:
