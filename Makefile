@@ -19,13 +19,15 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m leafnet.train $(ARGS)
 
-## The default test suite (everything not marked slow), on the CPU.
+## The default test suite (everything not marked slow), on the CPU, in one pytest-xdist worker per
+## CPU (WORKERS=0: in this process). Most tests wait on one core; two workers halve a 2-core run.
+WORKERS ?= auto
 test: $(STAMP)
-	KERAS_BACKEND=torch $(PY) -m pytest $(ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -n $(WORKERS) $(ARGS)
 
 ## Every test, the slow ones included.
 test-all: $(STAMP)
-	KERAS_BACKEND=torch $(PY) -m pytest -m '' $(ARGS)
+	KERAS_BACKEND=torch $(PY) -m pytest -n $(WORKERS) -m '' $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

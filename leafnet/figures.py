@@ -33,33 +33,52 @@ def _plt() -> Any:
     return plt
 
 
-def _grid(n: int) -> tuple[int, int]:
-    cols = math.ceil(math.sqrt(n))
-    return math.ceil(n / cols), cols
+TILE_PX = 64  # small panels (a 3x3 kernel, a 10x10 map) are enlarged to about this, pixel by pixel
+LABEL_PX = 14  # the gap between panels, where each panel's label goes
+
+
+def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> Figure:
+    """RGB panels `tiles` [N, 3, h, w] in [0, 1] laid out as one image (torchvision's make_grid)
+    in one axes, each labelled above: one axes per panel made an explain take 4-7 s on a 2-core
+    host, nearly all of it matplotlib drawing 32-64 axes."""
+    from torchvision.utils import make_grid
+
+    plt = _plt()
+    n, _, h, w = tiles.shape
+    scale = max(1, math.ceil(TILE_PX / max(h, w)))
+    tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    cols = math.ceil(math.sqrt(n))  # a square, or nearly
+    grid = make_grid(tiles, nrow=cols, padding=LABEL_PX, pad_value=1.0)
+    width = inches * cols  # the height follows the mosaic's shape, plus room for the title
+    fig, ax = plt.subplots(
+        figsize=(width, width * grid.shape[1] / grid.shape[2] + 0.5), layout="constrained"
+    )
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    cell_h, cell_w = h * scale + LABEL_PX, w * scale + LABEL_PX
+    for i, label in enumerate(labels):
+        row, col = divmod(i, cols)
+        x = col * cell_w + LABEL_PX + w * scale / 2
+        ax.text(x, row * cell_h + LABEL_PX - 2, label, ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def _scaled(t: Tensor) -> Tensor:
+    """Each panel (first dimension) stretched to [0, 1] on its own."""
+    dims = tuple(range(1, t.dim()))
+    lo, hi = t.amin(dim=dims, keepdim=True), t.amax(dim=dims, keepdim=True)
+    return (t - lo) / (hi - lo).clamp_min(1e-12)
 
 
 def filters_figure(net: nn.Module) -> Figure:
     """The first conv layer's kernels as tiny RGB images, each stretched to [0, 1]."""
-    plt = _plt()
     name, conv = next(iter(net.feature_layers.items()))
-    w = conv.weight.detach().float().cpu()  # [out, in, kh, kw]
-    lo = w.amin(dim=(1, 2, 3), keepdim=True)
-    hi = w.amax(dim=(1, 2, 3), keepdim=True)
-    w = (w - lo) / (hi - lo).clamp_min(1e-12)
-    rows, cols = _grid(len(w))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols, 1.2 * rows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(w):
-            kernel = w[i].permute(1, 2, 0) if w.shape[1] == 3 else w[i].mean(0)
-            ax.imshow(
-                kernel.numpy(), interpolation="nearest", cmap=None if w.shape[1] == 3 else "gray"
-            )
-            ax.set_title(str(i), fontsize=7)
-    fig.suptitle(
-        f"{name}: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
-    )
-    return fig
+    w = _scaled(conv.weight.detach().float().cpu())  # [out, in, kh, kw]
+    if w.shape[1] != 3:  # not an RGB input: the kernels' mean over inputs, in grey
+        w = w.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    title = f"{name}: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
+    return _mosaic(w, [str(i) for i in range(len(w))], title, inches=1.1)
 
 
 def feature_maps(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -85,22 +104,18 @@ MAX_PANELS = 32  # LeafNet's layers have 32 and 16 channels; a deep model's last
 
 def feature_maps_figure(name: str, maps: Tensor) -> Figure:
     """One panel per channel (at most MAX_PANELS: the most active ones), each with its own colour
-    scale (viridis), titled with its channel index."""
-    plt = _plt()
+    scale (viridis), labelled with its channel index."""
+    from matplotlib import colormaps
+
     c, h, w = maps.shape
     channels = torch.arange(c)
     if c > MAX_PANELS:
         channels = maps.float().mean(dim=(1, 2)).topk(MAX_PANELS).indices.sort().values
-    rows, cols = _grid(len(channels))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.6 * rows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(channels):
-            ax.imshow(maps[channels[i]].float().numpy(), cmap="viridis")
-            ax.set_title(str(int(channels[i])), fontsize=7)
+    coloured = colormaps["viridis"](_scaled(maps[channels].float()).numpy())[..., :3]
+    tiles = torch.from_numpy(coloured).permute(0, 3, 1, 2).float()  # [N, 3, h, w]
     shown = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
-    fig.suptitle(f"{name}: {shown} feature maps of {h}x{w} (after ReLU)")
-    return fig
+    title = f"{name}: {shown} feature maps of {h}x{w} (after ReLU)"
+    return _mosaic(tiles, [str(int(i)) for i in channels], title, inches=1.5)
 
 
 def gradcam(net: nn.Module, x: Tensor, target: int | None = None) -> tuple[Tensor, int, Tensor]:

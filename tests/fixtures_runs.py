@@ -13,13 +13,16 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,6 +88,9 @@ def train_main(*args: str) -> subprocess.CompletedProcess:
     code: int | str | None = 0
     with (
         mock.patch.object(sys, "argv", ["leafnet.train", *args]),
+        # Hydra configures logging with dictConfig, which closes every handler in the process
+        # (pytest's own among them) before adding its own; a new process has none to close.
+        mock.patch("logging.config._clearExistingHandlers", lambda: None),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
@@ -102,17 +108,37 @@ def train_main(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(args, returncode, out.getvalue(), err.getvalue())
 
 
+def _made_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """`make(folder)` once per test session, even when pytest-xdist runs it in several worker
+    processes (each has its own session): the first worker makes it, the others wait and reuse
+    it (the recipe in pytest-xdist's documentation)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that failed half-way
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_train_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 classes x 12 JPEGs of 40x40, written once per session."""
-    return write_tiny_images(tmp_path_factory.mktemp("tiny_images"))
+    return _made_once(tmp_path_factory, "tiny_images", write_tiny_images)
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_train_images: Path) -> Path:
     """A finished tiny run directory (checkpoints, metrics.csv, summary.json, TensorBoard...)."""
-    out = tmp_path_factory.mktemp("tiny_run")
-    run_dir = out / "run"
-    result = train_cli(*tiny_args(tiny_train_images, out), f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+
+    def make(out: Path) -> None:
+        result = train_cli(*tiny_args(tiny_train_images, out), f"hydra.run.dir={out / 'run'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return _made_once(tmp_path_factory, "tiny_run", make) / "run"

@@ -56,19 +56,14 @@ def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
     where = run(installed, tmp_path, "-c", "import leafnet.config as c; print(c.CONFIG_DIR)")
     assert where.stdout.strip() == str(installed / "leafnet" / "conf"), where.stderr
 
+    # The console script, as a user types it (its predict runs in the process below).
     trained = run(
-        installed, tmp_path, "-m", "leafnet.train", "data=folder", f"data.dir={tiny_train_images}",
-        "data.image_size=32", "epochs=1", "batch_size=8", "trainer=cpu", "hydra.run.dir=run",
+        installed, tmp_path, str(installed / "bin" / "leafnet"), "train", "data=folder",
+        f"data.dir={tiny_train_images}", "data.image_size=32", "epochs=1", "batch_size=8",
+        "trainer=cpu", "hydra.run.dir=run",
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()  # relative to the cwd
-
-    script = run(
-        installed, tmp_path, str(installed / "bin" / "leafnet"), "predict", "ckpt=run",
-        f"input={tiny_train_images}", "output=preds.csv",
-    )  # fmt: skip
-    assert script.returncode == 0, script.stderr[-3000:]
-    assert len((tmp_path / "preds.csv").read_text().splitlines()) == 37
 
     helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
     assert "predict" in helped.stdout and "import-keras" in helped.stdout
@@ -77,8 +72,9 @@ def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
     others = f"""
 import leafnet, sys
 assert leafnet.__file__.startswith({str(installed)!r}), leafnet.__file__
-from leafnet import evaluate, explain, export, summary
+from leafnet import evaluate, explain, export, predict, summary
 from leafnet.lab import compare
+predict.main(["ckpt=run", "input={tiny_train_images}", "output=preds.csv"])
 evaluate.main(["ckpt=run", "data.dir={tiny_train_images}", "out=evaluation"])
 export.main(["ckpt=run", "format=torchscript", "output=model.pt"])
 explain.main(["ckpt=run", "input={next(tiny_train_images.rglob("*.jpg"))}", "out=explained"])
@@ -87,6 +83,7 @@ compare.main(["dirs=run", "out=report"])
 """
     done = run(installed, tmp_path, "-c", others)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert len((tmp_path / "preds.csv").read_text().splitlines()) == 37
     for name in (
         "evaluation/metrics.json",
         "model.pt",

@@ -103,10 +103,9 @@ def test_divergence_ends_cleanly(tmp_path: Path, tiny_train_images: Path) -> Non
 
 
 def test_a_bad_value_exits_2_with_one_line(tmp_path: Path) -> None:
-    # The CLI's side of the schema, in a process of its own: what the interpreter exits with
-    # (every key's cases: test_bad_input.py, in-process).
+    # The command's side of the schema, through Hydra (every key's cases: test_bad_input.py).
     override, expected = "data.synthetic=no", "data.synthetic"
-    result = train_cli(f"paths.output_dir={tmp_path}", "trainer=cpu", override)
+    result = train_main(f"paths.output_dir={tmp_path}", "trainer=cpu", override)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("leafnet: error")
     assert expected in result.stderr and "Traceback" not in result.stderr
