@@ -286,6 +286,9 @@ def test_mlflow_logs_each_epoch_the_knobs_and_the_checkpoints(
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))  # TensorBoard beside it
 
 
+# -m slow: a TensorBoard server and a browser, 20 s on a 2-core host; the default suite reads the
+# same hparams from the event files (test_tensorboard_has_hparams_with_final_metrics_and_images).
+@pytest.mark.slow
 @needs_chromium
 def test_tensorboard_hparams_view_lists_each_run_with_its_final_metrics(
     tmp_path: Path, tiny_train_images: Path
