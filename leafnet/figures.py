@@ -34,7 +34,7 @@ def _plt() -> Any:
 
 
 TILE_PX = 64  # small panels (a 3x3 kernel, a 10x10 map) are enlarged to about this, pixel by pixel
-LABEL_PX = 14  # the gap between panels, where each panel's label goes
+GAP = 0.2  # the gap between panels, where each panel's label goes, as a fraction of a panel
 
 
 def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> Figure:
@@ -48,18 +48,22 @@ def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> 
     scale = max(1, math.ceil(TILE_PX / max(h, w)))
     tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     cols = math.ceil(math.sqrt(n))  # a square, or nearly
-    grid = make_grid(tiles, nrow=cols, padding=LABEL_PX, pad_value=1.0)
+    gap = max(2, round(GAP * max(h, w) * scale))
+    grid = make_grid(tiles, nrow=cols, padding=gap, pad_value=1.0)
     width = inches * cols  # the height follows the mosaic's shape, plus room for the title
     fig, ax = plt.subplots(
         figsize=(width, width * grid.shape[1] / grid.shape[2] + 0.5), layout="constrained"
     )
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    # Enlarged panels keep their pixels sharp; large ones (a 213x213 map) are drawn smaller than
+    # they are and need matplotlib's antialiasing.
+    interpolation = "nearest" if scale > 1 else "antialiased"
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation=interpolation)
     ax.axis("off")
-    cell_h, cell_w = h * scale + LABEL_PX, w * scale + LABEL_PX
+    cell_h, cell_w = h * scale + gap, w * scale + gap
     for i, label in enumerate(labels):
         row, col = divmod(i, cols)
-        x = col * cell_w + LABEL_PX + w * scale / 2
-        ax.text(x, row * cell_h + LABEL_PX - 2, label, ha="center", va="bottom", fontsize=7)
+        x = col * cell_w + gap + w * scale / 2
+        ax.text(x, row * cell_h + 0.9 * gap, label, ha="center", va="bottom", fontsize=7)
     fig.suptitle(title)
     return fig
 
