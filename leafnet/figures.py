@@ -38,7 +38,7 @@ GAP = 0.2  # the gap between panels, where each panel's label goes, as a fractio
 
 
 def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> Figure:
-    """RGB panels `tiles` [N, 3, h, w] in [0, 1] laid out as one image (torchvision's make_grid)
+    """RGB panels `tiles` [N, 3, h, w] (uint8) laid out as one image (torchvision's make_grid)
     in one axes, each labelled above: one axes per panel made an explain take 4-7 s on a 2-core
     host, nearly all of it matplotlib drawing 32-64 axes."""
     from torchvision.utils import make_grid
@@ -49,7 +49,7 @@ def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> 
     tiles = tiles.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     cols = math.ceil(math.sqrt(n))  # a square, or nearly
     gap = max(2, round(GAP * max(h, w) * scale))
-    grid = make_grid(tiles, nrow=cols, padding=gap, pad_value=1.0)
+    grid = make_grid(tiles, nrow=cols, padding=gap, pad_value=255)
     width = inches * cols  # the height follows the mosaic's shape, plus room for the title
     fig, ax = plt.subplots(
         figsize=(width, width * grid.shape[1] / grid.shape[2] + 0.5), layout="constrained"
@@ -78,11 +78,12 @@ def _scaled(t: Tensor) -> Tensor:
 def filters_figure(net: nn.Module) -> Figure:
     """The first conv layer's kernels as tiny RGB images, each stretched to [0, 1]."""
     name, conv = next(iter(net.feature_layers.items()))
-    w = _scaled(conv.weight.detach().float().cpu())  # [out, in, kh, kw]
+    w = conv.weight.detach().float().cpu()  # [out, in, kh, kw]
     if w.shape[1] != 3:  # not an RGB input: the kernels' mean over inputs, in grey
         w = w.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    tiles = (_scaled(w) * 255).round().to(torch.uint8)
     title = f"{name}: {len(w)} filters of {tuple(w.shape[2:])} (RGB, each scaled to its range)"
-    return _mosaic(w, [str(i) for i in range(len(w))], title, inches=1.1)
+    return _mosaic(tiles, [str(i) for i in range(len(w))], title, inches=1.1)
 
 
 def feature_maps(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -115,8 +116,9 @@ def feature_maps_figure(name: str, maps: Tensor) -> Figure:
     channels = torch.arange(c)
     if c > MAX_PANELS:
         channels = maps.float().mean(dim=(1, 2)).topk(MAX_PANELS).indices.sort().values
-    coloured = colormaps["viridis"](_scaled(maps[channels].float()).numpy())[..., :3]
-    tiles = torch.from_numpy(coloured).permute(0, 3, 1, 2).float()  # [N, 3, h, w]
+    # As uint8 (bytes=True): 32 maps of 640x640 in float64 RGBA would take 420 MB.
+    coloured = colormaps["viridis"](_scaled(maps[channels].float()).numpy(), bytes=True)
+    tiles = torch.from_numpy(coloured[..., :3]).permute(0, 3, 1, 2)  # [N, 3, h, w] uint8
     shown = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
     title = f"{name}: {shown} feature maps of {h}x{w} (after ReLU)"
     return _mosaic(tiles, [str(int(i)) for i in channels], title, inches=1.5)
