@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from leafnet.errors import LeafnetError
@@ -34,6 +35,9 @@ def _plt() -> Any:
 
 
 TILE_PX = 64  # small panels (a 3x3 kernel, a 10x10 map) are enlarged to about this, pixel by pixel
+# Large maps are averaged down to about this first: drawn at about 150 pixels each, 32 maps of
+# 640x640 in one image took matplotlib 6-8 s to resample and save on a 2-core host.
+MAP_PX = 160
 GAP = 0.2  # the gap between panels, where each panel's label goes, as a fraction of a panel
 
 
@@ -54,8 +58,8 @@ def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> 
     fig, ax = plt.subplots(
         figsize=(width, width * grid.shape[1] / grid.shape[2] + 0.5), layout="constrained"
     )
-    # Enlarged panels keep their pixels sharp; large ones (a 213x213 map) are drawn smaller than
-    # they are and need matplotlib's antialiasing.
+    # Enlarged panels keep their pixels sharp; others may be drawn a little smaller than they are
+    # and need matplotlib's antialiasing.
     interpolation = "nearest" if scale > 1 else "antialiased"
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation=interpolation)
     ax.axis("off")
@@ -116,8 +120,12 @@ def feature_maps_figure(name: str, maps: Tensor) -> Figure:
     channels = torch.arange(c)
     if c > MAX_PANELS:
         channels = maps.float().mean(dim=(1, 2)).topk(MAX_PANELS).indices.sort().values
+    shown = maps[channels].float()
+    if max(h, w) > MAP_PX:
+        size = (max(1, h * MAP_PX // max(h, w)), max(1, w * MAP_PX // max(h, w)))
+        shown = F.interpolate(shown.unsqueeze(1), size=size, mode="area").squeeze(1)
     # As uint8 (bytes=True): 32 maps of 640x640 in float64 RGBA would take 420 MB.
-    coloured = colormaps["viridis"](_scaled(maps[channels].float()).numpy(), bytes=True)
+    coloured = colormaps["viridis"](_scaled(shown).numpy(), bytes=True)
     tiles = torch.from_numpy(coloured[..., :3]).permute(0, 3, 1, 2)  # [N, 3, h, w] uint8
     shown = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
     title = f"{name}: {shown} feature maps of {h}x{w} (after ReLU)"
