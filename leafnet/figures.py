@@ -158,12 +158,14 @@ def gradcam_figure(image: Tensor, cam: Tensor, title: str) -> Figure:
     plt = _plt()
     img = image.detach().float().cpu()
     img = ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)).permute(1, 2, 0).numpy()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.6), layout="constrained")
+    # The title over both panels: with a long class name it ran into the left panel's.
+    fig.suptitle(title, fontsize=10)
     left.imshow(img)
     left.set_title("input (as the network sees it)", fontsize=9)
     right.imshow(img)
     right.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    right.set_title(title, fontsize=9)
+    right.set_title("Grad-CAM heatmap over it", fontsize=9)
     for ax in (left, right):
         ax.axis("off")
     return fig
