@@ -127,8 +127,8 @@ def feature_maps_figure(name: str, maps: Tensor) -> Figure:
     # As uint8 (bytes=True): 32 maps of 640x640 in float64 RGBA would take 420 MB.
     coloured = colormaps["viridis"](_scaled(shown).numpy(), bytes=True)
     tiles = torch.from_numpy(coloured[..., :3]).permute(0, 3, 1, 2)  # [N, 3, h, w] uint8
-    shown = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
-    title = f"{name}: {shown} feature maps of {h}x{w} (after ReLU)"
+    which = f"the {len(channels)} most active of {c}" if c > MAX_PANELS else str(c)
+    title = f"{name}: {which} feature maps of {h}x{w} (after ReLU)"
     return _mosaic(tiles, [str(int(i)) for i in channels], title, inches=1.5)
 
 

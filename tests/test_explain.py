@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fixtures_cli import run_error
@@ -80,3 +81,15 @@ def test_a_wide_layer_shows_its_most_active_channels() -> None:
     labels = [text.get_text() for text in fig.axes[0].texts]
     assert len(labels) == MAX_PANELS and "7" in labels
     assert "the 32 most active of 100" in fig._suptitle.get_text()
+
+
+def test_large_maps_are_averaged_down_into_one_labelled_image() -> None:
+    from leafnet.figures import MAP_PX, feature_maps_figure
+
+    maps = torch.rand(4, 640, 640)
+    fig = feature_maps_figure("conv", maps)
+    (image,) = fig.axes[0].get_images()  # one image for every panel, not one axes each
+    pixels = image.get_array()
+    assert pixels.dtype == np.uint8 and max(pixels.shape[:2]) < 3 * MAP_PX  # 2x2 panels of 160
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0", "1", "2", "3"]
+    assert "4 feature maps of 640x640" in fig._suptitle.get_text()

@@ -191,6 +191,13 @@ def test_pretrained_weights_missing_offline_get_one_line(tmp_path: Path, monkeyp
 def test_auto_micro_batch_works_for_any_model() -> None:
     from leafnet.module import LeafClassifier
 
-    cfg = to_primitive(compose("train", ["model=torchvision", "data.image_size=64"]))
-    classifier = LeafClassifier.from_config(cfg, ["a", "b", "c"], {"image_size": 64})
-    assert 1 <= classifier.hparams.micro_batch_size <= cfg["batch_size"]
+    def micro(max_memory_gb: float) -> int:
+        overrides = ["model=torchvision", "data.image_size=64", f"max_memory_gb={max_memory_gb}"]
+        cfg = to_primitive(compose("train", overrides))
+        classifier = LeafClassifier.from_config(cfg, ["a", "b", "c"], {"image_size": 64})
+        return classifier.hparams.micro_batch_size
+
+    # resnet18's activations, measured by its forward hooks, decide: a tight budget splits the
+    # batch of 32, a roomier one splits it less, a generous one not at all.
+    tight, roomier, generous = micro(0.02), micro(0.05), micro(6)
+    assert 1 <= tight < roomier < generous == 32
