@@ -89,17 +89,29 @@ def _format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _padded(x: Tensor) -> Tensor:
-    """x with the 'same' padding's one-pixel border of zeros, in x's memory format: every band's
-    input is then a view of it (for one image's rows in channels_last, a contiguous one)."""
-    return F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=_format(x))
+def _band_input(x: Tensor, band: Band, pool: int) -> tuple[Tensor, slice, slice]:
+    """The input rows a band's convolution reads: its own rows and a one-row halo above and below,
+    a view of x; where the halo falls outside the image, a copy with the 'same' padding's zero row
+    there. Returns those rows, which rows of the image they are, and which of them are the
+    image's (the zero rows left out). The columns' padding is the convolution's own
+    (padding=(0, 1)): padding the whole batch instead, forward and backward, cost 1.1 ms per 640
+    px image each time."""
+    i0, i1, r0, r1 = band
+    h = x.shape[2]
+    top, bottom = r0 * pool - 1, r1 * pool + 1
+    image_rows = slice(max(top, 0), min(bottom, h))
+    rows = x[i0:i1, :, image_rows]
+    pad_top, pad_bottom = int(top < 0), int(bottom > h)
+    if pad_top or pad_bottom:
+        rows = F.pad(rows, (0, 0, pad_top, pad_bottom)).contiguous(memory_format=_format(x))
+    return rows, image_rows, slice(pad_top, rows.shape[2] - pad_bottom)
 
 
 class _ConvPoolReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int) -> Tensor:  # type: ignore[override]
         n, _, h, w = x.shape
-        xp, fmt = _padded(x), _format(x)
+        fmt = _format(x)
         shape = (n, weight.shape[0], h // pool, w // pool)
         out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
         # Where each maximum was, as max-pool reports it: relative to its band's conv output.
@@ -109,15 +121,16 @@ class _ConvPoolReLU(torch.autograd.Function):
 
         def run(share: Sequence[Band]) -> None:
             for i0, i1, r0, r1 in share:
-                band = F.conv2d(xp[i0:i1, :, r0 * pool : r1 * pool + 2], weight, bias)
-                # Pooled straight into the output: no per-band result to copy.
+                rows = _band_input(x, (i0, i1, r0, r1), pool)[0]
+                band = F.conv2d(rows, weight, bias, padding=(0, 1))
+                # Pooled straight into the output, then ReLU there while it is still in cache.
+                pooled = out[i0:i1, :, r0:r1]
                 torch.ops.aten.max_pool2d_with_indices.out(
-                    band, k, k, [0, 0], [1, 1], False,
-                    out=out[i0:i1, :, r0:r1], indices=where[i0:i1, :, r0:r1],
-                )  # fmt: skip
+                    band, k, k, [0, 0], [1, 1], False, out=pooled, indices=where[i0:i1, :, r0:r1]
+                )
+                pooled.relu_()
 
         _per_core(run, bands)
-        out.relu_()
         ctx.save_for_backward(x, weight, out, where)
         ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt
         return out
@@ -127,35 +140,38 @@ class _ConvPoolReLU(torch.autograd.Function):
         x, weight, out, where = ctx.saved_tensors
         pool, k = ctx.pool, [ctx.pool, ctx.pool]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_out = torch.ops.aten.threshold_backward(grad_out, out, 0)  # ReLU's backward, one pass
-        # Padded again rather than kept from forward: 5 MB per 640 px image less to hold.
-        xp = _padded(x)
         w = x.shape[-1]
 
-        def run(share: Sequence[Band]) -> tuple[Tensor, Tensor, list[tuple[Band, Tensor]]]:
+        def run(
+            share: Sequence[Band],
+        ) -> tuple[Tensor, Tensor, list[tuple[int, int, slice, Tensor]]]:
             grad_w = torch.zeros_like(weight)
             grad_b = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
             grad_x_bands = []
             for i0, i1, r0, r1 in share:
+                # ReLU's backward, on this band's share of the output.
+                g = torch.ops.aten.threshold_backward(
+                    grad_out[i0:i1, :, r0:r1], out[i0:i1, :, r0:r1], 0
+                )
                 # max-pool's backward reads only the shape and layout of its input: an empty band.
                 band = torch.empty(
                     (i1 - i0, weight.shape[0], (r1 - r0) * pool, w),
                     dtype=x.dtype, device=x.device, memory_format=ctx.fmt,
                 )  # fmt: skip
                 gy = torch.ops.aten.max_pool2d_with_indices_backward(
-                    grad_out[i0:i1, :, r0:r1], band, k, k, [0, 0], [1, 1], False,
-                    where[i0:i1, :, r0:r1],
-                )  # fmt: skip
+                    g, band, k, k, [0, 0], [1, 1], False, where[i0:i1, :, r0:r1]
+                )
+                rows, image_rows, own = _band_input(x, (i0, i1, r0, r1), pool)
                 gx, gw, gb = torch.ops.aten.convolution_backward(
-                    gy, xp[i0:i1, :, r0 * pool : r1 * pool + 2], weight, [weight.shape[0]],
-                    [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b],
+                    gy, rows, weight, [weight.shape[0]], [1, 1], [0, 1], [1, 1], False, [0, 0], 1,
+                    [need_x, need_w, need_b],
                 )  # fmt: skip
                 if need_w:
                     grad_w += gw
                 if need_b:
                     grad_b += gb
                 if need_x:
-                    grad_x_bands.append(((i0, i1, r0, r1), gx))
+                    grad_x_bands.append((i0, i1, image_rows, gx[:, :, own]))
             return grad_w, grad_b, grad_x_bands
 
         # Each core sums its own bands; the shares are added here in a fixed order, so the
@@ -165,11 +181,10 @@ class _ConvPoolReLU(torch.autograd.Function):
         grad_b = torch.stack([s[1] for s in shares]).sum(0)
         grad_x = None
         if need_x:
-            grad_xp = torch.zeros_like(xp)
-            for (i0, i1, r0, r1), gx in (b for s in shares for b in s[2]):
+            grad_x = torch.zeros_like(x, memory_format=ctx.fmt)
+            for i0, i1, image_rows, gx in (b for s in shares for b in s[2]):
                 # Neighbouring bands share their halo rows: added one by one, never at once.
-                grad_xp[i0:i1, :, r0 * pool : r1 * pool + 2] += gx
-            grad_x = grad_xp[:, :, 1:-1, 1:-1]
+                grad_x[i0:i1, :, image_rows] += gx
         return grad_x, grad_w if need_w else None, grad_b if need_b else None, None, None
 
 
