@@ -107,3 +107,16 @@ def test_the_flop_count_is_the_hand_count() -> None:
     # 179,776 x 8, dense_1 8 x 3; training = forward + weight grads + input grads, less conv1's
     # input grads: 2 FLOPs x (3 x 564,392,984 - 353,894,400).
     assert train_flops_per_image(640) == 2_678_569_104
+
+
+def test_a_worker_killed_by_a_signal_is_reported_as_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keras at batch 256 and 640 px outgrows a 24 GiB host: the kernel kills its worker, whose
+    # last log lines (TensorFlow's start-up noise) say nothing of why.
+    from leafnet.lab import bench as bench_module
+
+    def killed(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, -9, "", "I0000 oneDNN custom operations are on.")
+
+    monkeypatch.setattr(bench_module.subprocess, "run", killed)
+    result = bench_module._spawn("keras-tf-fit", {}, timeout=10)
+    assert result == {"error": "killed by SIGKILL (the kernel's OOM killer, if memory ran out)"}

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -505,6 +506,11 @@ def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode < 0:
+        # A worker killed by a signal leaves only its last log lines, which never say why.
+        sig = signal.Signals(-proc.returncode).name
+        why = " (the kernel's OOM killer, if memory ran out)" if sig == "SIGKILL" else ""
+        return {"error": f"killed by {sig}{why}"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
