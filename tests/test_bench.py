@@ -120,3 +120,15 @@ def test_a_worker_killed_by_a_signal_is_reported_as_killed(monkeypatch: pytest.M
     monkeypatch.setattr(bench_module.subprocess, "run", killed)
     result = bench_module._spawn("keras-tf-fit", {}, timeout=10)
     assert result == {"error": "killed by SIGKILL (the kernel's OOM killer, if memory ran out)"}
+
+
+def test_a_worker_killed_by_an_unnamed_signal_is_reported_by_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from leafnet.lab import bench as bench_module
+
+    def killed(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, -36, "", "")  # a real-time signal: no name
+
+    monkeypatch.setattr(bench_module.subprocess, "run", killed)
+    assert bench_module._spawn("keras-tf", {}, timeout=10) == {"error": "killed by signal 36"}

@@ -508,7 +508,10 @@ def _spawn(name: str, a: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {"error": f"timed out after {timeout:.0f} s"}
     if proc.returncode < 0:
         # A worker killed by a signal leaves only its last log lines, which never say why.
-        sig = signal.Signals(-proc.returncode).name
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:  # a signal Python has no name for (a real-time one)
+            sig = f"signal {-proc.returncode}"
         why = " (the kernel's OOM killer, if memory ran out)" if sig == "SIGKILL" else ""
         return {"error": f"killed by {sig}{why}"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
