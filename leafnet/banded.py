@@ -137,12 +137,13 @@ def _weight_grad_at(where: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
         dim=-1,
     ).view(n * rows_out * width, 9 * channels)
     # max-pool's indices count within each image's band: offset them to the table's rows.
-    first = torch.arange(n, device=where.device).view(n, 1, 1, 1) * (rows_out * width)
+    if n > 1:
+        where = where + torch.arange(n, device=where.device).view(n, 1, 1, 1) * (rows_out * width)
     # One bag per pooled row and output channel, summed after: a row's lookups stay within three
     # rows of the table, which a core's L2 holds; one bag per channel would sweep the whole
     # band's table from L3 once per channel (0.57 against 0.34 ms for a band of 24 rows of 640).
     pooled_cols = where.shape[3]
-    bags = (where + first).transpose(1, 2).reshape(-1, pooled_cols)
+    bags = where.transpose(1, 2).reshape(-1, pooled_cols)
     weights = grad.transpose(1, 2).reshape(-1, pooled_cols)
     grad_w = F.embedding_bag(bags, patches, mode="sum", per_sample_weights=weights)
     grad_w = grad_w.view(-1, where.shape[1], 9 * channels).sum(0)
