@@ -197,12 +197,13 @@ class _ConvPoolReLU(torch.autograd.Function):
                 g = torch.ops.aten.threshold_backward(
                     grad_out[i0:i1, :, r0:r1], out[i0:i1, :, r0:r1], 0
                 )
-                rows, image_rows, own = _band_input(x, (i0, i1, r0, r1), pool)
                 if need_b:
                     grad_b += g.sum((0, 2, 3))
-                if not need_x:
-                    if need_w:
-                        grad_w += _weight_grad_at(where[i0:i1, :, r0:r1], g, rows)
+                if not (need_x or need_w):
+                    continue
+                rows, image_rows, own = _band_input(x, (i0, i1, r0, r1), pool)
+                if not need_x:  # a first layer: no dense gradient needed
+                    grad_w += _weight_grad_at(where[i0:i1, :, r0:r1], g, rows)
                     continue
                 # max-pool's backward reads only the shape and layout of its input: an empty band.
                 band = torch.empty(

@@ -150,6 +150,29 @@ def test_cores_share_the_bands_and_get_their_thread_count_back(threads: int) -> 
         torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_backward_builds_no_dense_gradient_unless_the_input_needs_one(input_grad: bool) -> None:
+    """For a first layer (no input gradient) the weight gradient is gathered at max-pool's
+    indices: max-pool's backward, which zeroes and scatters a conv output's worth of gradient,
+    and the convolution's backward never run. With the input's gradient wanted they do."""
+    x = torch.randn(2, 3, 24, 24, requires_grad=input_grad)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    out = conv_pool_relu(x, w, b, 3, 1000)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the bands on this thread, where the profiler records them
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            torch.autograd.grad(out, (x, w, b) if input_grad else (w, b), torch.ones_like(out))
+    finally:
+        torch.set_num_threads(before)
+    ops = {event.key for event in prof.key_averages()}
+    dense = {"aten::max_pool2d_with_indices_backward", "aten::convolution_backward"}
+    assert (dense <= ops) == input_grad
+    assert (dense & ops == set()) != input_grad
+    assert any("embedding_bag" in op for op in ops) != input_grad
+
+
 @pytest.mark.slow
 def test_torch_compile_leaves_the_bands_to_eager_mode() -> None:
     """Under torch.compile the banded block runs as it is (no tracing into its worker threads, no
