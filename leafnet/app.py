@@ -110,7 +110,9 @@ def create_app(predictor: Predictor, max_upload_mb: float = 20.0) -> Any:
         try:
             return predictor.view(data, file.filename or "upload")
         except BadImage as err:
-            raise HTTPException(415, f"{file.filename}: not a readable image ({err})") from None
+            raise HTTPException(
+                415, f"{file.filename}: not a readable image ({err.reason})"
+            ) from None
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -151,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>leafnet</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'%3E%3Cpath d='M2 14C2 6 8 2 14 2c0 6-4 12-12 12z' fill='%236b8f5a'/%3E%3C/svg%3E">
 <style>
  body { font-family: system-ui, sans-serif; margin: 2rem; color: #1d2a1d; background: #f6f8f4; }
  h1 { margin: 0 0 .2rem; } .sub { color: #5b6b5b; margin: 0 0 1rem; }
@@ -158,7 +161,8 @@ PAGE = """<!doctype html>
          background: #fff; cursor: pointer; } #drop.over { background: #eef6e8; }
  .result { display: flex; gap: 1rem; align-items: flex-start; background: #fff; margin-top: 1rem;
            padding: 1rem; border-radius: 10px; box-shadow: 0 1px 3px #0002; }
- .result img { width: 224px; height: 224px; border-radius: 6px; }
+ .result img { width: 224px; height: 224px; border-radius: 6px; object-fit: contain; background: #eee; }
+ figure { margin: 0; } figcaption { font-size: .85rem; color: #5b6b5b; text-align: center; }
  .class { font-size: 1.2rem; font-weight: 600; } .error { color: #a00; }
  table { border-collapse: collapse; margin-top: .5rem; } td { padding: .1rem .6rem .1rem 0; }
  .bar { background: #6b8f5a; height: .6rem; border-radius: 3px; }
@@ -170,30 +174,63 @@ PAGE = """<!doctype html>
  <input id="files" type="file" accept="image/*" multiple hidden></label>
 <div id="results"></div>
 <script>
+// Every value from the server or the file goes in as text (textContent, img.src), never as HTML:
+// class names are folder names, and a folder may be named like markup.
 const results = document.getElementById("results");
+function el(tag, props = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+function figure(src, caption) {
+  const img = el("img", { alt: caption });
+  if (typeof src === "string" && (src.startsWith("data:image/") || src.startsWith("blob:"))) img.src = src;
+  return el("figure", {}, [img, el("figcaption", { textContent: caption })]);
+}
+function detailText(detail, status) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || JSON.stringify(d)).join("; ");
+  return `the server answered ${status}`;
+}
 async function classify(file) {
-  const card = document.createElement("div");
-  card.className = "result";
-  card.innerHTML = `<div><b></b><div class="status">working...</div></div>`;
-  card.querySelector("b").textContent = file.name;
+  const thumb = URL.createObjectURL(file);
+  const status = el("div", { className: "status", textContent: "working..." });
+  const card = el("div", { className: "result" }, [
+    figure(thumb, "your photo"), el("div", {}, [el("b", { textContent: file.name }), status]),
+  ]);
   results.prepend(card);
+  const fail = (message) => {
+    status.replaceWith(el("div", { className: "error", textContent: message }));
+  };
   const body = new FormData();
   body.append("file", file);
-  const reply = await fetch("/api/explain", { method: "POST", body });
-  const data = await reply.json();
-  if (!reply.ok) {
-    card.querySelector(".status").outerHTML = `<div class="error"></div>`;
-    card.querySelector(".error").textContent = data.detail;
-    return;
+  let reply, data;
+  try {
+    reply = await fetch("/api/explain", { method: "POST", body });
+  } catch (err) {
+    return fail(`${file.name}: the server could not be reached (${err.message})`);
   }
-  const rows = Object.entries(data.probabilities).map(([name, p]) =>
-    `<tr><td>${name}</td><td>${(100 * p).toFixed(1)}%</td>` +
-    `<td><div class="bar" style="width:${Math.round(120 * p)}px"></div></td></tr>`).join("");
-  card.innerHTML = `<img alt="as the network saw it" src="${data.input}">` +
-    `<img alt="where it looked (Grad-CAM)" src="${data.gradcam}">` +
-    `<div><b></b><div class="class"></div><table>${rows}</table></div>`;
-  card.querySelector("b").textContent = file.name;
-  card.querySelector(".class").textContent = data["class"];
+  try {
+    data = await reply.json();
+  } catch (err) {
+    return fail(`${file.name}: the server answered ${reply.status} ${reply.statusText} without a result`);
+  }
+  if (!reply.ok) return fail(detailText(data && data.detail, reply.status));
+  const table = el("table", {}, Object.entries(data.probabilities).map(([name, p]) => {
+    const bar = el("div", { className: "bar" });
+    bar.style.width = `${Math.round(120 * Number(p))}px`;
+    return el("tr", {}, [
+      el("td", { textContent: name }),
+      el("td", { textContent: `${(100 * Number(p)).toFixed(1)}%` }),
+      el("td", {}, [bar]),
+    ]);
+  }));
+  card.replaceChildren(
+    figure(thumb, "your photo"),
+    figure(data.input, "as the network saw it"),
+    figure(data.gradcam, "where it looked (Grad-CAM)"),
+    el("div", {}, [el("b", { textContent: file.name }), el("div", { className: "class", textContent: data["class"] }), table]),
+  );
 }
 const input = document.getElementById("files");
 input.addEventListener("change", () => [...input.files].forEach(classify));

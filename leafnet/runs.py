@@ -155,10 +155,30 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# A run's YAML files are a few KB; a folder from someone else may hold anything.
+MAX_RUN_YAML_BYTES = 1 << 20
+
+
+def load_run_yaml(path: Path) -> Any:
+    """A YAML file of a run directory as plain Python, read size-capped and with anchors and
+    aliases refused (nested aliases expand exponentially; leafnet never writes them)."""
+    try:
+        if path.stat().st_size > MAX_RUN_YAML_BYTES:
+            raise LeafnetError(f"{path} is over {MAX_RUN_YAML_BYTES >> 20} MB; not a run's file")
+        text = path.read_text(encoding="utf-8")
+        events = list(yaml.parse(text, Loader=yaml.SafeLoader))
+        if any(isinstance(e, yaml.AliasEvent) or getattr(e, "anchor", None) for e in events):
+            raise LeafnetError(f"{path} uses YAML anchors or aliases, which leafnet never writes")
+        return yaml.safe_load(text)
+    except (OSError, UnicodeError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())
+        raise LeafnetError(f"{path} is not readable YAML ({reason})") from None
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        return OmegaConf.load(path) if path.is_file() else None
-    except (OSError, OmegaConfBaseException, yaml.YAMLError):
+        return OmegaConf.create(load_run_yaml(path)) if path.is_file() else None
+    except (LeafnetError, OmegaConfBaseException):
         return None
 
 

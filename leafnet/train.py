@@ -21,6 +21,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -394,30 +395,114 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
     return None
 
 
-def check_output_dirs(argv: list[str]) -> None:
+_HYDRA_FLAGS_THAT_RUN_NOTHING = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
+
+
+def _closest_key(cfg: DictConfig, key: str) -> str:
+    """The config keys nearest to a misspelt `key` (', or ...'), for the error line."""
+    import difflib
+
+    def walk(node: Any, prefix: str) -> Iterator[str]:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield f"{prefix}{k}"
+                yield from walk(v, f"{prefix}{k}.")
+
+    known = list(walk(to_primitive(cfg), ""))
+    near = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(near)}?" if near else ""
+
+
+def _composed(overrides: list[str]) -> DictConfig:
+    """The run's config with Hydra's section, composed before Hydra starts: a misspelt key or
+    option is one line naming the nearest valid ones."""
+    import difflib
+
+    try:
+        return compose("train", overrides, return_hydra_config=True)
+    except LeafnetError as err:
+        text = str(err)
+        key = re.search(r"Could not override '([\w.]+)'", text)
+        if key:
+            hint = _closest_key(compose("train", []), key.group(1))
+            raise LeafnetError(
+                f"{key.group(1)} is not a leafnet setting{hint} "
+                "(python -m leafnet.train --help lists them)"
+            ) from None
+        option = re.search(
+            r"Could not find '(\w+)/([^']+)' Available options in '\w+': (.*?) Config", text
+        )
+        if option:
+            group, name, known = option.group(1), option.group(2), option.group(3).split()
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {group}={near[0]}? " if near else ""
+            raise LeafnetError(
+                f"{group}={name} is not an option; {hint}the options are {', '.join(known)}"
+            ) from None
+        raise
+
+
+def _output_dir(hydra_cfg: DictConfig, key: str) -> Path | None:
+    """`hydra.<key>` made absolute, or None while it needs a running Hydra to resolve."""
+    try:
+        return Path(str(OmegaConf.select(hydra_cfg, key))).absolute()
+    except Exception:
+        return None
+
+
+def check_output_dirs(hydra_cfg: DictConfig) -> None:
     """One line, before Hydra starts, when the run or sweep directory cannot be created (Hydra
     would create it with a traceback)."""
-    overrides = [a for a in argv if not a.startswith("-")]
-    try:
-        hydra_cfg = compose("train", overrides, return_hydra_config=True).hydra
-    except LeafnetError:
-        return  # a bad override: Hydra reports it itself, with the options it knows
     for key in ("run.dir", "sweep.dir"):
-        try:
-            wanted = Path(str(OmegaConf.select(hydra_cfg, key))).absolute()
-        except Exception:  # an interpolation only a running Hydra resolves
+        wanted = _output_dir(hydra_cfg, key)
+        if wanted is None:
             continue
         existing = next(p for p in (wanted, *wanted.parents) if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
-            fail(
+            raise LeafnetError(
                 f"hydra.{key}={wanted} cannot be created: {existing} is not a writable folder; "
                 "choose another hydra.run.dir or paths.output_dir"
             )
 
 
 def main() -> None:
-    check_output_dirs(sys.argv[1:])
-    _task()
+    """Check the command line and take the run directory before Hydra writes anything there: a
+    start that would fail, or a directory another process is training in, is left untouched."""
+    argv = sys.argv[1:]
+    if any(a.split("=")[0] in _HYDRA_FLAGS_THAT_RUN_NOTHING for a in argv):
+        _task()
+        return
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        cfg = _composed(overrides)
+    except LeafnetError as err:
+        if "To sweep over it" not in str(err):
+            fail(str(err))
+        cfg = None  # sweep syntax (lr=0.1,0.01) composes only inside Hydra's sweeper
+    try:
+        if cfg is not None:
+            check_output_dirs(cfg.hydra)
+        multirun = cfg is None or any(a in ("-m", "--multirun") for a in argv)
+        if multirun or cfg.hydra.mode == RunMode.MULTIRUN:
+            _task()  # each job claims its own directory
+            return
+        resuming = bool(cfg.get("resume"))
+        if not resuming:
+            validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        run_dir = _output_dir(cfg.hydra, "run.dir")
+        rank0 = (
+            int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+        )
+        if run_dir is None or not rank0:
+            _task()
+            return
+        # The directory as resolved now, for Hydra too (its `${now:}` would name another).
+        quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
+        sys.argv.append(f"hydra.run.dir='{quoted}'")
+        with rundir.claim(run_dir, resuming=resuming):
+            _task()
+    except LeafnetError as err:
+        fail(str(err))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,59 @@ def test_a_photo_dropped_on_the_page_shows_its_class(
         page.set_input_files("#files", str(image))
         page.wait_for_selector(".result .class", timeout=30_000)
         assert page.inner_text(".result .class") == expected["predicted"]
-        assert page.locator(".result img").count() == 2
+        assert page.locator(".result img").count() == 3
+        assert page.locator(".result figcaption").all_inner_texts() == [
+            "your photo",
+            "as the network saw it",
+            "where it looked (Grad-CAM)",
+        ]
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+HOSTILE = '<img src=x onerror="window.pwned=1">'
+
+
+@pytest.fixture
+def hostile_served(tiny_run: Path):
+    """The page of a model whose first class folder was named like markup."""
+    import uvicorn
+
+    predictor = Predictor(load_classifier(tiny_run), torch.device("cpu"))
+    predictor.class_names = [HOSTILE, *predictor.class_names[1:]]
+    port = _free_port()
+    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@needs_chromium
+def test_class_names_are_shown_as_text_never_run(
+    hostile_served: str, tiny_train_images: Path, tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(photo(tiny_train_images).read_bytes()[:300])
+    with sync_api.sync_playwright() as p:
+        browser = chromium(p)
+        page = browser.new_page()
+        page.goto(hostile_served)
+        assert HOSTILE in page.inner_text(".sub")
+        page.set_input_files("#files", [str(photo(tiny_train_images)), str(broken)])
+        page.wait_for_selector(".result table", timeout=30_000)
+        page.wait_for_selector(".result .error", timeout=30_000)
+        cells = page.locator(".result td").all_inner_texts()
+        error = page.inner_text(".result .error")
+        pwned = page.evaluate("window.pwned")
+        browser.close()
+    assert pwned is None
+    assert HOSTILE in cells  # the name itself, as text
+    assert error.startswith("broken.jpg: not a readable image") and "/tmp" not in error

@@ -3,13 +3,17 @@ code, train over a finished run, share a directory, or lose the newest trained w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
+import multiprocessing
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -69,6 +73,50 @@ def test_resume_refuses_saved_overrides_that_name_code(sent_run: Path, override:
     assert "\n" not in str(err.value)
 
 
+def test_a_crafted_run_folder_cannot_make_resume_touch_the_users_files(
+    sent_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saved overrides point the checkpoints and a logger at the user's folder, and last.ckpt
+    names the user's files as earlier checkpoints (which Lightning deletes when it saves newer
+    ones): resuming from the user's folder leaves every file there as it was."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.docx").write_bytes(b"four years of work")
+    (victim / "notes.txt").write_text("notes")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "metrics.csv").write_text("mine\n")
+    overrides = sent_run / ".hydra" / "overrides.yaml"
+    overrides.write_text(
+        overrides.read_text()
+        + "- +callbacks.checkpoint.dirpath=.\n"
+        + f"- logger.tensorboard.save_dir={elsewhere}\n"
+        + "- logger.tensorboard.name=../../elsewhere\n"
+    )
+    last = sent_run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    (key,) = [k for k in ckpt["callbacks"] if k.startswith("AtomicCheckpoint")]
+    state = ckpt["callbacks"][key]
+    state.pop("dirpath")
+    state["best_k_models"] = {str(victim / "thesis.docx"): torch.tensor(-1.0)}
+    state["kth_best_model_path"] = str(victim / "thesis.docx")
+    state["best_model_path"] = str(victim / "thesis.docx")
+    state["last_model_path"] = str(victim / "notes.txt")
+    torch.save(ckpt, last)
+    before = {p: digest(p) for d in (victim, elsewhere) for p in d.rglob("*") if p.is_file()}
+
+    monkeypatch.chdir(victim)
+    result = train_main(f"resume={sent_run}", "epochs=6", f"data.cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = next(line for line in result.stdout.splitlines() if "resume: ignoring" in line)
+    for planted in ("callbacks.checkpoint.dirpath", "tensorboard.save_dir", "tensorboard.name"):
+        assert planted in warning
+    after = {p: digest(p) for d in (victim, elsewhere) for p in d.rglob("*") if p.is_file()}
+    assert after == before
+    assert json.loads((sent_run / "summary.json").read_text())["epochs_completed"] == 6
+    assert (sent_run / "checkpoints" / "best.ckpt").is_file()
+
+
 def test_a_new_run_never_replaces_a_finished_one(sent_run: Path, tiny_train_images: Path) -> None:
     before = {p: digest(p) for p in sent_run.rglob("*") if p.is_file()}
     old_log = (sent_run / "train.log").read_text()
@@ -82,40 +130,88 @@ def test_a_new_run_never_replaces_a_finished_one(sent_run: Path, tiny_train_imag
     assert log.read_text().startswith(old_log)  # Hydra's job log is appended to, never replaced
 
 
-def test_a_run_directory_in_use_is_refused(sent_run: Path) -> None:
-    # A live process other than this one stands for a training process holding the directory.
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+@contextlib.contextmanager
+def locked_by_another_process(run_dir: Path) -> Iterator[int]:
+    """Another live process holding `run_dir`'s lock as a training process does; yields its pid."""
+    code = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, b'%d\\n' % os.getpid())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir / rundir.LOCK)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        (sent_run / rundir.LOCK).write_text(f"{holder.pid}\n")
-        with (
-            pytest.raises(
-                LeafnetError, match=f"in use by another training process .pid {holder.pid}"
-            ),
-            rundir.claim(sent_run, resuming=True),
-        ):
-            pass
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
-    assert (sent_run / rundir.LOCK).read_text().strip() == str(holder.pid)  # not taken
 
 
-def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path: Path) -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    (tmp_path / rundir.LOCK).write_text(f"{gone.pid}\n")
-    with rundir.claim(tmp_path, resuming=False):
-        assert (tmp_path / rundir.LOCK).read_text().strip() == str(os.getpid())
-    assert not (tmp_path / rundir.LOCK).exists()
+def test_a_run_directory_in_use_is_refused(sent_run: Path) -> None:
+    with locked_by_another_process(sent_run) as pid:
+        with (
+            pytest.raises(LeafnetError, match=f"in use by another training process .pid {pid}"),
+            rundir.claim(sent_run, resuming=True),
+        ):
+            pass
+        assert (sent_run / rundir.LOCK).read_text().strip() == str(pid)  # not taken
 
 
-def test_a_run_directory_that_cannot_be_made_gets_one_line(tmp_path: Path) -> None:
-    (tmp_path / "a_file").write_text("")
-    with (
-        pytest.raises(LeafnetError, match=r"cannot create the run directory .* hydra\.run\.dir"),
-        rundir.claim(tmp_path / "a_file" / "run", resuming=False),
-    ):
-        pass
+def test_a_refused_second_run_writes_nothing_into_the_running_one(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    """Run A is in its first epoch (its .hydra/ written, no checkpoint yet); B is started in the
+    same directory, then a resume of it: both refused before Hydra writes anything."""
+    running = tmp_path / "running"
+    (running / ".hydra").mkdir(parents=True)
+    (running / ".hydra" / "overrides.yaml").write_text("- lr=0.01\n")
+    with locked_by_another_process(running):
+        before = {p: digest(p) for p in running.rglob("*") if p.is_file()}
+        new_run = train_main(
+            *tiny_args(tiny_train_images, tmp_path, "lr=0.5", "epochs=7"),
+            f"hydra.run.dir={running}",
+        )
+        resumed = train_main(f"resume={running}", "epochs=9")
+        after = {p: digest(p) for p in running.rglob("*") if p.is_file()}
+    for result in (new_run, resumed):
+        assert "in use by another training process" in one_error_line(result)
+    assert after == before  # no .hydra/ rewritten, no .hydra/resume/, no train.log
+
+
+def _claim_at_barrier(run_dir: Path, barrier: Any, said: Any) -> None:
+    barrier.wait()
+    try:
+        with rundir.claim(run_dir, resuming=True):
+            said.put("held")
+            time.sleep(0.3)
+    except LeafnetError:
+        said.put("refused")
+
+
+def test_three_processes_taking_over_a_stale_lock_never_share_it(tmp_path: Path) -> None:
+    """A killed run left its lock; three processes try to take the directory at the same moment,
+    40 times over: exactly one holds it each time."""
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(40):
+        run_dir = tmp_path / f"run{trial}"
+        run_dir.mkdir()
+        (run_dir / rundir.LOCK).write_text("999999999\n")  # a pid no process has
+        barrier, said = ctx.Barrier(3), ctx.Queue()
+        procs = [
+            ctx.Process(target=_claim_at_barrier, args=(run_dir, barrier, said)) for _ in range(3)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=30)
+        outcomes = sorted(said.get(timeout=5) for _ in procs)
+        assert outcomes == ["held", "refused", "refused"], (trial, outcomes)
 
 
 class InterruptAtTest(pl.Callback):

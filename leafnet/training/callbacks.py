@@ -76,6 +76,32 @@ class AtomicCheckpoint(ModelCheckpoint):
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
         super().setup(trainer, pl_module, stage)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore only paths inside this run's checkpoint folder. A checkpoint may come from
+        someone else, and the parent deletes the files its `best_k_models` and
+        `last_model_path` name when it saves newer ones."""
+        home = Path(self.dirpath).resolve() if self.dirpath else None
+
+        def inside(path: Any) -> bool:
+            return (
+                home is not None
+                and isinstance(path, str)
+                and bool(path)
+                and (Path(path).resolve().parent == home)
+            )
+
+        clean = dict(state_dict)
+        clean.setdefault("dirpath", None)  # none saved: restore no paths at all
+        clean.setdefault("best_model_score", None)
+        best_k = state_dict.get("best_k_models")
+        clean["best_k_models"] = (
+            {k: v for k, v in best_k.items() if inside(k)} if isinstance(best_k, dict) else {}
+        )
+        for key in ("kth_best_model_path", "last_model_path", "best_model_path"):
+            if not inside(state_dict.get(key)):
+                clean[key] = ""
+        super().load_state_dict(clean)
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         weights = [torch.isfinite(w).all() for w in trainer.lightning_module.parameters()]
         if not bool(torch.stack(weights).all()):  # one host sync per save

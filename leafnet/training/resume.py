@@ -2,25 +2,83 @@
 
 A run directory may come from someone else. `resume_config` never instantiates what the run's
 `.hydra/config.yaml` names: it composes `conf/train.yaml` again with the run's saved overrides
-(`.hydra/overrides.yaml`), refuses an override that names code (`_target_` and friends), allows
-only the changes in `RESUME_CHANGEABLE`, and checks that every class the result would build is
-one that leafnet's own `conf/` names.
+(`.hydra/overrides.yaml`), taking only keys on `saved_override_allowed`'s allow-list (leafnet's own
+knobs: no paths, no `hydra.*`, no logger or checkpoint settings, no interpolations), allows only
+the changes in `RESUME_CHANGEABLE` on the command line, and checks that every class the result
+would build is one that leafnet's own `conf/` names. The saved file is read size-capped and
+without YAML aliases.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import LeafnetError
+from leafnet.runs import load_run_yaml
+
+log = logging.getLogger(__name__)
 
 # What `resume=` may change: how long and where it runs, never what it computes.
-RESUME_CHANGEABLE = ("epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers")
+RESUME_CHANGEABLE = (
+    "epochs", "trainer.", "micro_batch_size", "max_memory_gb", "data.num_workers", "data.cache_dir",
+)  # fmt: skip
+
+# What a saved override may set: the knobs of a run, never a path or a hook. A run directory may
+# come from someone else, and a path there (a checkpoint folder, a logger's name, a cache) would
+# make this process write or delete files outside the run directory.
+_SAVED_TOP = {
+    "lr", "batch_size", "micro_batch_size", "max_memory_gb", "epochs", "seed", "weight_decay",
+    "precision", "tune.lr_find", "tune.num_training",
+}  # fmt: skip
+_SAVED_GROUPS = {
+    "data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment",
+    "hparams_search",
+}  # fmt: skip
+_SAVED_DATA_PATHS = {"data.cache_dir", "data.split_file"}  # the run's own split.csv is used
+_SAVED_TRAINER = {
+    "accelerator", "devices", "strategy", "num_nodes", "precision", "max_epochs", "deterministic",
+    "limit_train_batches", "limit_val_batches", "limit_test_batches", "gradient_clip_val",
+    "gradient_clip_algorithm", "accumulate_grad_batches", "check_val_every_n_epoch",
+    "log_every_n_steps", "num_sanity_val_steps", "enable_progress_bar", "benchmark",
+}  # fmt: skip
+_SAVED_CALLBACK_KNOBS = {
+    "monitor", "mode", "patience", "min_delta", "check_every_n_steps", "max_loss_ratio",
+    "num_images", "every_n_epochs", "logging_interval", "layer",
+}  # fmt: skip
+_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def saved_override_allowed(override: str) -> bool:
+    """Whether a saved override sets one of leafnet's own knobs (the allow-list above)."""
+    if "${" in override or ("=" not in override and not override.startswith("~")):
+        return False
+    key, _, value = override.partition("=")
+    removing = key.startswith("~")
+    key = key.lstrip("+~")
+    parts = key.split(".")
+    if len(parts) == 1 and key in _SAVED_GROUPS:  # a group option: a plain name, or a list of them
+        names = [v.strip() for v in value.strip("[]").split(",")] if value else []
+        return all(n == "null" or _NAME.fullmatch(n) for n in names)
+    if removing:
+        return len(parts) == 2 and parts[0] == "callbacks"
+    if key in _SAVED_TOP or key == "data.dir":
+        return True
+    if parts[0] in ("model", "optimizer", "scheduler") and len(parts) == 2:
+        return True
+    if parts[0] == "data" and len(parts) == 2:
+        return key not in _SAVED_DATA_PATHS
+    if parts[0] == "trainer" and len(parts) == 2:
+        return parts[1] in _SAVED_TRAINER
+    if parts[0] == "callbacks" and len(parts) == 3:
+        return parts[2] in _SAVED_CALLBACK_KNOBS
+    return False
 
 
 def trusted_targets() -> set[str]:
@@ -59,9 +117,9 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
     if not (run_dir / "checkpoints" / "last.ckpt").is_file():
         raise LeafnetError(f"resume={run_dir}: no checkpoints/last.ckpt to continue from")
     try:
-        original = OmegaConf.to_container(OmegaConf.load(saved))
-    except Exception as err:  # a hand-edited or foreign file: any YAML error
-        raise LeafnetError(f"resume={run_dir}: {saved} is not readable YAML ({err})") from None
+        original = load_run_yaml(saved)
+    except LeafnetError as err:
+        raise LeafnetError(f"resume={run_dir}: {err}") from None
     if not isinstance(original, list) or not all(isinstance(o, str) for o in original):
         raise LeafnetError(f"resume={run_dir}: {saved} is not a list of key=value overrides")
     kept = [
@@ -73,6 +131,15 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
                 f"resume={run_dir}: its saved override {override!r} names code to run; leafnet "
                 "resumes only from its own config groups (start a new run instead)"
             )
+    ignored = [o for o in kept if not saved_override_allowed(o)]
+    if ignored:
+        log.warning(
+            "resume: ignoring %d saved override(s) that are not leafnet's own knobs (paths, "
+            "logger or checkpoint settings): %s",
+            len(ignored),
+            " ".join(ignored),
+        )
+    kept = [o for o in kept if o not in ignored]
     changes = []
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -81,7 +148,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
         if not key.startswith(RESUME_CHANGEABLE):
             raise LeafnetError(
                 f"resume: {override!r} would change what the run computes; only epochs, trainer.*, "
-                "micro_batch_size, max_memory_gb and data.num_workers may change (start a new run)"
+                "micro_batch_size, max_memory_gb, data.num_workers and data.cache_dir may change "
+                "(start a new run)"
             )
         changes.append(override)
     resumed = compose("train", [*kept, *changes])

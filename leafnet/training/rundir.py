@@ -1,15 +1,19 @@
 """A run directory in use: one training process at a time, and never a new run over an old one.
 
-`claim(run_dir, resuming)` is held for the whole of a run. It refuses, in one line:
+`claim(run_dir, resuming)` is held for the whole of a run, and taken before Hydra or leafnet
+writes anything into the directory. It refuses, in one line:
 - a new run in a directory that already holds a run (its checkpoints or summary.json): the
   earlier run is kept; `resume=` continues it, or another `hydra.run.dir` starts a new one;
-- any run in a directory another live process is training in (`.leafnet.lock` holds its pid).
-A lock left by a process that no longer exists (killed) is taken over.
+- any run in a directory another live process is training in.
+The lock is an `flock` on `.leafnet.lock` (which also holds the pid, for the message): the kernel
+drops it when its process ends, however it ends, so a killed run's lock is simply free again and
+no two processes can both take one over. A claim this process already holds is held again as is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,70 +22,75 @@ from leafnet.errors import LeafnetError
 
 LOCK = ".leafnet.lock"
 
+_held: dict[Path, int] = {}  # run directories this process holds, and how many claims deep
 
-def _alive(pid: int) -> bool:
+
+def _holder(lock: Path) -> str:
+    """The pid written in a lock file, for the message ('?' while it is being written)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
+        return lock.read_text().strip() or "?"
+    except OSError:
+        return "?"
 
 
-def _holder(lock: Path) -> int | None:
-    """The pid in a lock file, or None when it is unreadable (half-written)."""
-    try:
-        return int(lock.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _take(lock: Path) -> None:
-    for _ in range(2):
+def _take(lock: Path) -> int:
+    """Lock `lock` for this process; returns its descriptor. The lock file is never removed while
+    a process may wait on it, so a lock is always taken on the file that others see."""
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pid = _holder(lock)
-            if pid is not None and pid != os.getpid() and _alive(pid):
-                raise LeafnetError(
-                    f"{lock.parent} is in use by another training process (pid {pid}); wait for "
-                    "it to end or stop it, then try again"
-                ) from None
-            lock.unlink(missing_ok=True)  # left by a process that is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        return
-    raise LeafnetError(f"{lock}: could not take the run directory's lock; try again")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LeafnetError(
+                f"{lock.parent} is in use by another training process (pid {_holder(lock)}); "
+                "wait for it to end or stop it, then try again"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file an earlier holder removed between our open and our lock
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def claim(run_dir: Path, resuming: bool) -> Iterator[None]:
+def claim(run_dir: str | os.PathLike, resuming: bool) -> Iterator[None]:
     """Hold `run_dir` for one training process; see the module docstring for what is refused."""
+    key = Path(run_dir).absolute()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        key.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise LeafnetError(
             f"cannot create the run directory {run_dir} ({err.strerror}); choose a writable "
             "hydra.run.dir or paths.output_dir"
         ) from None
-    if not os.access(run_dir, os.W_OK):
+    if not os.access(key, os.W_OK):
         raise LeafnetError(
             f"run directory {run_dir} is not writable; choose another hydra.run.dir or "
             "paths.output_dir"
         )
-    lock = run_dir / LOCK
-    _take(lock)
+    lock = key / LOCK
+    fd = _take(lock)
     try:
-        if not resuming and (
-            (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists()
-        ):
+        if not resuming and ((key / "summary.json").exists() or (key / "checkpoints").exists()):
             raise LeafnetError(
                 f"{run_dir} already holds a run; continue it with resume={run_dir}, or start a "
                 "new one in another hydra.run.dir (the earlier run is kept)"
             )
+        _held[key] = 1
         yield
     finally:
-        if _holder(lock) == os.getpid():
-            lock.unlink(missing_ok=True)
+        _held.pop(key, None)
+        lock.unlink(missing_ok=True)  # before the unlock: a waiter then sees a new file
+        os.close(fd)
