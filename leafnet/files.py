@@ -3,7 +3,8 @@
 Every file leafnet writes goes through `atomic_path`: the content is written to a temporary file
 beside the target, flushed to disk (fsync) and renamed over the target, so a reader or a crash
 never sees half a file, and a failed write leaves no temporary file behind. A folder or file that
-cannot be written gets one line naming it (`LeafnetError`), not a traceback.
+cannot be written gets one line naming it (`LeafnetError`), not a traceback. A new file gets the
+mode `open()` would give it (0o666 less the umask: 0644 under umask 022).
 
 Commands that write an output a user names (export, predict, evaluate, import_keras) first call
 `refuse_existing`: an existing file is replaced only with `overwrite=true`.
@@ -18,6 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from leafnet.errors import LeafnetError
+
+# The process's umask, read once at import (reading it means setting it, which is not
+# thread-safe later on): a new file gets 0o666 less the umask, as open() would give it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def _cannot_write(path: Path, err: OSError) -> LeafnetError:
@@ -43,7 +49,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise _cannot_write(path, err) from None
-    os.close(fd)
+    try:  # mkstemp makes it owner-only; colleagues sharing the run folder must read it too
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     tmp = Path(name)
     try:
         try:

@@ -1,0 +1,37 @@
+"""The atomic writer: new files get the mode open() would give them under the user's umask."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    code = (
+        "import os, sys\n"
+        f"os.umask({umask})\n"
+        "from leafnet.files import write_text\n"
+        "write_text(sys.argv[1], 'x')\n"
+    )
+    target = tmp_path / "out" / "summary.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code, str(target)], check=True, env=env)
+    assert target.stat().st_mode & 0o777 == mode
+    assert [p.name for p in target.parent.iterdir()] == ["summary.json"]  # no temporary left
+
+
+def test_a_runs_files_are_readable_by_others_under_umask_022(tiny_run: Path) -> None:
+    """tiny_run was trained in a process with this one's umask (022 on CI)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    if umask != 0o022:
+        pytest.skip(f"this test process runs under umask {umask:o}")
+    for name in ("summary.json", "metrics.csv", "split.csv", "checkpoints/best.ckpt"):
+        assert (tiny_run / name).stat().st_mode & 0o777 == 0o644, name
