@@ -22,6 +22,8 @@ COMMANDS = {
     "app": ("leafnet.app", "the web page: ckpt=RUN [port=8000]"),
     "synthetic": ("leafnet.data.synthetic", "write the synthetic leaf set: [style=lab|field]"),
     "bench": ("leafnet.lab.bench", "time the training step against other implementations"),
+    "cache": ("leafnet.data.cache", "the cache of resized photos: [dir=data/.cache] [clear=true]"),
+    "scale": ("leafnet.lab.scale", "training memory and start-up time as a folder grows"),
 }
 
 

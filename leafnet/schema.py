@@ -176,6 +176,20 @@ COMMAND_KEYS: tuple[Key, ...] = (
     Key("size", lambda v: _is_int(v) and 32 <= v <= 4096, "an integer from 32 to 4096"),
     Key("preview", _is_path, "a PNG file name", nullable=True),
     Key("runs", lambda v: _is_path(v) or isinstance(v, list), "a run directory or a list of them"),
+    Key("dir", _is_path, "a folder"),
+    Key("clear", _is_bool, "true or false"),
+    # python -m leafnet.lab.scale
+    Key(
+        "counts",
+        lambda v: isinstance(v, list) and all(positive_int(x) for x in v),
+        "a list of positive integers",
+    ),
+    Key(
+        "photo_size",
+        lambda v: isinstance(v, list) and len(v) == 2 and all(positive_int(x) for x in v),
+        "[width, height]",
+    ),
+    Key("batches", positive_int, "a positive integer"),
     # python -m leafnet.lab.bench
     Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
     Key("batch", positive_int, "a positive integer"),

@@ -19,9 +19,15 @@ from fixtures_data import TINY_PER_CLASS, tiny_data_cfg, tiny_leaf, write_odd_im
 from PIL import Image
 
 from leafnet.data import datamodule as dm_module
+from leafnet.data import stream as stream_module
 from leafnet.data.datamodule import LeafDataModule, scan_folder
 from leafnet.data.synthetic import CLASS_NAMES, ensure_synthetic
 from leafnet.errors import LeafnetError
+
+
+def all_images(dm: LeafDataModule) -> torch.Tensor:
+    """Every used image, read from the cache as the loaders read them."""
+    return dm.dataset().batch(range(len(dm.paths_used)))[0]
 
 
 def make(data_dir, **overrides) -> LeafDataModule:
@@ -91,7 +97,7 @@ def test_bad_files_are_skipped_and_reported(own_dir, tmp_path, caplog):
     assert "too many pixels" in reasons["bad_bomb.jpg"]
     assert "empty" in reasons["bad_zero_byte.jpg"]
     assert dm.report == report
-    assert dm.images.shape == (total - 6, 3, 16, 16)
+    assert all_images(dm).shape == (total - 6, 3, 16, 16)
 
 
 def test_strict_turns_a_bad_file_into_an_error(own_dir):
@@ -246,13 +252,13 @@ def test_limit_per_class(tiny_image_dir):
 # --------------------------------------------------------------------------- cache
 def test_cache_reads_each_file_once_and_rereads_a_changed_file(own_dir, tmp_path, monkeypatch):
     calls = []
-    real = dm_module.load_for_model
+    real = stream_module.load_for_model
 
     def counting(path, *args, **kwargs):
         calls.append(path.name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(dm_module, "load_for_model", counting)
+    monkeypatch.setattr(stream_module, "load_for_model", counting)
     cache = tmp_path / "cache"
     first = make(own_dir, cache=True, cache_dir=cache)
     assert len(calls) == 3 * TINY_PER_CLASS
@@ -260,7 +266,7 @@ def test_cache_reads_each_file_once_and_rereads_a_changed_file(own_dir, tmp_path
     calls.clear()
     second = make(own_dir, cache=True, cache_dir=cache)
     assert calls == []
-    assert torch.equal(first.images, second.images)
+    assert torch.equal(all_images(first), all_images(second))
 
     changed = own_dir / CLASS_NAMES[2] / "03.jpg"
     Image.new("RGB", (48, 40), (255, 255, 255)).save(changed)
@@ -269,7 +275,7 @@ def test_cache_reads_each_file_once_and_rereads_a_changed_file(own_dir, tmp_path
     third = make(own_dir, cache=True, cache_dir=cache)
     assert calls == ["03.jpg"]
     i = third.paths_used.index(changed)
-    assert third.images[i][:, 8].float().mean() > 250  # the new white pixels (centre row)
+    assert all_images(third)[i][:, 8].float().mean() > 250  # the new white pixels (centre row)
 
     calls.clear()
     make(own_dir, cache=True, cache_dir=cache, image_size=20)  # other settings: other entries
@@ -282,43 +288,49 @@ def test_corrupt_cache_entry_is_rebuilt(own_dir, tmp_path):
     for f in cache.rglob("*.npy"):
         f.write_bytes(b"garbage")
     again = make(own_dir, cache=True, cache_dir=cache)
-    assert torch.equal(first.images, again.images)
+    assert torch.equal(all_images(first), all_images(again))
 
 
 # --------------------------------------------------------------------------- loaders
-def test_loaders_yield_uint8_batches_of_batch_size(tiny_image_dir):
-    dm = make(tiny_image_dir, batch_size=8, val_fraction=0.25, test_fraction=0.25)
+def test_loaders_yield_uint8_batches_of_batch_size(tiny_image_dir, tmp_path):
+    dm = make(
+        tiny_image_dir, batch_size=8, val_fraction=0.25, test_fraction=0.25, cache=True,
+        cache_dir=tmp_path / "cache",
+    )  # fmt: skip
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 3, 16, 16) and x.dtype == torch.uint8
     assert y.shape == (8,) and y.dtype == torch.int64
     seen = torch.cat([b[1] for b in dm.val_dataloader()])
     assert len(seen) == 9 and sorted(seen.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert sum(len(b[1]) for b in dm.test_dataloader()) == 9
-    assert dm.train_dataloader().num_workers == 0  # auto: in-memory gathers need no workers
+    assert dm.train_dataloader().num_workers == 0  # auto: reads of cached entries need no workers
+    uncached = make(tiny_image_dir, batch_size=8)  # cache off: batches are decoded, in workers
+    assert uncached.train_dataloader().num_workers == max(0, min(4, (os.cpu_count() or 1) - 1))
     assert dm.train_dataloader().pin_memory is torch.cuda.is_available()
 
 
 def test_train_batches_match_the_stored_images(tiny_image_dir):
     dm = make(tiny_image_dir)
     ds = dm.dataset("train")
-    x, y = ds.__getitems__([0, 3])
-    assert torch.equal(x[1], dm.images[ds.index[3]]) and y[1] == dm.labels[ds.index[3]]
-    # Stored and batched channels_last: augmentation gets HWC views, the step no permute.
-    assert dm.images.is_contiguous(memory_format=torch.channels_last)
-    assert x.is_contiguous(memory_format=torch.channels_last)
+    x, y = ds.batch([0, 3])
+    at = dm.paths_used.index(ds.files[3])
+    assert torch.equal(x[1], all_images(dm)[at]) and y[1] == dm.labels[at]
+    assert x.is_contiguous(memory_format=torch.channels_last)  # the step needs no permute
     single_x, single_y = ds[3]
     assert torch.equal(single_x, x[1]) and single_y == y[1]
 
 
-def test_basic_augmentation_only_on_train(tiny_image_dir):
+def test_basic_augmentation_only_on_train(tiny_image_dir, tmp_path):
     dm = make(tiny_image_dir, augment="basic", num_workers=0)
     train, val = dm.dataset("train"), dm.dataset("val")
     assert train.transform is not None and val.transform is None
     torch.manual_seed(0)
-    x, _ = train.__getitems__(list(range(len(train))))
+    x, _ = train.batch(list(range(len(train))))
     assert x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16)
-    assert not torch.equal(x, dm.images[train.index])
-    auto = LeafDataModule(**tiny_data_cfg(tiny_image_dir, augment="basic"))
+    at = [dm.paths_used.index(f) for f in train.files]
+    assert not torch.equal(x, all_images(dm)[at])
+    cached = {"cache": True, "cache_dir": str(tmp_path / "cache")}
+    auto = LeafDataModule(**tiny_data_cfg(tiny_image_dir, augment="basic", **cached))
     assert auto.workers_for(augmented=True) == max(0, min(4, (os.cpu_count() or 1) - 1))
     assert auto.workers_for(augmented=False) == 0
 
@@ -328,7 +340,7 @@ def test_basic_augmentation_rotates_in_the_pad_colour():
     # with the pad colour) and colour jitter (which maps equal pixels to equal pixels); a wrong
     # fill colour would show as corners that differ from the middle.
     pad = [200, 40, 10]
-    augment = dm_module.basic_augmentation(pad)
+    augment = stream_module.basic_augmentation(pad)
     image = torch.tensor(pad, dtype=torch.uint8).view(3, 1, 1).expand(3, 64, 64).contiguous()
     torch.manual_seed(0)
     for _ in range(8):

@@ -2,13 +2,21 @@
 
 The key hashes the file's absolute path, size and mtime with every setting that changes the
 pixels (side, resize mode, pad colour), so a changed file or a different setting is simply a miss
-and the old entry is never read again. Entries are written atomically, so parallel sweep jobs
-can share one cache directory.
+and the old entry is never read again. A file that is not a usable image gets a small `.bad`
+entry holding the reason, so a warm start decodes nothing at all. Entries are written atomically,
+so parallel sweep jobs (and the cold pass's worker processes) can share one cache directory, and
+an interrupted cold pass keeps every entry it finished.
+
+`python -m leafnet.data.cache [dir=data/.cache] [clear=true]` reports (or clears) a cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +24,11 @@ import torch
 from torch import Tensor
 
 from leafnet.data.images import Preprocessing
-from leafnet.errors import LeafnetError
-from leafnet.files import atomic_path
+from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import atomic_path, write_text
 
 CACHE_VERSION = 1  # bump when read_image/resize change what they produce
+_ENTRY = re.compile(r"[0-9a-f]{40}\.(npy|bad)")
 
 
 def cache_key(path: str | Path, prep: Preprocessing) -> str:
@@ -44,14 +53,18 @@ def cache_key(path: str | Path, prep: Preprocessing) -> str:
 
 
 class DiskCache:
-    """uint8 tensors under `root/<key[:2]>/<key>.npy`; `root=None` disables it."""
+    """uint8 tensors under `root/<key[:2]>/<key>.npy`, reasons under `<key>.bad`; `root=None`
+    disables it. A full or read-only disk makes `put` a no-op: speed lost, never correctness."""
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = None if root is None else Path(root)
 
-    def _file(self, key: str) -> Path:
+    def _file(self, key: str, kind: str = "npy") -> Path:
         assert self.root is not None
-        return self.root / key[:2] / f"{key}.npy"
+        return self.root / key[:2] / f"{key}.{kind}"
+
+    def has(self, key: str) -> bool:
+        return self.root is not None and self._file(key).is_file()
 
     def get(self, key: str, side: int) -> Tensor | None:
         if self.root is None:
@@ -64,12 +77,76 @@ class DiskCache:
             return None
         return torch.from_numpy(arr)
 
-    def put(self, key: str, x: Tensor) -> None:
+    def put(self, key: str, x: Tensor) -> bool:
+        if self.root is None:
+            return False
+        try:
+            with atomic_path(self._file(key)) as tmp, tmp.open("wb") as fh:
+                np.save(fh, x.numpy(), allow_pickle=False)
+        except (LeafnetError, OSError):
+            return False
+        return True
+
+    def bad(self, key: str) -> str | None:
+        """The recorded reason a file is not a usable image, or None."""
+        if self.root is None:
+            return None
+        try:
+            return self._file(key, "bad").read_text(encoding="utf-8")[:500] or "unreadable"
+        except (OSError, UnicodeError):
+            return None
+
+    def put_bad(self, key: str, reason: str) -> None:
         if self.root is None:
             return
-        target = self._file(key)
-        try:
-            with atomic_path(target) as tmp, tmp.open("wb") as fh:
-                np.save(fh, x.numpy(), allow_pickle=False)
-        except LeafnetError:
-            pass  # a read-only or full disk costs speed on the next run, not correctness
+        with contextlib.suppress(LeafnetError, OSError):
+            write_text(self._file(key, "bad"), reason)
+
+    def entries(self) -> Iterator[Path]:
+        """Every entry file of this cache (nothing else under `root` is ever touched)."""
+        if self.root is None or not self.root.is_dir():
+            return
+        for sub in sorted(self.root.iterdir()):
+            if sub.is_dir() and re.fullmatch(r"[0-9a-f]{2}", sub.name):
+                yield from (f for f in sorted(sub.iterdir()) if _ENTRY.fullmatch(f.name))
+
+    def size_bytes(self, keys: Sequence[str] = ()) -> int:
+        """Bytes on disk of `keys`' image entries, or of the whole cache when none are given."""
+        files = (self._file(k) for k in keys) if keys else self.entries()
+        total = 0
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += f.stat().st_size
+        return total
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many. Other files under `root` are left alone."""
+        removed = 0
+        for f in list(self.entries()):
+            f.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """`dir=<cache> [clear=true]`: the cache's place, entries and size; clear removes them."""
+    from leafnet.config import command_config
+
+    cfg = command_config("data.cache", sys.argv[1:] if argv is None else argv, conf="cache")
+    cache = DiskCache(Path(str(cfg.dir)).expanduser())
+    entries = list(cache.entries())
+    size = cache.size_bytes()
+    images = sum(1 for e in entries if e.suffix == ".npy")
+    print(
+        f"leafnet: cache {cache.root.resolve()}: {images} images, "  # type: ignore[union-attr]
+        f"{len(entries) - images} bad-file notes, {size / 2**30:.2f} GB"
+    )
+    if cfg.clear:
+        removed = cache.clear()
+        print(f"leafnet: removed {removed} entries ({size / 2**30:.2f} GB)")
+    return {"images": images, "entries": len(entries), "bytes": size}
+
+
+if __name__ == "__main__":
+    main()

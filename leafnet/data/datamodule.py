@@ -3,10 +3,11 @@
     LeafDataModule(**cfg.data, batch_size=cfg.batch_size, seed=cfg.seed, run_dir=run_dir)
 
 Pipeline (in `setup`): scan `dir` in image-folder layout (class = sub-folder, sorted as Keras
-sorts them) -> read each file once with `images.load_for_model` (or take it from the disk cache)
--> skip and report bad files -> stratified seeded split (or `split_file`, or K-fold) -> one uint8
-tensor [N, 3, S, S] in memory. Loaders index that tensor, so after the first run an epoch costs
-no decoding at all; float scaling happens per batch on the training device (`images.to_float`).
+sorts them) -> make sure each file has a disk-cache entry (`stream.prepare`: decoded once, in
+parallel processes, on first use) -> skip and report bad files -> stratified seeded split (or
+`split_file`, or K-fold). Loaders read each batch's entries from the cache (`stream.CachedImages`),
+so memory stays flat in the number of photos and a warm epoch decodes nothing; float scaling
+happens per batch on the training device (`images.to_float`).
 """
 
 from __future__ import annotations
@@ -14,26 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader
 
 from leafnet.data import splits
-from leafnet.data.cache import DiskCache, cache_key
-from leafnet.data.images import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    BadImage,
-    Preprocessing,
-    load_for_model,
-    to_display,
-)
+from leafnet.data.cache import DiskCache
+from leafnet.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Preprocessing
+from leafnet.data.stream import CachedImages, EpochIndices, basic_augmentation, collate, prepare
 from leafnet.data.synthetic import STYLES, ensure_synthetic
 from leafnet.errors import LeafnetError
 from leafnet.files import write_text
@@ -77,115 +71,6 @@ def scan_folder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
             )
         files.append(sorted(found))
     return classes, files
-
-
-def _collate(batch: Any) -> Any:
-    """Batches from `ImageTensors.__getitems__` are already (x, y); anything else: default."""
-    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        return batch
-    return default_collate(batch)
-
-
-class EpochIndices(Sampler):
-    """The training order, each index paired with the epoch: `(epoch, i)`.
-
-    The order is drawn from `seed + epoch` alone (as DataLoader(shuffle=True) draws it from a
-    generator seeded so: one int64 for the workers' base seed, then a permutation), so it is the
-    same with or without persistent workers, straight or resumed. The dataset seeds a sample's
-    augmentation by (seed, epoch, image). Lightning calls `set_epoch` before each epoch.
-    """
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's draw
-        return ((epoch, i) for i in torch.randperm(self.n, generator=generator).tolist())
-
-
-def _split_keys(keys: Sequence[Any]) -> tuple[list[int], list[int]]:
-    """Positions and epochs of loader keys: `(epoch, i)` from EpochIndices, else plain `i`."""
-    epochs = [int(k[0]) if isinstance(k, tuple) else 0 for k in keys]
-    positions = [int(k[1]) if isinstance(k, tuple) else int(k) for k in keys]
-    return positions, epochs
-
-
-class ImageTensors(Dataset):
-    """A subset of the in-memory uint8 images, optionally augmented per sample."""
-
-    def __init__(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        index: Tensor,
-        transform: Any = None,
-        seed: int = 0,
-    ) -> None:
-        self.images, self.labels, self.index, self.transform = images, labels, index, transform
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _augmented(self, j: int, epoch: int) -> Tensor:
-        # Seeded by (seed, epoch, image), not by a worker's running RNG: persistent workers,
-        # another worker count or a resume draw the same flips and rotations.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + j) % 2**63)
-            return self.transform(self.images[j])
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
-        (i,), (epoch,) = _split_keys([key])
-        j = int(self.index[i])
-        x = self._augmented(j, epoch) if self.transform else self.images[j]
-        return x, self.labels[j]
-
-    def __getitems__(self, keys: Sequence[Any]) -> tuple[Tensor, Tensor]:
-        # One gather per batch instead of 32 small copies and a stack, into a channels_last
-        # batch like the stored images: the step's float conversion then needs no permute.
-        positions, epochs = _split_keys(keys)
-        sel = self.index[torch.as_tensor(positions, dtype=torch.long)]
-        out = torch.empty(
-            (len(sel), *self.images.shape[1:]),
-            dtype=self.images.dtype,
-            memory_format=torch.channels_last,
-        )
-        if self.transform is None:
-            torch.index_select(self.images, 0, sel, out=out)
-        else:
-            augmented = [self._augmented(j, e) for j, e in zip(sel.tolist(), epochs, strict=True)]
-            torch.stack(augmented, out=out)
-        return out, self.labels.index_select(0, sel)
-
-
-def basic_augmentation(pad_color: Sequence[int]) -> Any:
-    """Flips, small rotations and colour jitter on uint8 [3, S, S] tensors (train subset only).
-
-    The transforms run on PIL's uint8 kernels (8 ms per 640 px image on one core, against 19 ms
-    for the same transforms on tensors, which go through float), and rotation uses torchvision's
-    default nearest-neighbour sampling (PIL's bilinear alone costs 10 ms). On a small set the
-    first batch of every epoch waits for one worker to augment it, so this cost is data wait.
-    """
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.ToPILImage(),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(15, interpolation=v2.InterpolationMode.NEAREST, fill=list(pad_color)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-            v2.PILToTensor(),
-        ]
-    )
 
 
 class LeafDataModule(L.LightningDataModule):
@@ -269,6 +154,7 @@ class LeafDataModule(L.LightningDataModule):
         self.report: dict[str, Any] = {"scanned": 0, "used": 0, "skipped": []}
         self.subsets: list[str] = []
         self.paths_used: list[Path] = []
+        self.keys: list[str] = []  # each used image's cache entry
 
     # ------------------------------------------------------------------ what checkpoints carry
     @property
@@ -310,49 +196,45 @@ class LeafDataModule(L.LightningDataModule):
             self._ensure_synthetic()
         self._classes, self._files = scan_folder(self.dir)
 
-    def _load_one(self, path: Path) -> Tensor | BadImage:
-        try:
-            key = cache_key(path, self._prep)
-        except OSError as err:
-            return BadImage(f"cannot read file ({err.strerror or err})", path)
-        x = self.cache.get(key, self._prep.image_size)
-        if x is None:
-            try:
-                # The keras modes give floats; training holds uint8 (a 0.5/255 rounding).
-                x = to_display(
-                    load_for_model(path, self._prep, self.max_pixels, self.min_size), self._prep
-                )
-            except BadImage as err:
-                return err
-            self.cache.put(key, x)
-        return x
-
-    def _load(self) -> tuple[list[Tensor], list[int], list[Path]]:
-        """Read every file once (threads: PIL releases the GIL while decoding and resizing)."""
+    def _load(self) -> tuple[list[str], list[int], list[Path]]:
+        """Each file's cache entry (decoded on first use), in class order; bad files reported.
+        With `limit_per_class`, files are taken in order until that many are usable."""
         assert self._classes is not None and self._files is not None
-        xs: list[Tensor] = []
+        keys: list[str] = []
         ys: list[int] = []
         used: list[Path] = []
         skipped: list[dict[str, str]] = []
-        scanned = 0
+        scanned = decoded = 0
+        started = time.perf_counter()
         limit = self.limit_per_class
-        with ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 1)))) as pool:
-            for label, files in enumerate(self._files):
-                got, pending = 0, list(files)
-                while pending and (limit is None or got < limit):
-                    n = len(pending) if limit is None else limit - got
-                    chunk, pending = pending[:n], pending[n:]
-                    scanned += len(chunk)
-                    for path, result in zip(chunk, pool.map(self._load_one, chunk), strict=True):
-                        if isinstance(result, BadImage):
-                            skipped.append({"file": str(path), "reason": result.reason})
-                            continue
-                        xs.append(result)
-                        ys.append(label)
-                        used.append(path)
-                        got += 1
-        self.report = {"scanned": scanned, "used": len(xs), "skipped": skipped}
-        return xs, ys, used
+        for label, files in enumerate(self._files):
+            got, pending = 0, list(files)
+            while pending and (limit is None or got < limit):
+                n = len(pending) if limit is None else limit - got
+                chunk, pending = pending[:n], pending[n:]
+                scanned += len(chunk)
+                results, new = prepare(
+                    chunk, self._prep, self.cache, self.max_pixels, self.min_size
+                )
+                decoded += new
+                for path, (key, reason) in zip(chunk, results, strict=True):
+                    if reason is not None:
+                        skipped.append({"file": str(path), "reason": reason})
+                        continue
+                    keys.append(key)
+                    ys.append(label)
+                    used.append(path)
+                    got += 1
+        seconds = max(time.perf_counter() - started, 1e-3)
+        self.report = {
+            "scanned": scanned,
+            "used": len(keys),
+            "skipped": skipped,
+            "decoded": {"images": decoded, "seconds": round(seconds, 3)},
+        }
+        if decoded:
+            log.info("decoded %d photos in %.1f s (%.0f/s)", decoded, seconds, decoded / seconds)
+        return keys, ys, used
 
     def _write_report(self) -> None:
         skipped = self.report["skipped"]
@@ -418,23 +300,17 @@ class LeafDataModule(L.LightningDataModule):
         if self._ready:
             return
         self._scan()
-        xs, ys, used = self._load()
+        keys, ys, used = self._load()
+        self._report_cache(keys)
         self._write_report()
-        if not xs:
+        if not keys:
             raise LeafnetError(
                 f"no valid images left in {self.dir} ({self.report['scanned']} scanned, all skipped); "
                 "see data_report.json"
             )
         subsets = self._split(ys, used)
         keep = [i for i, s in enumerate(subsets) if s != "none"]
-        # Held channels_last (pixel-interleaved, as decoded): a per-sample augmentation hands
-        # PIL an HWC view without a copy (4 -> 1 ms per 640 px image); a batch gather costs 3 ms more.
-        size = xs[keep[0]].shape
-        self.images = torch.empty(
-            (len(keep), *size), dtype=torch.uint8, memory_format=torch.channels_last
-        )
-        torch.stack([xs[i] for i in keep], out=self.images)
-        del xs
+        self.keys = [keys[i] for i in keep]
         self.labels = torch.tensor([ys[i] for i in keep], dtype=torch.long)
         self.paths_used = [used[i] for i in keep]
         self.subsets = [subsets[i] for i in keep]
@@ -457,30 +333,62 @@ class LeafDataModule(L.LightningDataModule):
         self._loader_gen = torch.Generator().manual_seed(self.seed)
         self._ready = True
 
-    def _index(self, subset: str) -> Tensor:
-        return torch.tensor(
-            [i for i, s in enumerate(self.subsets) if s == subset], dtype=torch.long
-        )
+    def _positions(self, subset: str | None) -> list[int]:
+        return [i for i, s in enumerate(self.subsets) if subset is None or s == subset]
 
     def paths(self, subset: str) -> list[Path]:
         """The files of one subset (train | val | test), in dataset order."""
-        return [p for p, s in zip(self.paths_used, self.subsets, strict=True) if s == subset]
+        return [self.paths_used[i] for i in self._positions(subset)]
 
-    def dataset(self, subset: str) -> ImageTensors:
+    def dataset(self, subset: str | None = None) -> CachedImages:
+        """One subset (train | val | test), or every used image (None), read from the cache."""
         self.setup()
         transform = (
             basic_augmentation(self._prep.pad_color)
             if subset == "train" and self.augment == "basic"
             else None
         )
-        return ImageTensors(self.images, self.labels, self._index(subset), transform, self.seed)
+        at = self._positions(subset)
+        return CachedImages(
+            [self.paths_used[i] for i in at],
+            [self.keys[i] for i in at],
+            self.labels[at],
+            self._prep,
+            self.cache,
+            self.max_pixels,
+            self.min_size,
+            transform,
+            self.seed,
+        )
+
+    def _report_cache(self, keys: list[str]) -> None:
+        """The cache's place and size in the log and data_report.json; a cache that could not
+        store every image (read-only or full disk) is named, since its images are decoded per
+        batch."""
+        if self.cache.root is None:
+            log.info("data cache off (data.cache=false): every batch is decoded from its files")
+            return
+        cached = sum(self.cache.has(k) for k in keys)
+        size = self.cache.size_bytes(keys)
+        where = str(self.cache.root.resolve())
+        self.report["cache"] = {"dir": where, "images": cached, "bytes": size}
+        log.info(
+            "data cache: %d of %d images, %.2f GB in %s", cached, len(keys), size / 2**30, where
+        )
+        if cached < len(keys):
+            log.warning(
+                "data cache %s could not store %d images (read-only or full?): they are decoded "
+                "in every epoch, which is slower", where, len(keys) - cached,
+            )  # fmt: skip
 
     def workers_for(self, augmented: bool) -> int:
-        """auto: no workers while a batch is one in-memory gather (measured fastest); workers
-        only when per-sample augmentation has real CPU work to overlap with the step."""
+        """auto: no workers while a batch is a read of cached entries (a few ms a batch); workers
+        when per-sample augmentation or decoding (cache off or incomplete) has real CPU work to
+        overlap with the step."""
         if self.num_workers_setting != "auto":
             return int(self.num_workers_setting)
-        if not augmented:
+        decoding = self.cache.root is None or not all(self.cache.has(k) for k in self.keys)
+        if not augmented and not decoding:
             return 0
         return max(0, min(4, (os.cpu_count() or 1) - 1))
 
@@ -506,7 +414,7 @@ class LeafDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self._pin(),
-            collate_fn=_collate,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -59,7 +59,11 @@ def histogram_baseline(run_dir: str | Path) -> dict[str, float]:
     data.update(synthetic=False, augment="none", num_workers=0)
     dm = LeafDataModule(**data, batch_size=int(run.config.batch_size), seed=int(run.config.seed))
     dm.setup("fit")
-    features = colour_histograms(dm.images)
+    every = dm.dataset()
+    features = np.concatenate(
+        [colour_histograms(every.batch(range(i, min(i + 64, len(every))))[0])
+         for i in range(0, len(every), 64)]
+    )  # fmt: skip
     labels = np.asarray(dm.labels)
     subsets = np.asarray(dm.subsets)
     x = {s: features[subsets == s] for s in ("train", "val", "test")}

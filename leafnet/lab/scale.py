@@ -1,0 +1,220 @@
+"""`python -m leafnet.lab.scale`: does training's memory stay flat as a folder grows?
+
+    python -m leafnet.lab.scale                       # N = 300 and 3000 camera-sized JPEGs at 640 px
+    python -m leafnet.lab.scale counts=[300,3000,30000] image_size=224
+
+For each N it writes N camera-sized JPEGs (`photo_size`, 3 classes, each file different) under
+`out`, then runs the training command twice on them in a subprocess, once cold (empty cache) and
+once warm, each for one short epoch (`batches` training and validation batches). Beside each run,
+this process samples the child's anonymous resident memory (RssAnon in /proc: a memory map the
+kernel can drop is not counted) every 20 ms and keeps the peak. It reports per N and pass: peak
+RssAnon, the cold pass's images/s, time from process start to the first training step, the
+epoch's images/s and data-wait share (from the run's metrics.csv), and the cache size on disk.
+Linux only (/proc). JSON and a Markdown table go to `<out>/scale.json` and `scale.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from leafnet import tables
+from leafnet.config import command_config
+from leafnet.errors import LeafnetError, cli_errors
+from leafnet.files import write_text
+
+CLASSES = ("healthy", "spotted", "blighted")
+
+
+def write_photos(folder: Path, n: int, size: Sequence[int], seed: int = 0) -> None:
+    """`n` JPEGs of `size` (width, height) in three class folders; kept when already there."""
+    import numpy as np
+    from PIL import Image
+
+    done = folder / f".complete-{n}"
+    if done.is_file():
+        return
+    rng = np.random.default_rng(seed)
+    width, height = int(size[0]), int(size[1])
+    for i in range(n):
+        cls = CLASSES[i % 3]
+        path = folder / cls / f"{i:06d}.jpg"
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base = np.array([[40, 120, 40], [120, 110, 40], [90, 60, 30]][i % 3], dtype=np.float32)
+        small = base + rng.normal(0, 35, (height // 16, width // 16, 3))
+        image = Image.fromarray(small.clip(0, 255).astype(np.uint8)).resize((width, height))
+        image.save(path, quality=85)
+    done.write_text("")
+
+
+def _rss_anon(pid: int) -> int:
+    """Anonymous resident memory of `pid` and its children (data-loader workers, the cold pass's
+    decoders), in bytes."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def run_training(args: list[str], run_dir: Path, timeout: float) -> dict[str, Any]:
+    """The training command in a subprocess, its peak RssAnon sampled from here."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leafnet.train", *args, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _rss_anon(proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise LeafnetError(f"training failed ({proc.returncode}): {output.strip()[-400:]}")
+    first_step = (run_dir / "first_step_s.txt").read_text().strip()
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    header, row = metrics[0].split(","), metrics[-1].split(",")
+    epoch = dict(zip(header, row, strict=True))
+    return {
+        "peak_rss_anon_gb": round(peak / 2**30, 3),
+        "wall_s": round(time.time() - started, 1),
+        "first_step_s": float(first_step),
+        "epoch_images_per_s": float(epoch["images_per_s"]),
+        "data_wait_share": float(epoch["data_wait_share"]),
+    }
+
+
+class FirstStepTime:
+    """A Lightning callback (added by this bench only): writes the seconds from the process's
+    start to its first training step into `<run dir>/first_step_s.txt`."""
+
+    def __new__(cls) -> Any:
+        import lightning.pytorch as pl
+        import psutil
+
+        class _FirstStepTime(pl.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                if trainer.global_step == 0 and batch_idx == 0:
+                    since = time.time() - psutil.Process().create_time()
+                    path = Path(trainer.default_root_dir) / "first_step_s.txt"
+                    write_text(path, f"{since:.2f}\n")
+
+        return _FirstStepTime()
+
+
+def _cache_bytes(cache: Path) -> int:
+    return sum(f.stat().st_size for f in cache.rglob("*.npy"))
+
+
+def measure(cfg: Any, n: int) -> list[dict[str, Any]]:
+    out = Path(str(cfg.out))
+    photos = out / "photos" / f"{n}"
+    t0 = time.perf_counter()
+    write_photos(photos, n, list(cfg.photo_size))
+    print(f"scale: {n} photos ready in {photos} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    cache = out / "cache" / f"{n}-{cfg.image_size}"
+    rows = []
+    for tag in ("cold", "warm"):
+        if tag == "cold" and cache.exists():
+            import shutil
+
+            shutil.rmtree(cache)
+        run_dir = out / "runs" / f"{n}-{cfg.image_size}-{tag}"
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        args = [
+            "data=folder", f"data.dir={photos}", f"data.cache_dir={cache}",
+            f"data.image_size={cfg.image_size}", f"model={cfg.model}", "trainer=cpu", "epochs=1",
+            f"batch_size={cfg.batch_size}", f"trainer.limit_train_batches={cfg.batches}",
+            f"trainer.limit_val_batches={cfg.batches}", "trainer.num_sanity_val_steps=0",
+            "logger=none", "~callbacks.explain", "~callbacks.val_images",
+            "~callbacks.confusion_matrix", "+callbacks.first_step._target_="
+            "leafnet.lab.scale.FirstStepTime",
+        ]  # fmt: skip
+        result = run_training(args, run_dir, float(cfg.timeout))
+        result.update(n=n, image_size=int(cfg.image_size), start=tag)
+        result["cache_gb"] = round(_cache_bytes(cache) / 2**30, 3)
+        report = json.loads((run_dir / "data_report.json").read_text())
+        decoded = report.get("decoded", {})
+        result["decoded"] = decoded.get("images", 0)
+        result["decode_images_per_s"] = (
+            round(decoded["images"] / decoded["seconds"], 1) if decoded.get("images") else None
+        )
+        result["used"] = report["used"]
+        print(f"scale: {result}", flush=True)
+        rows.append(result)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    titles = [
+        "photos", "px", "start", "peak RssAnon GB", "to first step s", "cold pass img/s",
+        "epoch img/s", "data wait", "cache GB",
+    ]  # fmt: skip
+    cells = [
+        [
+            str(r["n"]), str(r["image_size"]), r["start"], f"{r['peak_rss_anon_gb']:.2f}",
+            f"{r['first_step_s']:.1f}",
+            "-" if r["decode_images_per_s"] is None else f"{r['decode_images_per_s']:.0f}",
+            f"{r['epoch_images_per_s']:.1f}", f"{100 * r['data_wait_share']:.1f}%",
+            f"{r['cache_gb']:.2f}",
+        ]
+        for r in rows
+    ]  # fmt: skip
+    return tables.markdown_table(titles, cells, right=[True] * len(titles))
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    cfg = command_config("lab.scale", sys.argv[1:] if argv is None else argv, conf="scale")
+    if not Path("/proc/self/status").is_file():
+        raise LeafnetError("the scale bench reads /proc (Linux); run it on a Linux host")
+    rows = [row for n in cfg.counts for row in measure(cfg, int(n))]
+    out = Path(str(cfg.out))
+    write_text(out / "scale.json", json.dumps(rows, indent=1) + "\n")
+    table = markdown(rows)
+    write_text(out / "scale.md", table + "\n")
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Images read per batch from the disk cache: the cold pass, a warm start that decodes nothing,
+a cache that cannot be written, and the command that reports and clears a cache."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import tiny_data_cfg, write_odd_image
+
+from leafnet.data import stream
+from leafnet.data.cache import DiskCache
+from leafnet.data.cache import main as cache_main
+from leafnet.data.datamodule import LeafDataModule
+from leafnet.data.images import Preprocessing
+from leafnet.data.synthetic import CLASS_NAMES
+
+
+@pytest.fixture
+def own_dir(tmp_path: Path, tiny_image_dir: Path) -> Path:
+    return shutil.copytree(tiny_image_dir, tmp_path / "leaves")
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files decoded in this process from now on."""
+    calls: list[str] = []
+    real = stream.load_for_model
+
+    def counting(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(stream, "load_for_model", counting)
+    return calls
+
+
+def make(folder: Path, cache: Path | None, **overrides) -> LeafDataModule:
+    on = {"cache": True, "cache_dir": str(cache)} if cache else {}
+    dm = LeafDataModule(**tiny_data_cfg(folder, **on, **overrides))
+    dm.setup()
+    return dm
+
+
+def every_image(dm: LeafDataModule) -> torch.Tensor:
+    return dm.dataset().batch(range(len(dm.paths_used)))[0]
+
+
+def test_a_warm_start_decodes_nothing_not_even_bad_files(
+    own_dir: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    write_odd_image(own_dir / CLASS_NAMES[0] / "broken.png", "corrupt")
+    cache = tmp_path / "cache"
+    first = make(own_dir, cache)
+    assert "broken.png" in decodes and first.report["decoded"]["images"] == 37
+    assert [s["file"] for s in first.report["skipped"]] == [
+        str(own_dir / CLASS_NAMES[0] / "broken.png")
+    ]
+    decodes.clear()
+    second = make(own_dir, cache)
+    x = every_image(second)
+    assert decodes == [] and second.report["decoded"]["images"] == 0
+    assert second.report["skipped"] == first.report["skipped"]  # the reason came from the cache
+    assert torch.equal(x, every_image(first))
+    assert second.report["cache"]["images"] == 36 and second.report["cache"]["bytes"] > 36 * 768
+
+
+def test_the_cold_pass_in_worker_processes_gives_the_same_images(
+    own_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_process = every_image(make(own_dir, tmp_path / "a"))
+    monkeypatch.setattr(stream, "_PROCESS_MIN_FILES", 4)  # 12 files a class: processes
+    in_workers = make(own_dir, tmp_path / "b")
+    assert in_workers.report["decoded"]["images"] == 36
+    assert torch.equal(every_image(in_workers), in_process)
+
+
+def test_an_interrupted_cold_pass_continues_where_it_stopped(own_dir: Path, tmp_path: Path) -> None:
+    files = sorted(own_dir.rglob("*.jpg"))
+    prep, cache = Preprocessing(image_size=16), DiskCache(tmp_path / "cache")
+    _, decoded = stream.prepare(files[:20], prep, cache, 10**8, 16)  # stopped after 20
+    results, decoded_after = stream.prepare(files, prep, cache, 10**8, 16)
+    assert (decoded, decoded_after) == (20, 16)
+    assert all(reason is None for _, reason in results)
+
+
+def test_a_cache_that_cannot_be_written_costs_speed_not_correctness(
+    own_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "a_file").write_text("")
+    unwritable = tmp_path / "a_file" / "cache"  # its parent is a file: nothing can be made
+    dm = make(own_dir, unwritable)
+    assert "could not store 36 images" in caplog.text
+    assert torch.equal(every_image(dm), every_image(make(own_dir, tmp_path / "cache")))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 16, 16) and y.shape == (8,)
+
+
+def test_the_datamodule_holds_no_pixels(own_dir: Path, tmp_path: Path) -> None:
+    """Memory flat in the number of photos: paths, keys and labels only, no image tensor."""
+    dm = make(own_dir, tmp_path / "cache")
+    big = [
+        name for name, value in vars(dm).items()
+        if isinstance(value, torch.Tensor) and value.numel() > len(dm.paths_used)
+    ]  # fmt: skip
+    assert big == []
+    ds = dm.dataset("train")
+    assert [v for v in vars(ds).values() if isinstance(v, torch.Tensor)] == [ds.labels]
+
+
+def test_the_cache_command_reports_and_clears_only_its_entries(
+    own_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    make(own_dir, cache)
+    (cache / "README.txt").write_text("mine")
+    found = cache_main([f"dir={cache}"])
+    assert found["images"] == 36 and found["bytes"] > 0
+    assert f"cache {cache}: 36 images" in capsys.readouterr().out
+    cache_main([f"dir={cache}", "clear=true"])
+    assert list(DiskCache(cache).entries()) == [] and (cache / "README.txt").read_text() == "mine"
