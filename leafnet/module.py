@@ -144,6 +144,34 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any]):
     raise LeafnetError(f"scheduler.name={name!r} is unknown; use one of {', '.join(SCHEDULERS)}")
 
 
+def class_weights(
+    setting: Any, class_names: Sequence[str], counts: Sequence[int] | None
+) -> list[float] | None:
+    """Per-class loss weights for `class_weight`: null (none), `balanced` (N / (K x n_c), as
+    scikit-learn's and the Keras tutorials' formula) or a mapping {class name: weight} (classes
+    it does not name weigh 1)."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        if not counts or min(counts) < 1:
+            raise LeafnetError(
+                "class_weight=balanced needs training images of every class; some class has none"
+            )
+        total, k = sum(counts), len(counts)
+        return [total / (k * n) for n in counts]
+    if isinstance(setting, Mapping):
+        unknown = sorted(set(map(str, setting)) - set(class_names))
+        if unknown:
+            raise LeafnetError(
+                f"class_weight names {unknown[0]!r}, which is not a class; the classes are "
+                f"{', '.join(class_names)}"
+            )
+        return [float(setting.get(name, 1.0)) for name in class_names]
+    raise LeafnetError(
+        f"class_weight={setting!r}: use null, balanced, or {{class name: weight, ...}}"
+    )
+
+
 class LeafClassifier(pl.LightningModule):
     """LeafNet with its loss, metrics and optimizer: what a checkpoint holds."""
 
@@ -157,6 +185,8 @@ class LeafClassifier(pl.LightningModule):
         class_names: Sequence[str] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         micro_batch_size: int | None = None,
+        class_weight: Sequence[float] | None = None,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         model = to_primitive(model)
@@ -178,6 +208,8 @@ class LeafClassifier(pl.LightningModule):
                 "class_names": class_names or [str(i) for i in range(num_classes)],
                 "preprocessing": prep.to_dict(),
                 "micro_batch_size": int(micro_batch_size) if micro_batch_size else None,
+                "class_weight": [float(w) for w in class_weight] if class_weight else None,
+                "backbone_lr_scale": float(backbone_lr_scale),
             },
             logger=False,  # leafnet.train logs flat hparams with the final metrics instead
         )
@@ -192,11 +224,16 @@ class LeafClassifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(n, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.test_f1 = MulticlassF1Score(n, average="macro")
+        self.test_balanced_acc = MulticlassAccuracy(n, average="macro")  # mean per-class recall
         self.test_precision = MulticlassPrecision(n, average=None)
         self.test_recall = MulticlassRecall(n, average=None)
         self.test_confmat = MulticlassConfusionMatrix(n)
         # Divergence is tracked on the device (no host sync per step); DivergenceStop reads it.
         self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
+        # Keras' fit(class_weight=...): each sample's loss times its class's weight, summed and
+        # divided by the batch size. Training only, as in Keras.
+        weights = torch.tensor(class_weight, dtype=torch.float32) if class_weight else None
+        self.register_buffer("loss_weight", weights, persistent=False)
 
     @classmethod
     def from_config(
@@ -204,11 +241,13 @@ class LeafClassifier(pl.LightningModule):
         cfg: Mapping[str, Any],
         class_names: Sequence[str],
         preprocessing: Mapping[str, Any],
+        class_counts: Sequence[int] | None = None,
     ) -> LeafClassifier:
         """A classifier for a training config (a plain dict: model, optimizer, lr, data, ...).
 
         The output width comes from `class_names`; `micro_batch_size: auto` becomes the largest
-        micro-batch that fits `max_memory_gb`.
+        micro-batch that fits `max_memory_gb`; `class_weight: balanced` weighs each class by
+        N / (classes x its count in `class_counts`, the training images per class).
         """
         model = dict(cfg["model"])
         if model.get("num_classes") not in (None, len(class_names)):
@@ -237,6 +276,8 @@ class LeafClassifier(pl.LightningModule):
             class_names=class_names,
             preprocessing=preprocessing,
             micro_batch_size=min(int(micro), batch_size),
+            class_weight=class_weights(cfg.get("class_weight"), class_names, class_counts),
+            backbone_lr_scale=float(cfg.get("backbone_lr_scale", 1.0)),
         )
 
     # -- inference -------------------------------------------------------------------------------
@@ -279,7 +320,7 @@ class LeafClassifier(pl.LightningModule):
         # gradient is exactly the mean over the whole batch, a smaller last batch included.
         for xc, yc in zip(x.tensor_split(chunks), y.tensor_split(chunks), strict=True):
             logits = self(xc)
-            chunk_loss = F.cross_entropy(logits, yc, reduction="sum")
+            chunk_loss = self.summed_loss(logits, yc)
             self.manual_backward(chunk_loss / n)
             loss_sum += chunk_loss.detach()
             self.train_acc.update(logits.detach(), yc)
@@ -292,6 +333,11 @@ class LeafClassifier(pl.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def summed_loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        """The training loss summed over a batch: cross-entropy, each sample's times its class's
+        weight when `class_weight` is set (divided by the batch size, Keras' class-weighted loss)."""
+        return F.cross_entropy(logits, y, weight=self.loss_weight, reduction="sum")
 
     def on_train_epoch_end(self) -> None:
         # Schedules step once per epoch; plateau watches the validation loss of this epoch.
@@ -319,10 +365,15 @@ class LeafClassifier(pl.LightningModule):
         x, y = batch
         logits = self._logits(x)
         self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
-        for metric in (self.test_acc, self.test_f1, self.test_precision, self.test_recall):
+        metrics = (
+            self.test_acc, self.test_f1, self.test_balanced_acc, self.test_precision,
+            self.test_recall,
+        )  # fmt: skip
+        for metric in metrics:
             metric.update(logits, y)
         self.test_confmat.update(logits, y)
         self.log("test_acc", self.test_acc, on_epoch=True)
+        self.log("test_balanced_acc", self.test_balanced_acc, on_epoch=True)
         self.log("test_f1_macro", self.test_f1, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
@@ -347,7 +398,19 @@ class LeafClassifier(pl.LightningModule):
         from leafnet.optim import build_optimizer
 
         hp = self.hparams
-        optimizer = build_optimizer(self.parameters(), hp.optimizer, hp.lr, hp.weight_decay)
+        params: Any = self.parameters()
+        scale = hp.get("backbone_lr_scale", 1.0)
+        if scale != 1.0:  # fine-tuning: the new head at lr, the pretrained rest at lr * scale
+            head = [m for m in self.net.modules() if isinstance(m, nn.Linear)][-1]
+            head_ids = {id(p) for p in head.parameters()}
+            params = [
+                {"params": list(head.parameters())},
+                {
+                    "params": [p for p in self.parameters() if id(p) not in head_ids],
+                    "lr": hp.lr * scale,
+                },
+            ]
+        optimizer = build_optimizer(params, hp.optimizer, hp.lr, hp.weight_decay)
         scheduler = build_scheduler(optimizer, hp.scheduler)
         if scheduler is None:
             return optimizer

@@ -79,6 +79,20 @@ TRAIN_KEYS: tuple[Key, ...] = (
     Key("epochs", positive_int, "a positive integer"),
     Key("seed", _is_int, "an integer"),
     Key("weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    Key(
+        "class_weight",
+        lambda v: (
+            v == "balanced"
+            or (isinstance(v, Mapping) and all(_is_number(w) and w >= 0 for w in v.values()))
+        ),
+        "null, balanced, or {class name: weight >= 0, ...}",
+        nullable=True,
+    ),
+    Key(
+        "backbone_lr_scale",
+        lambda v: _is_number(v) and 0 < v <= 1,
+        "a number in (0, 1]: the pretrained layers' lr as a fraction of lr",
+    ),
     Key("resume", _is_str, "a run directory", nullable=True),
     Key("tune.lr_find", _is_bool, "true or false"),
     Key("tune.num_training", positive_int, "a positive integer"),

@@ -42,6 +42,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from leafnet.baseline import colour_baseline, verdict
 from leafnet.config import CONFIG_DIR, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
@@ -178,6 +179,7 @@ def _train_in(
         "final_train_loss": None,
         "test_acc": None,
         "test_f1_macro": None,
+        "test_balanced_acc": None,
         "wall_time_s": 0.0,
         "images_per_s": None,
         "peak_rss_gb": 0.0,
@@ -250,7 +252,10 @@ def _fit_and_test(
     datamodule.setup("fit")
     class_names = list(datamodule.class_names)
     classifier = LeafClassifier.from_config(
-        to_primitive(cfg), class_names, datamodule.preprocessing.to_dict()
+        to_primitive(cfg),
+        class_names,
+        datamodule.preprocessing.to_dict(),
+        class_counts=datamodule.class_counts("train"),
     )
 
     loggers = [
@@ -308,6 +313,12 @@ def _fit_and_test(
         summary.update(
             test_outcome(metrics[0] if metrics else {}, class_names, classifier.confusion_matrix())
         )
+        if trainer.is_global_zero:
+            splits = {s: datamodule.dataset(s) for s in ("train", "val", "test")}
+            summary["colour_baseline"] = colour_baseline(splits)
+            warning = verdict(summary["test_acc"], summary["colour_baseline"])
+            if warning:
+                log.warning("%s", warning)
 
     final = final_metrics(summary)
     for logger in trainer.loggers:

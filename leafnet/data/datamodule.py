@@ -336,6 +336,14 @@ class LeafDataModule(L.LightningDataModule):
     def _positions(self, subset: str | None) -> list[int]:
         return [i for i, s in enumerate(self.subsets) if subset is None or s == subset]
 
+    def class_counts(self, subset: str = "train") -> list[int]:
+        """Images per class (in label order) in one subset."""
+        self.setup()
+        counts = [0] * len(self.class_names)
+        for i in self._positions(subset):
+            counts[int(self.labels[i])] += 1
+        return counts
+
     def paths(self, subset: str) -> list[Path]:
         """The files of one subset (train | val | test), in dataset order."""
         return [self.paths_used[i] for i in self._positions(subset)]

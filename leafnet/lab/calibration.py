@@ -4,7 +4,7 @@
 run: seed, test accuracy, hidden Dense units alive at the end, training accuracy at epoch 3, and
 the test accuracy of a colour-histogram logistic regression trained on the same run's split
 (`split.csv`). A CNN that does not beat the colour baseline clearly has learned colour, not
-symptoms. The baseline needs scikit-learn (`pip install 'leafnet[lab]'`).
+symptoms. The baseline is `leafnet.baseline`'s, which every training run also reports.
 """
 
 from __future__ import annotations
@@ -14,41 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from leafnet import tables
+from leafnet.baseline import colour_baseline
 from leafnet.config import command_config, to_primitive
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import write_text
 from leafnet.runs import find_run_dirs, read_run
 
-BINS = 8  # per channel: 512 colour bins
-C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse regularisation, chosen on the validation images
 
-
-def colour_histograms(images: torch.Tensor, bins: int = BINS) -> np.ndarray:
-    """Normalised joint RGB histograms [N, bins**3] of a uint8 batch [N, 3, H, W]."""
-    rows = []
-    for chunk in images.split(16):  # int64 indices of a 640 px image take 10 MB
-        q = (chunk.long() * bins // 256).flatten(2)  # [n, 3, H*W], each in [0, bins)
-        index = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
-        hist = torch.zeros(chunk.shape[0], bins**3, dtype=torch.float64)
-        hist.scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
-        rows.append(hist / index.shape[1])
-    return torch.cat(rows).numpy()
-
-
-def histogram_baseline(run_dir: str | Path) -> dict[str, float]:
-    """Colour-histogram logistic regression on a run's own split: val-chosen C, test accuracy."""
-    try:
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-    except ImportError:
-        raise LeafnetError(
-            "the colour baseline needs scikit-learn: pip install 'leafnet[lab]'"
-        ) from None
+def histogram_baseline(run_dir: str | Path) -> dict[str, Any]:
+    """The colour baseline (`leafnet.baseline`) on a finished run's own split (`split.csv`)."""
     from leafnet.data.datamodule import LeafDataModule
 
     run = read_run(run_dir)
@@ -59,27 +34,10 @@ def histogram_baseline(run_dir: str | Path) -> dict[str, float]:
     data.update(synthetic=False, augment="none", num_workers=0)
     dm = LeafDataModule(**data, batch_size=int(run.config.batch_size), seed=int(run.config.seed))
     dm.setup("fit")
-    every = dm.dataset()
-    features = np.concatenate(
-        [colour_histograms(every.batch(range(i, min(i + 64, len(every))))[0])
-         for i in range(0, len(every), 64)]
-    )  # fmt: skip
-    labels = np.asarray(dm.labels)
-    subsets = np.asarray(dm.subsets)
-    x = {s: features[subsets == s] for s in ("train", "val", "test")}
-    y = {s: labels[subsets == s] for s in ("train", "val", "test")}
-
-    def fit(c: float) -> Any:
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-        return model.fit(x["train"], y["train"])
-
-    scores = {c: fit(c).score(x["val"], y["val"]) for c in C_GRID}
-    best_c = max(C_GRID, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-    return {
-        "val_acc": float(scores[best_c]),
-        "test_acc": float(fit(best_c).score(x["test"], y["test"])),
-        "C": best_c,
-    }
+    result = colour_baseline({s: dm.dataset(s) for s in ("train", "val", "test")})
+    if "skipped" in result:
+        raise LeafnetError(f"{run_dir}: no colour baseline ({result['skipped']})")
+    return result
 
 
 def calibration_row(run_dir: str | Path) -> dict[str, Any]:

@@ -6,8 +6,9 @@
 For each N it writes N camera-sized JPEGs (`photo_size`, 3 classes, each file different) under
 `out`, then runs the training command twice on them in a subprocess, once cold (empty cache) and
 once warm, each for one short epoch (`batches` training and validation batches). Beside each run,
-this process samples the child's anonymous resident memory (RssAnon in /proc: a memory map the
-kernel can drop is not counted) every 20 ms and keeps the peak. It reports per N and pass: peak
+this process samples the child's anonymous resident memory (Pss_Anon in /proc, summed over the
+process and its workers: a memory map the kernel can drop is not counted, and a page a forked
+worker shares with its parent counts once) every 20 ms and keeps the peak. It reports per N and pass: peak
 RssAnon, the cold pass's images/s, time from process start to the first training step, the
 epoch's images/s and data-wait share (from the run's metrics.csv), and the cache size on disk.
 Linux only (/proc). JSON and a Markdown table go to `<out>/scale.json` and `scale.md`.
@@ -58,7 +59,8 @@ def write_photos(folder: Path, n: int, size: Sequence[int], seed: int = 0) -> No
 
 def _rss_anon(pid: int) -> int:
     """Anonymous resident memory of `pid` and its children (data-loader workers, the cold pass's
-    decoders), in bytes."""
+    decoders), in bytes: each process's proportional share (Pss_Anon), so pages a forked child
+    still shares with its parent count once; RssAnon where the kernel has no smaps_rollup."""
     total = 0
     pids = [pid]
     try:
@@ -67,12 +69,18 @@ def _rss_anon(pid: int) -> int:
     except OSError:
         pass
     for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
+        for source, field in (
+            (f"/proc/{p}/smaps_rollup", "Pss_Anon:"),
+            (f"/proc/{p}/status", "RssAnon:"),
+        ):
+            try:
+                lines = Path(source).read_text().splitlines()
+            except OSError:
+                continue
+            found = [int(line.split()[1]) * 1024 for line in lines if line.startswith(field)]
+            if found:
+                total += found[0]
+                break
     return total
 
 
@@ -186,7 +194,7 @@ def measure(cfg: Any, n: int) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     titles = [
-        "photos", "px", "start", "peak RssAnon GB", "to first step s", "cold pass img/s",
+        "photos", "px", "start", "peak anon GB", "to first step s", "cold pass img/s",
         "epoch img/s", "data wait", "cache GB",
     ]  # fmt: skip
     cells = [

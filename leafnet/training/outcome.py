@@ -52,6 +52,7 @@ def test_outcome(
     return {
         "test_acc": _finite(metrics.get("test_acc")),
         "test_f1_macro": _finite(metrics.get("test_f1_macro")),
+        "test_balanced_acc": _finite(metrics.get("test_balanced_acc")),
         "test_per_class": {
             name: {
                 "precision": _finite(metrics.get(f"test_precision/{name}")),
@@ -71,6 +72,7 @@ def final_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "final/train_loss": summary["final_train_loss"],
         "final/test_acc": summary["test_acc"],
         "final/test_f1_macro": summary["test_f1_macro"],
+        "final/test_balanced_acc": summary.get("test_balanced_acc"),
     }
     return {k: v for k, v in final.items() if v is not None}
 
@@ -92,8 +94,15 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
         f"  epochs           {summary['epochs_completed']}  (best {summary['best_epoch'] or '-'})",
         f"  best val acc     {num(summary['best_val_acc'])}",
         f"  final val loss   {num(summary['final_val_loss'])}   train loss {num(summary['final_train_loss'])}",
-        f"  test acc         {num(summary['test_acc'])}   macro F1 {num(summary['test_f1_macro'])}",
+        f"  test acc         {num(summary['test_acc'])}   balanced {num(summary.get('test_balanced_acc'))}"
+        f"   macro F1 {num(summary['test_f1_macro'])}",
     ]
+    colour = summary.get("colour_baseline") or {}
+    if "test_acc" in colour and summary["test_acc"] is not None:
+        lines.append(
+            f"  colour baseline  {num(colour['test_acc'])}   balanced {num(colour['test_balanced_acc'])}"
+            f"   (model {summary['test_acc'] - colour['test_acc']:+.4f}; docs/real_data.md)"
+        )
     per_class = summary.get("test_per_class") or {}
     if per_class:
         width = max(len(name) for name in per_class)

@@ -35,7 +35,7 @@ RESUME_CHANGEABLE = (
 # make this process write or delete files outside the run directory.
 _SAVED_TOP = {
     "lr", "batch_size", "micro_batch_size", "max_memory_gb", "epochs", "seed", "weight_decay",
-    "precision", "tune.lr_find", "tune.num_training",
+    "precision", "tune.lr_find", "tune.num_training", "class_weight", "backbone_lr_scale",
 }  # fmt: skip
 _SAVED_GROUPS = {
     "data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment",
