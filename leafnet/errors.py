@@ -26,7 +26,10 @@ class LeafnetError(Exception):
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     """Print `message` as one line on stderr and exit with `code`."""
-    print(f"leafnet: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    line = f"leafnet: error: {' '.join(str(message).split())}"
+    # A file name that is not valid UTF-8 (kept as surrogates) is shown escaped, not a crash.
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    print(line, file=sys.stderr, flush=True)
     sys.exit(code)
 
 

@@ -12,7 +12,7 @@ PACKAGE = REPO / "leafnet"
 # What `python -m leafnet.train` runs on; nothing in it may import a command or a lab tool.
 TRAINING = {
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
-    "data.stream", "data.synthetic", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
+    "data.duplicates", "data.stream", "data.synthetic", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "schema", "train", "training.callbacks", "training.outcome", "training.resume",
     "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip

@@ -195,7 +195,7 @@ def test_non_utf8_file_names_are_predicted_and_split(
     photos = tmp_path / "photos"
     shutil.copytree(tiny_train_images, photos)
     odd = Path(os.fsdecode(bytes(photos / "Tomato") + b"/leaf_\xff.jpg"))  # not UTF-8
-    shutil.copy(one_image(tiny_train_images), odd)
+    shutil.copy(sorted((tiny_train_images / "Tomato").glob("*.jpg"))[0], odd)  # same class
 
     out = tmp_path / "preds.csv"
     rows = predict.main([f"ckpt={tiny_run}", f"input={photos}", f"output={out}"])

@@ -83,7 +83,7 @@ def test_an_interrupted_cold_pass_continues_where_it_stopped(own_dir: Path, tmp_
     _, decoded = stream.prepare(files[:20], prep, cache, 10**8, 16)  # stopped after 20
     results, decoded_after = stream.prepare(files, prep, cache, 10**8, 16)
     assert (decoded, decoded_after) == (20, 16)
-    assert all(reason is None for _, reason in results)
+    assert all(reason is None and prints for _, reason, prints in results)
 
 
 def test_a_cache_that_cannot_be_written_costs_speed_not_correctness(

@@ -3,7 +3,8 @@
 The key hashes the file's absolute path, size and mtime with every setting that changes the
 pixels (side, resize mode, pad colour), so a changed file or a different setting is simply a miss
 and the old entry is never read again. A file that is not a usable image gets a small `.bad`
-entry holding the reason, so a warm start decodes nothing at all. Entries are written atomically,
+entry holding the reason, and a usable one a `.json` note of its fingerprints (duplicates.py), so
+a warm start decodes nothing at all. Entries are written atomically,
 so parallel sweep jobs (and the cold pass's worker processes) can share one cache directory, and
 an interrupted cold pass keeps every entry it finished.
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, write_text
 
 CACHE_VERSION = 1  # bump when read_image/resize change what they produce
-_ENTRY = re.compile(r"[0-9a-f]{40}\.(npy|bad)")
+_ENTRY = re.compile(r"[0-9a-f]{40}\.(npy|bad|json)")
 
 
 def cache_key(path: str | Path, prep: Preprocessing) -> str:
@@ -101,6 +104,22 @@ class DiskCache:
             return
         with contextlib.suppress(LeafnetError, OSError):
             write_text(self._file(key, "bad"), reason)
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        """What was noted beside an image (its fingerprints), or None."""
+        if self.root is None:
+            return None
+        try:
+            value = json.loads(self._file(key, "json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put_meta(self, key: str, value: dict[str, Any]) -> None:
+        if self.root is None:
+            return
+        with contextlib.suppress(LeafnetError, OSError):
+            write_text(self._file(key, "json"), json.dumps(value))
 
     def entries(self) -> Iterator[Path]:
         """Every entry file of this cache (nothing else under `root` is ever touched)."""

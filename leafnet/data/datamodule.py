@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from leafnet.data import splits
+from leafnet.data import duplicates, splits
 from leafnet.data.cache import DiskCache
 from leafnet.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Preprocessing
 from leafnet.data.stream import CachedImages, EpochIndices, basic_augmentation, collate, prepare
@@ -35,6 +35,7 @@ from leafnet.files import write_text
 log = logging.getLogger("leafnet.data")
 
 AUGMENT_MODES = ("none", "basic")
+DUPLICATE_MODES = ("near", "exact", "off")
 
 
 def scan_folder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
@@ -102,6 +103,8 @@ class LeafDataModule(L.LightningDataModule):
         synthetic_seed: int = 0,
         synthetic_style: str = "lab",
         split_seed: int | None = None,
+        duplicates: str = "near",
+        group_pattern: str | None = None,
         batch_size: int = 32,
         seed: int = 42,
         run_dir: str | Path | None = None,
@@ -147,6 +150,12 @@ class LeafDataModule(L.LightningDataModule):
             raise LeafnetError(f"batch_size={batch_size}: use a number >= 1")
         self.seed = int(seed)
         self.split_seed = self.seed if split_seed is None else int(split_seed)
+        if duplicates not in DUPLICATE_MODES:
+            raise LeafnetError(
+                f"data.duplicates={duplicates!r}: use one of {', '.join(DUPLICATE_MODES)}"
+            )
+        self.duplicates = str(duplicates)
+        self.group_pattern = None if group_pattern in (None, "") else str(group_pattern)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self._classes: list[str] | None = None
         self._files: list[list[Path]] | None = None
@@ -196,13 +205,14 @@ class LeafDataModule(L.LightningDataModule):
             self._ensure_synthetic()
         self._classes, self._files = scan_folder(self.dir)
 
-    def _load(self) -> tuple[list[str], list[int], list[Path]]:
+    def _load(self) -> tuple[list[str], list[int], list[Path], list[dict[str, Any]]]:
         """Each file's cache entry (decoded on first use), in class order; bad files reported.
         With `limit_per_class`, files are taken in order until that many are usable."""
         assert self._classes is not None and self._files is not None
         keys: list[str] = []
         ys: list[int] = []
         used: list[Path] = []
+        prints: list[dict[str, Any]] = []
         skipped: list[dict[str, str]] = []
         scanned = decoded = 0
         started = time.perf_counter()
@@ -217,11 +227,12 @@ class LeafDataModule(L.LightningDataModule):
                     chunk, self._prep, self.cache, self.max_pixels, self.min_size
                 )
                 decoded += new
-                for path, (key, reason) in zip(chunk, results, strict=True):
-                    if reason is not None:
-                        skipped.append({"file": str(path), "reason": reason})
+                for path, (key, reason, fp) in zip(chunk, results, strict=True):
+                    if reason is not None or fp is None:
+                        skipped.append({"file": str(path), "reason": reason or "unreadable"})
                         continue
                     keys.append(key)
+                    prints.append(fp)
                     ys.append(label)
                     used.append(path)
                     got += 1
@@ -234,7 +245,7 @@ class LeafDataModule(L.LightningDataModule):
         }
         if decoded:
             log.info("decoded %d photos in %.1f s (%.0f/s)", decoded, seconds, decoded / seconds)
-        return keys, ys, used
+        return keys, ys, used, prints
 
     def _write_report(self) -> None:
         skipped = self.report["skipped"]
@@ -254,16 +265,36 @@ class LeafDataModule(L.LightningDataModule):
             log.warning("skipped %d of %d files, %s", len(skipped), self.report["scanned"], see)
 
     # ------------------------------------------------------------------ splitting
-    def _split(self, labels: list[int], used: list[Path]) -> list[str]:
+    def _group(
+        self, used: list[Path], labels: list[int], prints: list[dict[str, Any]]
+    ) -> list[int]:
+        """Duplicate photos (and same-leaf names) joined into groups the split keeps together."""
+        assert self._classes is not None
+        if self.duplicates == "off":
+            return list(range(len(used)))
+        groups, found = duplicates.group_images(
+            used, labels, self._classes, prints, self.group_pattern, near=self.duplicates == "near"
+        )
+        self.report["duplicates"] = found
+        if found["groups"]:
+            log.warning(
+                "%d groups of duplicate or same-leaf photos (%d files; %d exact copies): each "
+                "group is kept in one split; see data_report.json",
+                len(found["groups"]), sum(len(g) for g in found["groups"]), found["exact_copies"],
+            )  # fmt: skip
+        return groups
+
+    def _split(self, labels: list[int], used: list[Path], groups: list[int]) -> list[str]:
         assert self._classes is not None
         if self.split_file is not None:
             return self._split_from_file(labels, used)
         if self.kfold is not None:
             return splits.kfold_split(
-                labels, self._classes, self.kfold, self.fold, self.test_fraction, self.split_seed
-            )
+                labels, self._classes, self.kfold, self.fold, self.test_fraction, self.split_seed,
+                groups,
+            )  # fmt: skip
         return splits.stratified_split(
-            labels, self._classes, self.val_fraction, self.test_fraction, self.split_seed
+            labels, self._classes, self.val_fraction, self.test_fraction, self.split_seed, groups
         )
 
     def _relpath(self, path: Path) -> str:
@@ -300,15 +331,17 @@ class LeafDataModule(L.LightningDataModule):
         if self._ready:
             return
         self._scan()
-        keys, ys, used = self._load()
+        keys, ys, used, prints = self._load()
         self._report_cache(keys)
-        self._write_report()
         if not keys:
+            self._write_report()
             raise LeafnetError(
                 f"no valid images left in {self.dir} ({self.report['scanned']} scanned, all skipped); "
                 "see data_report.json"
             )
-        subsets = self._split(ys, used)
+        groups = self._group(used, ys, prints)
+        self._write_report()
+        subsets = self._split(ys, used, groups)
         keep = [i for i, s in enumerate(subsets) if s != "none"]
         self.keys = [keys[i] for i in keep]
         self.labels = torch.tensor([ys[i] for i in keep], dtype=torch.long)

@@ -37,14 +37,28 @@ def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int
     return n_val, n_test
 
 
+def _grouped(order: np.ndarray, groups: Sequence[int] | None) -> list[list[int]]:
+    """A class's shuffled images as groups, in the order each group first appears (single
+    images without `groups`, so an ungrouped split is the per-image one)."""
+    if groups is None:
+        return [[int(i)] for i in order]
+    members: dict[int, list[int]] = {}
+    for i in order:
+        members.setdefault(groups[int(i)], []).append(int(i))
+    return list(members.values())
+
+
 def stratified_split(
     labels: Sequence[int],
     class_names: Sequence[str],
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    groups: Sequence[int] | None = None,
 ) -> list[str]:
-    """train/val/test per image, the same fractions within every class."""
+    """train/val/test per image, the same fractions within every class. With `groups` (a group
+    id per image: duplicates, the same leaf) every group lands whole in one subset, the subset of
+    its first image in shuffled order."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise LeafnetError(
             f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be "
@@ -60,10 +74,19 @@ def stratified_split(
                 f"(val {val_fraction}, test {test_fraction}) needs at least {n_val + n_test + 1}: "
                 "add images or lower data.val_fraction / data.test_fraction"
             )
-        for i in order[:n_test]:
-            subsets[i] = "test"
-        for i in order[n_test : n_test + n_val]:
-            subsets[i] = "val"
+        taken = {"test": 0, "val": 0}
+        for members in _grouped(order, groups):
+            if any(subsets[i] != "train" for i in members):
+                continue  # a group spanning classes: placed with its first class
+            if taken["test"] < n_test:
+                subset = "test"
+            elif taken["val"] < n_val:
+                subset = "val"
+            else:
+                continue
+            for i in members:
+                subsets[i] = subset
+            taken[subset] += len(members)
     return subsets
 
 
@@ -74,24 +97,29 @@ def kfold_split(
     fold: int,
     test_fraction: float,
     seed: int,
+    groups: Sequence[int] | None = None,
 ) -> list[str]:
-    """Stratified K-fold after holding out the test subset: fold `fold` is validation."""
+    """Stratified K-fold after holding out the test subset: fold `fold` is validation. Groups
+    stay whole: in the test subset or dealt to one fold."""
     if k < 2:
         raise LeafnetError(f"data.kfold={k}: K-fold needs K >= 2 (or kfold=null for a plain split)")
     if not 0 <= fold < k:
         raise LeafnetError(f"data.fold={fold} is out of range for data.kfold={k}; use 0..{k - 1}")
-    subsets = stratified_split(labels, class_names, 0.0, test_fraction, seed)
+    subsets = stratified_split(labels, class_names, 0.0, test_fraction, seed, groups)
     for label, name in enumerate(class_names):
-        rest = [i for i in _class_order(labels, label, seed) if subsets[i] != "test"]
+        order = np.array([i for i in _class_order(labels, label, seed) if subsets[i] != "test"])
+        rest = _grouped(order, groups)
         if len(rest) < k:
             raise LeafnetError(
                 f"class {name!r} has {len(rest)} image(s) outside the test subset; "
                 f"{k}-fold needs at least {k}: lower data.kfold or add images"
             )
-        # Deal round-robin in shuffled order: fold sizes within a class differ by at most one.
-        for j, i in enumerate(rest):
+        # Deal round-robin in shuffled order: fold sizes within a class differ by at most one
+        # (by a group's size, with groups).
+        for j, members in enumerate(rest):
             if j % k == fold:
-                subsets[i] = "val"
+                for i in members:
+                    subsets[i] = "val"
     return subsets
 
 

@@ -1,8 +1,8 @@
 """Images read per batch: the cold pass that fills the disk cache, and the dataset that reads it.
 
 Memory does not grow with the number of photos. `prepare(files, ...)` makes sure each file has a
-cache entry (its resized uint8 pixels, or the reason it is not a usable image): a warm start only
-stats files, a cold pass decodes the missing ones in parallel processes with a progress bar, and
+cache entry (its resized uint8 pixels and fingerprints, or the reason it is not a usable image): a
+warm start only stats files and reads the small notes, a cold pass decodes the missing ones in parallel processes with a progress bar, and
 an interrupted pass keeps what it finished. `CachedImages` then reads a batch's entries from disk
 (the page cache, after the first epoch); where an entry is missing (cache off, a read-only or full
 cache disk) it decodes the file instead: slower, same pixels.
@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from leafnet.data.cache import DiskCache, cache_key
+from leafnet.data.duplicates import fingerprint
 from leafnet.data.images import BadImage, Preprocessing, load_for_model, to_display
 from leafnet.errors import LeafnetError
 
@@ -34,25 +35,30 @@ def decode(path: Path, prep: Preprocessing, max_pixels: int, min_size: int) -> T
     return to_display(load_for_model(path, prep, max_pixels, min_size), prep)
 
 
-def _prepare_one(job: tuple[Path, Preprocessing, str | None, int, int]) -> tuple[str, str | None]:
-    """(cache key, None) when the file is usable and cached, (key or '', reason) when it is not."""
+Prepared = tuple[str, str | None, dict[str, Any] | None]  # (cache key, reason, fingerprints)
+
+
+def _prepare_one(job: tuple[Path, Preprocessing, str | None, int, int]) -> Prepared:
+    """A file's cache key, and the reason it is not usable (None when it is) or its fingerprints
+    (duplicates.py); decodes only what the cache does not already hold."""
     path, prep, root, max_pixels, min_size = job
     cache = DiskCache(root)
     try:
         key = cache_key(path, prep)
     except OSError as err:
-        return "", f"cannot read file ({err.strerror or err})"
-    if cache.has(key):
-        return key, None
+        return "", f"cannot read file ({err.strerror or err})", None
     reason = cache.bad(key)
     if reason is not None:
-        return key, reason
+        return key, reason, None
     try:
-        cache.put(key, decode(path, prep, max_pixels, min_size))
+        if not cache.has(key):
+            cache.put(key, decode(path, prep, max_pixels, min_size))
+        prints = fingerprint(path, max_pixels)
     except BadImage as err:
         cache.put_bad(key, err.reason)
-        return key, err.reason
-    return key, None
+        return key, err.reason, None
+    cache.put_meta(key, prints)
+    return key, None, prints
 
 
 def _worker_init() -> None:
@@ -66,24 +72,24 @@ def prepare(
     max_pixels: int,
     min_size: int,
     progress: bool = True,
-) -> tuple[list[tuple[str, str | None]], int]:
-    """`(key, reason)` per file, in order (reason None for a usable image), and how many files
-    were decoded. Files already in the cache cost a stat or two; the rest are decoded (in
-    parallel processes when there are many)."""
+) -> tuple[list[Prepared], int]:
+    """`(key, reason, fingerprints)` per file, in order (reason None for a usable image), and how
+    many files were decoded or fingerprinted. Files the cache already knows cost a stat or two and
+    a small read; the rest are decoded (in parallel processes when there are many)."""
     root = None if cache.root is None else str(cache.root)
     jobs = [(Path(f), prep, root, max_pixels, min_size) for f in files]
-    results: list[tuple[str, str | None] | None] = [None] * len(jobs)
+    results: list[Prepared | None] = [None] * len(jobs)
     missing = []
     for i, (path, *_rest) in enumerate(jobs):
         try:
             key = cache_key(path, prep)
         except OSError as err:
-            results[i] = ("", f"cannot read file ({err.strerror or err})")
+            results[i] = ("", f"cannot read file ({err.strerror or err})", None)
             continue
-        if cache.has(key):
-            results[i] = (key, None)
-        elif (reason := cache.bad(key)) is not None:
-            results[i] = (key, reason)
+        if (reason := cache.bad(key)) is not None:
+            results[i] = (key, reason, None)
+        elif cache.has(key) and (prints := cache.meta(key)) is not None:
+            results[i] = (key, None, prints)
         else:
             missing.append(i)
     if missing:
