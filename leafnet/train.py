@@ -498,12 +498,13 @@ def main() -> None:
             _task()  # each job claims its own directory
             return
         resuming = bool(cfg.get("resume"))
-        if not resuming:
-            validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        if not resuming:  # a new run's directory is made only for a start that can go ahead
+            validate(job)
+        elif not Path(str(cfg.resume)).is_dir():
+            raise LeafnetError(f"resume={cfg.resume}: no such run directory")
         run_dir = _output_dir(cfg.hydra, "run.dir")
-        rank0 = (
-            int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-        )
+        rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
         if run_dir is None or not rank0:
             _task()
             return
@@ -511,6 +512,8 @@ def main() -> None:
         quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
         sys.argv.append(f"hydra.run.dir='{quoted}'")
         with rundir.claim(run_dir, resuming=resuming):
+            if resuming:  # refused before Hydra writes its config and log into the run
+                validate(resume_config(job, overrides)[0])
             _task()
     except LeafnetError as err:
         fail(str(err))

@@ -14,12 +14,14 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 from filelock import FileLock
@@ -65,7 +67,9 @@ def train_cli(
     *args: str, timeout: float = 300, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m leafnet.train ARGS` on the CPU; stdout and stderr captured."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    # tests/ too: a test may add one of its own callbacks (e.g. `KillAt`) by `_target_`.
+    path = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": path}
     return subprocess.run(
         [sys.executable, "-m", "leafnet.train", *args],
         cwd=cwd or REPO,
@@ -107,6 +111,18 @@ def train_main(*args: str) -> subprocess.CompletedProcess:
             root.handlers[:], root.level = handlers, level
     returncode = code if isinstance(code, int) else (0 if code is None else 1)
     return subprocess.CompletedProcess(args, returncode, out.getvalue(), err.getvalue())
+
+
+class KillAt(pl.Callback):
+    """SIGKILL this process after batch `batch` of epoch `epoch` (both from 0): a power cut, or
+    the out-of-memory killer, with no chance to save anything."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _made_once(

@@ -8,6 +8,7 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from fixtures_runs import tiny_args, train_main
+from fixtures_runs import tiny_args, train_cli, train_main
 
 from leafnet.config import compose
 from leafnet.errors import LeafnetError
@@ -316,6 +317,65 @@ def test_augmented_run_with_workers_resumes_exactly_with_other_workers(
         [*overrides, "logger=none"], tmp_path / "run", monkeypatch, "data.num_workers=0"
     )
     assert_same_weights(resumed, straight["state_dict"])
+
+
+def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_augmented_run_resumed_for_more_epochs_is_the_straight_run(
+    tmp_path: Path, tiny_train_images: Path, workers: int
+) -> None:
+    """Workers draw their first batches before Lightning sets the sampler's epoch: the resumed
+    first epoch must still draw its own order and augmentation, not epoch 0's."""
+    args = tiny_args(
+        tiny_train_images, tmp_path, "data.augment=basic", f"data.num_workers={workers}",
+        "logger=none",
+    )  # fmt: skip
+    straight, two = tmp_path / "straight", tmp_path / "two"
+    assert train_main(*args, "epochs=3", f"hydra.run.dir={straight}").returncode == 0
+    assert train_main(*args, "epochs=2", f"hydra.run.dir={two}").returncode == 0
+    resumed = train_main(f"resume={two}", "epochs=3", f"data.cache_dir={tmp_path / 'cache'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(last_weights(two), last_weights(straight))
+
+
+def test_a_killed_augmented_run_with_auto_workers_resumes_exactly(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    args = tiny_args(
+        tiny_train_images, tmp_path, "data.augment=basic", "data.num_workers=auto",
+        "logger=none", "epochs=3",
+    )  # fmt: skip
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert train_main(*args, f"hydra.run.dir={straight}").returncode == 0
+    hook = [
+        "+callbacks.kill._target_=fixtures_runs.KillAt", "+callbacks.kill.epoch=1",
+        "+callbacks.kill.batch=1",
+    ]  # fmt: skip
+    result = train_cli(*args, *hook, f"hydra.run.dir={killed}")
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    # What Hydra saved, less the test's own callback (a resume refuses overrides naming code).
+    (killed / ".hydra" / "overrides.yaml").write_text("".join(f"- {a}\n" for a in args))
+    resumed = train_main(f"resume={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_weights(last_weights(killed), last_weights(straight))
+
+
+def test_a_cosine_run_resumed_for_more_epochs_is_refused(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    args = tiny_args(
+        tiny_train_images, tmp_path, "scheduler=cosine", "optimizer=sgd", "lr=0.1", "epochs=2",
+        "logger=none",
+    )  # fmt: skip
+    run = tmp_path / "run"
+    assert train_main(*args, f"hydra.run.dir={run}").returncode == 0
+    before = {p: digest(p) for p in run.rglob("*") if p.is_file()}
+    line = one_error_line(train_main(f"resume={run}", "epochs=4"))
+    assert "scheduler=cosine decays over the run's 2 epochs" in line
+    assert {p: digest(p) for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_a_run_directory_hydra_cannot_create_gets_one_line(tmp_path: Path) -> None:

@@ -442,13 +442,22 @@ class LeafDataModule(L.LightningDataModule):
                 pass
         return torch.cuda.is_available()
 
+    def _first_epoch(self) -> int:
+        """The epoch this fit runs first: a resumed run's, restored before loaders are made, is
+        the fit loop's processed count (what Lightning later passes to `set_epoch`). Worker
+        processes draw their first batches as soon as the loader is iterated, which Lightning
+        does before it calls `set_epoch`."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(subset)
         workers = self.workers_for(ds.transform is not None)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochIndices(len(ds), self.seed) if shuffle else None,
+            sampler=EpochIndices(len(ds), self.seed, self._first_epoch()) if shuffle else None,
             # Its own generator for the workers' base seed, which the DataLoader would otherwise
             # draw from the global RNG (and so shift what a step draws, e.g. dropout masks).
             generator=self._loader_gen if shuffle else None,

@@ -137,8 +137,8 @@ class EpochIndices(Sampler):
     augmentation by (seed, epoch, image). Lightning calls `set_epoch` before each epoch.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

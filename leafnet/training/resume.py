@@ -153,6 +153,14 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Pa
             )
         changes.append(override)
     resumed = compose("train", [*kept, *changes])
+    before = compose("train", kept).scheduler
+    if before.get("name") == "cosine" and before.get("T_max") != resumed.scheduler.get("T_max"):
+        raise LeafnetError(
+            f"resume={run_dir}: scheduler=cosine decays over the run's {before.get('T_max')} "
+            "epochs, so its first epochs already followed that schedule and a longer run would "
+            "not be the straight run; resume with the same epochs, or start a new run with the "
+            "new epochs"
+        )
     with open_dict(resumed):
         resumed.resume = str(run_dir)
         # The run's own split, whatever its saved config said (a sweep's split file lives in a
