@@ -86,6 +86,10 @@ def validate(cfg: DictConfig) -> None:
     """One-line errors for values that would fail later, deep inside torch or Lightning: every
     key's type and range (`leafnet.schema`), then what depends on the machine."""
     check_train_config(to_primitive(cfg))
+    if not cfg.data.get("synthetic"):  # the synthetic set is written on first use
+        from leafnet.data.datamodule import check_data_dir
+
+        check_data_dir(str(cfg.data.dir))
     precision = str(cfg.precision)
     if precision not in PRECISIONS:
         raise LeafnetError(f"precision={precision} is unknown; use one of {', '.join(PRECISIONS)}")
@@ -504,7 +508,9 @@ def main() -> None:
         elif not Path(str(cfg.resume)).is_dir():
             raise LeafnetError(f"resume={cfg.resume}: no such run directory")
         run_dir = _output_dir(cfg.hydra, "run.dir")
-        rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+        rank0 = (
+            int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+        )
         if run_dir is None or not rank0:
             _task()
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_cli import run_error
+from PIL import Image
 
 from leafnet import evaluate, explain, export, import_keras, keras_io, predict
 from leafnet.config import compose
@@ -178,6 +180,13 @@ TRAIN_CASES = [
     ("data.cache=maybe", "data.cache='maybe'"),
     ("tune.num_training=0", "tune.num_training=0"),
     ("model.dense_units=100000", "model.dense_units=100000"),
+    ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0"),
+    ("scheduler=cosine scheduler.T_max=abc", "scheduler.T_max='abc'"),
+    ("optimizer.betas=[0.9]", "optimizer.betas=[0.9]"),
+    ("optimizer.amsgrad=maybe", "optimizer.amsgrad='maybe'"),
+    ("callbacks.divergence.max_loss_ratio=abc", "callbacks.divergence.max_loss_ratio='abc'"),
+    ("class_weight=some", "class_weight='some'"),
+    ("data=folder data.dir=nowhere", "data.dir=nowhere does not exist"),
 ]
 
 
@@ -185,8 +194,59 @@ TRAIN_CASES = [
 def test_each_wrong_training_value_gets_one_line(
     override: str, says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    err = run_error(capsys, [override], cli_errors(lambda argv: validate(compose("train", argv))))
+    err = run_error(
+        capsys, override.split(), cli_errors(lambda argv: validate(compose("train", argv)))
+    )
     assert says in err
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["lr=abc"], ["data=folder", "data.dir=nowhere"], ["data.imagesize=64"], ["optimizer=adamw"]],
+)
+def test_a_start_that_fails_validation_creates_nothing(
+    overrides: list[str], tmp_path: Path
+) -> None:
+    from fixtures_runs import train_main
+
+    result = train_main(f"paths.output_dir={tmp_path / 'outputs'}", *overrides)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_misspelt_key_names_the_nearest_ones(tmp_path: Path) -> None:
+    from fixtures_runs import train_main
+
+    result = train_main(f"paths.output_dir={tmp_path}", "data.imagesize=64")
+    assert result.stderr.strip() == (
+        "leafnet: error: data.imagesize is not a leafnet setting; did you mean data.image_size "
+        "or data.resize? (python -m leafnet.train --help lists them)"
+    )
+
+
+def test_fifos_and_unreadable_folders_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    """A FIFO named like a photo would block the reader for ever; a folder tree deeper than
+    Python's recursion limit must still be walked."""
+    from fixtures_data import tiny_data_cfg, write_tiny_dir
+
+    from leafnet.data.datamodule import LeafDataModule
+
+    root = write_tiny_dir(tmp_path / "leaves", per_class=4)
+    os.mkfifo(root / "Tomato_Leaf-Miner" / "pipe.jpg")
+    deep = root / "Tomato_Leaf-Miner"
+    for _ in range(sys.getrecursionlimit() + 100):  # one level at a time: PATH_MAX is per call
+        deep = deep / "d"
+        os.mkdir(deep)
+    shutil.copy(root / "Tomato_Leaf-Miner" / "00.jpg", deep / "deep.jpg")
+    Image.new("RGB", (48, 40), (90, 160, 60)).save(root / "Tomato_Leaf-Miner" / "leaf.gif")
+    dm = LeafDataModule(**tiny_data_cfg(root, val_fraction=0.25, test_fraction=0.25))
+    dm.setup()
+    names = {p.name for p in dm.paths_used}
+    assert {"deep.jpg", "leaf.gif"} <= names and "pipe.jpg" not in names
+    assert {
+        "file": str(root / "Tomato_Leaf-Miner" / "pipe.jpg"),
+        "reason": "not a regular file",
+    } in dm.report["skipped"]
 
 
 def test_non_utf8_file_names_are_predicted_and_split(

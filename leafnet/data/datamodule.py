@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,12 +39,8 @@ AUGMENT_MODES = ("none", "basic")
 DUPLICATE_MODES = ("near", "exact", "off")
 
 
-def scan_folder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
-    """Class names (sorted) and each class's image files (sorted), in image-folder layout.
-
-    Hidden files and folders and files without an image extension are ignored; sub-folders
-    inside a class folder are searched too, as Keras does.
-    """
+def check_data_dir(root: str | Path) -> list[str]:
+    """The class folders of `root`, or one line saying what is wrong with it."""
     root = Path(root)
     if not root.exists():
         raise LeafnetError(
@@ -51,7 +48,12 @@ def scan_folder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
         )
     if not root.is_dir():
         raise LeafnetError(f"data.dir={root} is a file, not a folder of class sub-folders")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        classes = sorted(
+            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+    except OSError as err:
+        raise LeafnetError(f"data.dir={root} cannot be read ({err.strerror})") from None
     if not classes:
         raise LeafnetError(
             f"no class sub-folders in {root}; expected image-folder layout {root}/<class>/<image>"
@@ -60,18 +62,53 @@ def scan_folder(root: str | Path) -> tuple[list[str], list[list[Path]]]:
         raise LeafnetError(
             f"only one class sub-folder in {root} ({classes[0]}); a classifier needs at least two"
         )
-    files = []
-    for name in classes:
-        found = []
-        for dirpath, dirnames, filenames in os.walk(root / name):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            found.extend(
-                Path(dirpath, f)
-                for f in filenames
-                if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
-            )
-        files.append(sorted(found))
-    return classes, files
+    return classes
+
+
+def _image_files(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
+    """Image files under `folder`, walked without recursion (a tree of any depth); hidden
+    entries ignored; what cannot be read or is not a regular file (a FIFO, a device, which would
+    block or never end) noted in `skipped` with the reason."""
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            entries = list(os.scandir(here))
+        except OSError as err:
+            skipped.append({"file": str(here), "reason": f"folder not readable ({err.strerror})"})
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                    continue
+                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                if not stat.S_ISREG(entry.stat().st_mode):
+                    skipped.append({"file": entry.path, "reason": "not a regular file"})
+                    continue
+            except OSError as err:
+                skipped.append({"file": entry.path, "reason": f"cannot read ({err.strerror})"})
+                continue
+            found.append(Path(entry.path))
+    return sorted(found)
+
+
+def scan_folder(
+    root: str | Path, skipped: list[dict[str, str]] | None = None
+) -> tuple[list[str], list[list[Path]]]:
+    """Class names (sorted) and each class's image files (sorted), in image-folder layout.
+
+    Hidden files and folders and files without an image extension are ignored; sub-folders
+    inside a class folder are searched too, as Keras does. What cannot be read, or is not a
+    regular file, is appended to `skipped` with the reason.
+    """
+    classes = check_data_dir(root)
+    noted: list[dict[str, str]] = [] if skipped is None else skipped
+    return classes, [_image_files(Path(root) / name, noted) for name in classes]
 
 
 class LeafDataModule(L.LightningDataModule):
@@ -158,6 +195,7 @@ class LeafDataModule(L.LightningDataModule):
         self.group_pattern = None if group_pattern in (None, "") else str(group_pattern)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self._classes: list[str] | None = None
+        self._scan_skipped: list[dict[str, str]] = []
         self._files: list[list[Path]] | None = None
         self._ready = False
         self.report: dict[str, Any] = {"scanned": 0, "used": 0, "skipped": []}
@@ -203,7 +241,8 @@ class LeafDataModule(L.LightningDataModule):
     def _scan(self) -> None:
         if self.synthetic:
             self._ensure_synthetic()
-        self._classes, self._files = scan_folder(self.dir)
+        self._scan_skipped: list[dict[str, str]] = []
+        self._classes, self._files = scan_folder(self.dir, self._scan_skipped)
 
     def _load(self) -> tuple[list[str], list[int], list[Path], list[dict[str, Any]]]:
         """Each file's cache entry (decoded on first use), in class order; bad files reported.
@@ -213,7 +252,7 @@ class LeafDataModule(L.LightningDataModule):
         ys: list[int] = []
         used: list[Path] = []
         prints: list[dict[str, Any]] = []
-        skipped: list[dict[str, str]] = []
+        skipped: list[dict[str, str]] = list(self._scan_skipped)  # unreadable folders, FIFOs
         scanned = decoded = 0
         started = time.perf_counter()
         limit = self.limit_per_class

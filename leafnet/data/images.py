@@ -24,7 +24,8 @@ from leafnet.errors import LeafnetError
 KERAS_MODES = ("keras", "keras_crop", "keras_pad")
 RESIZE_MODES = ("letterbox", "stretch", "center_crop", *KERAS_MODES)
 NORMALIZE_MODES = ("rescale", "standardize")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Keras' image_dataset_from_directory reads .bmp .gif .jpeg .jpg .png (a GIF's first frame).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
 # Antialiased for downscaling: PIL widens the filter support by the scale factor.
 _RESAMPLE = Image.Resampling.BILINEAR
