@@ -2,37 +2,42 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-EXTRAS ?= dev
 
-.PHONY: install train test test-all lint bench clean
+.PHONY: install demo train test test-all lint bench clean
 
-$(STAMP): pyproject.toml
+## Each target installs what it needs, once: leafnet alone (train), with Grad-CAM (demo), or with
+## every extra and the test tools (test). `make install EXTRAS=app,onnx` installs chosen extras.
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$*]'
+	touch $@
 
-install: $(STAMP)
+EXTRAS ?= dev
+install: $(VENV)/.installed-$(EXTRAS)
+
+## A one-minute look: a short training run, predictions, Grad-CAM, and where everything is.
+demo: $(VENV)/.installed-explain
+	$(PY) -m leafnet.demo $(ARGS)
 
 ## Train the faithful seed model (Adam 1e-4, batch 32, 640x640) on the embedded synthetic leaf set.
-train: $(STAMP)
+train: $(VENV)/.installed-base
 	$(PY) -m leafnet.train $(ARGS)
 
 ## The default test suite (everything not marked slow), on the CPU, in one pytest-xdist worker per
 ## CPU (WORKERS=0: in this process). Most tests wait on one core; two workers halve a 2-core run.
 WORKERS ?= auto
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	KERAS_BACKEND=torch $(PY) -m pytest -n $(WORKERS) $(ARGS)
 
 ## Every test, the slow ones included.
-test-all: $(STAMP)
+test-all: $(VENV)/.installed-dev
 	KERAS_BACKEND=torch $(PY) -m pytest -n $(WORKERS) -m '' $(ARGS)
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-dev
 	$(PY) -m leafnet.lab.bench $(ARGS)
 
 clean:

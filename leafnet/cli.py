@@ -11,6 +11,10 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS = {
+    "demo": (
+        "leafnet.demo",
+        "a one-minute look: train briefly, predict, explain, say what is where",
+    ),
     "train": ("leafnet.train", "train a model (Hydra: key=value, -m for sweeps)"),
     "predict": ("leafnet.predict", "classify photos: ckpt=RUN input=PHOTOS [output=preds.csv]"),
     "evaluate": ("leafnet.evaluate", "measure on a labelled folder: ckpt=RUN data.dir=FOLDER"),
@@ -22,6 +26,7 @@ COMMANDS = {
     "app": ("leafnet.app", "the web page: ckpt=RUN [port=8000]"),
     "synthetic": ("leafnet.data.synthetic", "write the synthetic leaf set: [style=lab|field]"),
     "bench": ("leafnet.lab.bench", "time the training step against other implementations"),
+    "calibration": ("leafnet.lab.calibration", "runs against the colour baseline: runs=FOLDER"),
     "cache": ("leafnet.data.cache", "the cache of resized photos: [dir=data/.cache] [clear=true]"),
     "scale": ("leafnet.lab.scale", "training memory and start-up time as a folder grows"),
 }

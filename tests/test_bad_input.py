@@ -224,7 +224,9 @@ def test_a_misspelt_key_names_the_nearest_ones(tmp_path: Path) -> None:
     )
 
 
-def test_fifos_and_unreadable_folders_are_skipped_with_a_reason(tmp_path: Path) -> None:
+def test_fifos_and_unreadable_folders_are_skipped_with_a_reason(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A FIFO named like a photo would block the reader for ever; a folder tree deeper than
     Python's recursion limit must still be walked."""
     from fixtures_data import tiny_data_cfg, write_tiny_dir
@@ -233,10 +235,16 @@ def test_fifos_and_unreadable_folders_are_skipped_with_a_reason(tmp_path: Path) 
 
     root = write_tiny_dir(tmp_path / "leaves", per_class=4)
     os.mkfifo(root / "Tomato_Leaf-Miner" / "pipe.jpg")
-    deep = root / "Tomato_Leaf-Miner"
+    top = deep = root / "Tomato_Leaf-Miner" / "d"
+    levels = [deep]
     for _ in range(sys.getrecursionlimit() + 100):  # one level at a time: PATH_MAX is per call
-        deep = deep / "d"
         os.mkdir(deep)
+        deep = deep / "d"
+        levels.append(deep)
+    os.mkdir(deep)
+    # pytest's own clean-up of old temporary folders recurses; leave it a shallow tree.
+    request.addfinalizer(lambda: [shutil.rmtree(d) for d in reversed(levels) if d.exists()])
+    assert top.is_dir()
     shutil.copy(root / "Tomato_Leaf-Miner" / "00.jpg", deep / "deep.jpg")
     Image.new("RGB", (48, 40), (90, 160, 60)).save(root / "Tomato_Leaf-Miner" / "leaf.gif")
     dm = LeafDataModule(**tiny_data_cfg(root, val_fraction=0.25, test_fraction=0.25))

@@ -1,0 +1,30 @@
+"""`make demo`: a short run, predictions and explanations, and a closing note of where they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leafnet.demo import main
+
+
+def test_the_demo_trains_predicts_explains_and_says_where(
+    tiny_train_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    run_dir = main(
+        [
+            "data=folder", f"data.dir={tiny_train_images}", "data.image_size=32", "epochs=1",
+            "data.duplicates=exact", f"data.cache_dir={tmp_path / 'cache'}", "logger=none",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    photos = sorted((run_dir.parent / "photos").iterdir())
+    assert 1 <= len(photos) <= 6
+    assert sum(p.name in out for p in photos) == len(photos)  # the prediction table
+    for line in ("leafnet demo: done in", f"run            {run_dir}", "next:", "make train"):
+        assert line in out
+    assert len(list((run_dir.parent / "explain").glob("*.png"))) == 4
