@@ -58,6 +58,7 @@ from leafnet.training.outcome import (
     test_outcome,
     write_summary,
 )
+from leafnet.training.quiet import quiet_third_parties
 from leafnet.training.resume import resume_config
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ def _flat_hparams(cfg: DictConfig, classifier: LeafClassifier) -> dict[str, Any]
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | None:
     """Train one run; returns the best validation accuracy (what sweepers maximise)."""
     started = time.perf_counter()
+    quiet_third_parties()
     tune_process()
     split_threads()  # a parallel sweep (hydra/launcher=joblib): cpus // n_jobs threads per job
 
@@ -394,7 +396,16 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
             return train(cfg)
         except KeyboardInterrupt:
             code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-            fail("interrupted (last.ckpt saved; continue with resume=<run dir>)", code)
+            run_dir = (
+                Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+            )
+            if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+                fail(f"interrupted (last.ckpt saved; continue with resume={run_dir})", code)
+            fail(
+                "interrupted before the first checkpoint, so there is nothing to resume; start "
+                "again (the same hydra.run.dir may be used)",
+                code,
+            )
         except LeafnetError as err:
             if not multirun:
                 fail(str(err))

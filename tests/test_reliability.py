@@ -382,3 +382,23 @@ def test_a_run_directory_hydra_cannot_create_gets_one_line(tmp_path: Path) -> No
     (tmp_path / "a_file").write_text("")
     line = one_error_line(train_main(f"hydra.run.dir={tmp_path / 'a_file' / 'run'}"))
     assert "cannot be created" in line and "a_file" in line
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_so_and_leaves_the_folder_usable(
+    tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "_INTERRUPT", InterruptMidEpoch(0, 0), raising=False)
+    run = tmp_path / "run"
+    args = [*tiny_args(tiny_train_images, tmp_path, "logger=none"), f"hydra.run.dir={run}"]
+    hook = f"+callbacks.interrupt._target_={__name__}.interrupt_at_test"
+    stopped = train_main(*args, hook)
+    assert stopped.returncode == 130
+    line = [x for x in stopped.stderr.splitlines() if x.startswith("leafnet: error")]
+    assert line == [
+        "leafnet: error: interrupted before the first checkpoint, so there is nothing to resume; "
+        "start again (the same hydra.run.dir may be used)"
+    ]
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    again = train_main(*args, "epochs=1")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

@@ -51,6 +51,7 @@ class AtomicCheckpoint(ModelCheckpoint):
     `last.ckpt` before the run ends; when that happens inside an epoch, the previous `last.ckpt`
     (the end of the last whole epoch) is kept as `epoch_end.ckpt`, which `resume=` continues
     from: Lightning cannot restart its data loaders mid-epoch exactly, so that epoch is redone.
+    Inside the first epoch there is no such end yet, and nothing is saved: the run starts again.
     """
 
     EPOCH_END = "epoch_end.ckpt"
@@ -144,6 +145,10 @@ class AtomicCheckpoint(ModelCheckpoint):
             path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
             boundary = path.parent / self.EPOCH_END
             mid_epoch = trainer.global_step != self._boundary_step
+            if mid_epoch and not path.is_file() and not boundary.exists():
+                # Inside the first epoch: no epoch's end to resume from exactly; nothing saved.
+                log.warning("interrupted in the first epoch: no checkpoint to resume from")
+                return
             if mid_epoch and trainer.is_global_zero and path.is_file() and not boundary.exists():
                 os.replace(path, boundary)
             self._interrupting = True
@@ -481,7 +486,8 @@ class ConfusionMatrixImage(Callback):
 
         fig, _ = pl_module.test_confmat.plot(labels=pl_module.hparams.class_names)
         fig.set_size_inches(6, 6)
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # torchmetrics may have set one already
+            fig.tight_layout()
         for writer in _tensorboards(trainer):
             writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
         plt.close(fig)

@@ -2,8 +2,10 @@
 
 `claim(run_dir, resuming)` is held for the whole of a run, and taken before Hydra or leafnet
 writes anything into the directory. It refuses, in one line:
-- a new run in a directory that already holds a run (its checkpoints or summary.json): the
-  earlier run is kept; `resume=` continues it, or another `hydra.run.dir` starts a new one;
+- a new run in a directory that already holds a run (a checkpoint, or a summary of a run that
+  finished): the earlier run is kept; `resume=` continues it, or another `hydra.run.dir` starts
+  a new one. A run stopped or failed before its first checkpoint left nothing to keep: its
+  directory can be used again;
 - any run in a directory another live process is training in.
 The lock is an `flock` on `.leafnet.lock` (which also holds the pid, for the message): the kernel
 drops it when its process ends, however it ends, so a killed run's lock is simply free again and
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +60,20 @@ def _take(lock: Path) -> int:
         os.close(fd)
 
 
+def holds_a_run(run_dir: Path) -> bool:
+    """A checkpoint, or a summary.json whose run finished (not one stopped or failed before its
+    first checkpoint)."""
+    if any((run_dir / "checkpoints").glob("*.ckpt")):
+        return True
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: keep it, whatever it is
+    return status not in ("interrupted", "failed")
+
+
 @contextlib.contextmanager
 def claim(run_dir: str | os.PathLike, resuming: bool) -> Iterator[None]:
     """Hold `run_dir` for one training process; see the module docstring for what is refused."""
@@ -83,7 +100,7 @@ def claim(run_dir: str | os.PathLike, resuming: bool) -> Iterator[None]:
     lock = key / LOCK
     fd = _take(lock)
     try:
-        if not resuming and ((key / "summary.json").exists() or (key / "checkpoints").exists()):
+        if not resuming and holds_a_run(key):
             raise LeafnetError(
                 f"{run_dir} already holds a run; continue it with resume={run_dir}, or start a "
                 "new one in another hydra.run.dir (the earlier run is kept)"
