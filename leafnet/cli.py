@@ -36,19 +36,53 @@ def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = ["usage: leafnet <command> [arguments]", "", "commands:"]
     lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
-    lines += ["", "`leafnet <command> --help` (train) or conf/<command>.yaml lists the keys."]
+    lines += ["", "`leafnet <command> --help` lists a command's keys, with what each one does."]
+    return "\n".join(lines)
+
+
+# The YAML whose keys a command takes (conf/<name>.yaml); training's commands take train.yaml's.
+_CONF = {"train": "train", "summary": "train", "demo": "train", "synthetic": "synthetic"}
+_HELP = ("-h", "--help")
+
+
+def command_help(name: str) -> str:
+    """A command's usage and its keys with their comments, from the YAML it reads. No torch import:
+    help comes at once."""
+    from leafnet.config import CONFIG_DIR
+
+    module = COMMANDS[name][0]
+    conf = _CONF.get(name, module.rsplit(".", 1)[-1])
+    lines = [f"usage: leafnet {name} [key=value ...]   ({COMMANDS[name][1]})"]
+    path = CONFIG_DIR / f"{conf}.yaml"
+    if path.is_file():
+        lines += ["", f"keys and defaults ({path.name}):", "", path.read_text().rstrip()]
+    if conf == "train":
+        data = CONFIG_DIR / "data" / "folder.yaml"
+        lines += ["", "data.* keys (data=folder; data=synthetic adds the generator's):", ""]
+        lines += [data.read_text().rstrip()]
+        groups = sorted(
+            d for d in CONFIG_DIR.iterdir() if d.is_dir() and not d.name.startswith("_")
+        )
+        lines += ["", "config groups (group=option):"]
+        for group in groups:
+            options = sorted(f.stem for f in group.glob("*.yaml"))
+            lines.append(f"  {group.name:<15} {', '.join(options)}")
+        lines += ["", "e.g. leafnet train optimizer=sgd lr=0.01 data=folder data.dir=leaves"]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args or args[0] in (*_HELP, "help"):
         print(usage())
         return
     name = args[0].replace("_", "-")
     if name not in COMMANDS:
         print(f"leafnet: error: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
+    if any(a in _HELP for a in args[1:]):
+        print(command_help(name))
+        return
     module = importlib.import_module(COMMANDS[name][0])
     # Each command reads its arguments from sys.argv, as under `python -m leafnet.<command>`.
     sys.argv = [f"leafnet {name}", *args[1:]]

@@ -96,7 +96,8 @@ def command_config(
     for key in required:
         if OmegaConf.select(cfg, key, default=None) in (None, "", "???"):
             raise LeafnetError(
-                f"{key}= is required: python -m leafnet.{name} {key}=... (see conf/{conf}.yaml)"
+                f"{key}= is required: leafnet {name.removeprefix('lab.')} {key}=... "
+                f"(leafnet {name.removeprefix('lab.')} --help lists the keys)"
             )
     from leafnet.schema import COMMAND_KEYS, check_config
 

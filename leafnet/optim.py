@@ -59,7 +59,8 @@ def build_optimizer(
         return _CLASSES[name](params, lr=float(lr), weight_decay=float(weight_decay), **kwargs)
     except TypeError as err:  # an argument the torch class does not take
         raise LeafnetError(
-            f"optimizer {name}: {err}; see conf/optimizer/{name}.yaml for its arguments"
+            f"optimizer {name}: {err}; it takes torch.optim.{_CLASSES[name].__name__}'s keyword "
+            "arguments"
         ) from None
     except ValueError as err:  # torch's own range checks (negative eps, momentum, ...)
         raise LeafnetError(f"optimizer {name}: {err}") from None

@@ -495,6 +495,11 @@ def main() -> None:
     """Check the command line and take the run directory before Hydra writes anything there: a
     start that would fail, or a directory another process is training in, is left untouched."""
     argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        from leafnet.cli import command_help
+
+        print(command_help("train"))
+        return
     if any(a.split("=")[0] in _HYDRA_FLAGS_THAT_RUN_NOTHING for a in argv):
         _task()
         return
