@@ -106,7 +106,7 @@ def test_a_base_install_trains_and_predicts_without_the_extras(
     from leafnet.predict import main as predict_main
     from leafnet.train import train
 
-    for extra in ("captum", "onnx", "onnxruntime", "mlflow", "fastapi", "sklearn"):
+    for extra in ("captum", "onnx", "onnxruntime", "mlflow", "fastapi", "timm"):
         monkeypatch.setitem(sys.modules, extra, None)  # import fails, find_spec says None
     run_dir = tmp_path / "run"
     with caplog.at_level("WARNING"):
