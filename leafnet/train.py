@@ -305,6 +305,7 @@ def _fit_and_test(
     summary.update(fit_outcome(read_run(run_dir).metrics, diverged, alive))
     summary["micro_batch_size"] = classifier.hparams.micro_batch_size
     summary["seed"] = cfg.seed
+    summary["class_counts"] = datamodule.report["classes"]
 
     best_ckpt = run_dir / "checkpoints" / "best.ckpt"
     if best_ckpt.is_file():

@@ -124,8 +124,9 @@ def _wait_for_epochs(
     metrics: Path, proc: subprocess.Popen, epochs: int, timeout: float = 240
 ) -> None:
     deadline = time.time() + timeout
+    last = metrics.parent / "checkpoints" / "last.ckpt"  # written just after the epoch's row
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and len(metrics.read_text().splitlines()) > epochs:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > epochs and last.is_file():
             return
         time.sleep(0.02)
     raise AssertionError(f"the run did not reach epoch {epochs} (exit {proc.poll()})")

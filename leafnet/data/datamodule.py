@@ -392,6 +392,13 @@ class LeafDataModule(L.LightningDataModule):
                 for p, y, s in zip(self.paths_used, self.labels, self.subsets, strict=True)
             ]  # type: ignore[index]
             splits.write_split(self.run_dir / "split.csv", sorted(rows))
+        per_subset = {s: self._counts(s) for s in splits.SUBSETS}
+        self.report["classes"] = {
+            name: {s: per_subset[s][label] for s in splits.SUBSETS}
+            for label, name in enumerate(self._classes)
+        }
+        if self.run_dir is not None:
+            write_text(self.run_dir / "data_report.json", json.dumps(self.report, indent=1) + "\n")
         counts = {s: self.subsets.count(s) for s in splits.SUBSETS}
         log.info(
             "data: %d images in %d classes from %s (train %d, val %d, test %d)",
@@ -411,6 +418,9 @@ class LeafDataModule(L.LightningDataModule):
     def class_counts(self, subset: str = "train") -> list[int]:
         """Images per class (in label order) in one subset."""
         self.setup()
+        return self._counts(subset)
+
+    def _counts(self, subset: str) -> list[int]:
         counts = [0] * len(self.class_names)
         for i in self._positions(subset):
             counts[int(self.labels[i])] += 1

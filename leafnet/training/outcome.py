@@ -104,12 +104,16 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
             f"   (model {summary['test_acc'] - colour['test_acc']:+.4f}; docs/real_data.md)"
         )
     per_class = summary.get("test_per_class") or {}
+    counts = summary.get("class_counts") or {}
     if per_class:
         width = max(len(name) for name in per_class)
-        lines.append(f"    {'class':<{width}}  precision  recall")
+        lines.append(f"    {'class':<{width}}  precision  recall  images train/val/test")
         for name, pr in per_class.items():
+            n = counts.get(name, {})
+            split = "/".join(str(n.get(s, "-")) for s in ("train", "val", "test"))
             lines.append(
                 f"    {name:<{width}}  {num(pr['precision'], '9.3f')}  {num(pr['recall'], '6.3f')}"
+                f"  {split:>21}"
             )
     matrix = summary.get("confusion_matrix")
     if matrix and per_class:
