@@ -236,6 +236,11 @@ COMMAND_KEYS: tuple[Key, ...] = (
         "[width, height]",
     ),
     Key("batches", positive_int, "a positive integer"),
+    Key(
+        "starts",
+        lambda v: isinstance(v, list) and all(x in ("cold", "warm") for x in v),
+        "a list of cold and warm",
+    ),
     # python -m leafnet.lab.bench
     Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
     Key("batch", positive_int, "a positive integer"),

@@ -8,7 +8,10 @@ For each N it writes N camera-sized JPEGs (`photo_size`, 3 classes, each file di
 once warm, each for one short epoch (`batches` training and validation batches). Beside each run,
 this process samples the child's anonymous resident memory (Pss_Anon in /proc, summed over the
 process and its workers: a memory map the kernel can drop is not counted, and a page a forked
-worker shares with its parent counts once) every 20 ms and keeps the peak. It reports per N and pass: peak
+worker shares with its parent counts once) every 20 ms and keeps the peak. That peak is mostly the
+training step's activations, which vary by a gigabyte from run to run; so after each warm run a
+probe process measures the data path alone (scan, one pass over the training batches, the colour
+baseline) and reports its anonymous memory after each. It reports per N and pass: peak
 RssAnon, the cold pass's images/s, time from process start to the first training step, the
 epoch's images/s and data-wait share (from the run's metrics.csv), and the cache size on disk.
 Linux only (/proc). JSON and a Markdown table go to `<out>/scale.json` and `scale.md`.
@@ -128,6 +131,42 @@ def run_training(args: list[str], run_dir: Path, timeout: float) -> dict[str, An
     }
 
 
+# The data path alone in a fresh process: scan the warm cache, read every training batch once,
+# fit the colour baseline; its anonymous memory (MB) after each, and the scan's seconds.
+_DATA_PATH_PROBE = """
+import json, sys, time
+from pathlib import Path
+from leafnet.perf import tune_process
+tune_process()
+from leafnet.baseline import colour_baseline
+from leafnet.data.datamodule import LeafDataModule
+def anon():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return [int(l.split()[1]) // 1024 for l in status if l.startswith("RssAnon")][0]
+dm = LeafDataModule(dir=sys.argv[1], cache_dir=sys.argv[2], image_size=int(sys.argv[3]),
+                    num_workers=0, batch_size=32, seed=42)
+t = time.perf_counter(); dm.setup(); scan = time.perf_counter() - t
+after_setup = anon()
+for _ in dm.train_dataloader():
+    pass
+after_epoch = anon()
+colour_baseline({s: dm.dataset(s) for s in ("train", "val", "test")})
+print(json.dumps({"scan_s": round(scan, 2), "setup_mb": after_setup, "epoch_mb": after_epoch,
+                  "baseline_mb": anon()}))
+"""
+
+
+def data_path_memory(photos: Path, cache: Path, image_size: int) -> dict[str, Any]:
+    """`_DATA_PATH_PROBE` in a subprocess: the data path's memory without a training step's."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DATA_PATH_PROBE, str(photos), str(cache), str(image_size)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise LeafnetError(f"the data-path probe failed: {result.stderr.strip()[-300:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 class FirstStepTime:
     """A Lightning callback (added by this bench only): writes the seconds from the process's
     start to its first training step into `<run dir>/first_step_s.txt`."""
@@ -158,7 +197,7 @@ def measure(cfg: Any, n: int) -> list[dict[str, Any]]:
     print(f"scale: {n} photos ready in {photos} ({time.perf_counter() - t0:.0f} s)", flush=True)
     cache = out / "cache" / f"{n}-{cfg.image_size}"
     rows = []
-    for tag in ("cold", "warm"):
+    for tag in cfg.starts:
         if tag == "cold" and cache.exists():
             import shutil
 
@@ -187,15 +226,34 @@ def measure(cfg: Any, n: int) -> list[dict[str, Any]]:
             round(decoded["images"] / decoded["seconds"], 1) if decoded.get("images") else None
         )
         result["used"] = report["used"]
+        if tag == "warm":
+            result["data_path"] = data_path_memory(photos, cache, int(cfg.image_size))
         print(f"scale: {result}", flush=True)
         rows.append(result)
     return rows
 
 
+def _merge(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This run's rows over an earlier scale.json's, keyed by (photos, px, start)."""
+    try:
+        earlier = json.loads((out / "scale.json").read_text())
+    except (OSError, ValueError):
+        earlier = []
+    key = lambda r: (r["n"], r["image_size"], r["start"])  # noqa: E731
+    merged = {key(r): r for r in earlier} | {key(r): r for r in rows}
+    return [merged[k] for k in sorted(merged, key=lambda k: (k[0], k[1], k[2] != "cold"))]
+
+
+def _data_path_cell(probe: dict[str, Any] | None) -> str:
+    if not probe:
+        return "-"
+    return f"{probe['setup_mb']} / {probe['epoch_mb']} / {probe['baseline_mb']} ({probe['scan_s']} s scan)"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     titles = [
         "photos", "px", "start", "peak anon GB", "to first step s", "cold pass img/s",
-        "epoch img/s", "data wait", "cache GB",
+        "epoch img/s", "data wait", "cache GB", "data path MB (scan / epoch / baseline)",
     ]  # fmt: skip
     cells = [
         [
@@ -203,7 +261,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{r['first_step_s']:.1f}",
             "-" if r["decode_images_per_s"] is None else f"{r['decode_images_per_s']:.0f}",
             f"{r['epoch_images_per_s']:.1f}", f"{100 * r['data_wait_share']:.1f}%",
-            f"{r['cache_gb']:.2f}",
+            f"{r['cache_gb']:.2f}", _data_path_cell(r.get("data_path")),
         ]
         for r in rows
     ]  # fmt: skip
@@ -215,8 +273,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     cfg = command_config("lab.scale", sys.argv[1:] if argv is None else argv, conf="scale")
     if not Path("/proc/self/status").is_file():
         raise LeafnetError("the scale bench reads /proc (Linux); run it on a Linux host")
-    rows = [row for n in cfg.counts for row in measure(cfg, int(n))]
+    if not set(cfg.starts) <= {"cold", "warm"}:
+        raise LeafnetError(f"starts={list(cfg.starts)}: use a list of cold and warm")
     out = Path(str(cfg.out))
+    rows = _merge(out, [row for n in cfg.counts for row in measure(cfg, int(n))])
     write_text(out / "scale.json", json.dumps(rows, indent=1) + "\n")
     table = markdown(rows)
     write_text(out / "scale.md", table + "\n")
