@@ -3,7 +3,9 @@
 Measures a trained model on a folder in image-folder layout (`<dir>/<class>/<image>`), scanned as
 training scans it (`data.datamodule.scan_folder`) and read through the checkpoint's own
 preprocessing (`data.images`). Class folders are matched to the checkpoint's classes by name, so
-their order on disk does not matter; any difference between the two sets is an error.
+their order on disk does not matter. A folder may hold some of the model's classes only: the
+metrics are then over the classes present (the absent ones named in one line); a class folder the
+model does not know is an error.
 
 Prints accuracy, macro F1, per-class precision / recall / support and the confusion matrix, and
 writes `confusion_matrix.png` and `metrics.json` (with the misclassified files) into `out`.
@@ -34,37 +36,36 @@ from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import load_model, predict_files
 
 
-def match_classes(folder_classes: Sequence[str], ckpt_classes: Sequence[str], root: Any) -> None:
-    """The folder's classes must be exactly the checkpoint's (by name, any order)."""
-    if set(folder_classes) == set(ckpt_classes):
-        return
+def match_classes(
+    folder_classes: Sequence[str], ckpt_classes: Sequence[str], root: Any
+) -> list[str]:
+    """The checkpoint's classes the folder does not hold; a folder class the model does not know
+    is refused in one line."""
     extra = sorted(set(folder_classes) - set(ckpt_classes))
-    missing = sorted(set(ckpt_classes) - set(folder_classes))
-    diff = "; ".join(
-        part
-        for part in (
-            f"unknown to the checkpoint: {', '.join(extra)}" if extra else "",
-            f"missing from the folder: {', '.join(missing)}" if missing else "",
+    if extra:
+        raise LeafnetError(
+            f"class folders of {root} [{', '.join(folder_classes)}] include "
+            f"{', '.join(extra)}, which the checkpoint does not know (its classes: "
+            f"{', '.join(ckpt_classes)}); name the sub-folders as the classes"
         )
-        if part
-    )
-    raise LeafnetError(
-        f"class folders of {root} [{', '.join(folder_classes)}] do not match the checkpoint's "
-        f"classes [{', '.join(ckpt_classes)}] ({diff}); name the sub-folders as the classes"
-    )
+    return [c for c in ckpt_classes if c not in folder_classes]
 
 
 def compute_metrics(
     preds: torch.Tensor, target: torch.Tensor, class_names: Sequence[str]
 ) -> dict[str, Any]:
-    """Accuracy, macro F1, per-class precision/recall/support, confusion matrix (torchmetrics)."""
+    """Accuracy, and over the classes present in `target`: macro F1, balanced accuracy (mean
+    recall); per-class precision/recall/support; the confusion matrix (torchmetrics)."""
     n = len(class_names)
     precision = MulticlassPrecision(n, average=None)(preds, target)
     recall = MulticlassRecall(n, average=None)(preds, target)
+    f1 = MulticlassF1Score(n, average=None)(preds, target)
     support = torch.bincount(target, minlength=n)
+    present = support > 0
     return {
         "accuracy": float(MulticlassAccuracy(n, average="micro")(preds, target)),
-        "f1_macro": float(MulticlassF1Score(n, average="macro")(preds, target)),
+        "f1_macro": float(f1[present].mean()),
+        "balanced_accuracy": float(recall[present].mean()),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "support": int(s)}
             for name, p, r, s in zip(class_names, precision, recall, support, strict=True)
@@ -78,6 +79,7 @@ def format_report(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     w = max(len("class"), *(len(c) for c in class_names))
     lines = [
         f"accuracy   {metrics['accuracy']:.4f}",
+        f"balanced   {metrics['balanced_accuracy']:.4f}",
         f"macro F1   {metrics['f1_macro']:.4f}",
         "",
         f"{'class':<{w}}  precision  recall  support",
@@ -118,7 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     classifier, device = load_model(cfg)
     folder_classes, files_per_class = scan_folder(root)
     names = list(classifier.hparams.class_names)
-    match_classes(folder_classes, names, root)
+    absent = match_classes(folder_classes, names, root)
 
     truth = {
         str(f): names.index(cls)
@@ -140,6 +142,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         checkpoint=str(cfg.ckpt),
         data_dir=str(root),
         images=len(results),
+        classes_absent=absent,
         skipped=skipped,
         misclassified=[
             {"file": r["file"], "true": names[t], "predicted": r["predicted"]}
@@ -154,7 +157,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     save_confusion_png(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
     write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
 
-    print(f"{len(results)} images in {len(names)} classes from {root}")
+    print(f"{len(results)} images in {len(names) - len(absent)} classes from {root}")
+    if absent:
+        print(
+            f"leafnet: {root} holds no {', '.join(absent)}: macro F1 and balanced accuracy are "
+            f"over the {len(names) - len(absent)} classes present",
+            file=sys.stderr,
+        )
     if skipped:
         print(f"leafnet: skipped {len(skipped)} unreadable files (listed in metrics.json)",
               file=sys.stderr)  # fmt: skip

@@ -61,9 +61,29 @@ def test_class_mismatch_is_one_line_naming_both_sets(
     tiny_run: Path, tiny_image_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     err = run_error(capsys, [f"ckpt={tiny_run}", f"data.dir={tiny_image_dir}"], main)
-    assert "do not match" in err
+    assert "which the checkpoint does not know" in err
     for name in (*TINY_CLASSES, *(p.name for p in tiny_image_dir.iterdir())):
         assert name in err
+
+
+def test_a_folder_with_some_of_the_classes_is_measured_on_those(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    folder = tmp_path / "two"
+    kept = sorted(p.name for p in tiny_train_images.iterdir())[:2]
+    for name in kept:
+        shutil.copytree(tiny_train_images / name, folder / name)
+    metrics = main([f"ckpt={tiny_run}", f"data.dir={folder}", f"out={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    absent = sorted(set(TINY_CLASSES) - set(kept))
+    assert metrics["classes_absent"] == absent and f"holds no {absent[0]}" in err
+    present = [metrics["per_class"][n] for n in kept]
+    recalls = [m["recall"] for m in present]
+    assert metrics["balanced_accuracy"] == pytest.approx(sum(recalls) / 2)
+    f1 = [2 * m["precision"] * m["recall"] / (m["precision"] + m["recall"] or 1) for m in present]
+    assert metrics["f1_macro"] == pytest.approx(sum(f1) / 2, abs=1e-6)  # the absent class: no 0
 
 
 def test_evaluate_errors(
