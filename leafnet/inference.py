@@ -110,21 +110,20 @@ def _batches(files: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield files[start : start + size]
 
 
-def predict_files(
+def iter_predictions(
     classifier: LeafClassifier,
     files: Sequence[Path],
     device: torch.device | str = "cpu",
     batch_size: int = 32,
     workers: int = 4,
     progress: bool | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Predictions `{file, predicted, probabilities}` for readable files; `{file, reason}` for the rest."""
+) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, str]]]]:
+    """Per batch of files: predictions `{file, predicted, probabilities}` for the readable ones
+    and `{file, reason}` for the rest. Memory stays that of one batch, however many files."""
     from tqdm.auto import tqdm
 
     names = list(classifier.hparams.class_names)
     prep = classifier.prep
-    results: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
     show = len(files) >= PROGRESS_MIN_FILES if progress is None else progress
     bar = tqdm(total=len(files), unit="img", disable=not show, file=sys.stderr, leave=False)
 
@@ -137,6 +136,8 @@ def predict_files(
     # Threads: PIL releases the GIL while decoding and resizing.
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool, bar:
         for chunk in _batches(files, batch_size):
+            results: list[dict[str, Any]] = []
+            skipped: list[dict[str, str]] = []
             good: list[tuple[Path, torch.Tensor]] = []
             for path, item in zip(chunk, pool.map(load, chunk), strict=True):
                 if isinstance(item, BadImage):
@@ -158,4 +159,21 @@ def predict_files(
                         }
                     )
             bar.update(len(chunk))
+            yield results, skipped
+
+
+def predict_files(
+    classifier: LeafClassifier,
+    files: Sequence[Path],
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    workers: int = 4,
+    progress: bool | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Every prediction and every skipped file at once (`iter_predictions`, collected)."""
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for done, bad in iter_predictions(classifier, files, device, batch_size, workers, progress):
+        results += done
+        skipped += bad
     return results, skipped

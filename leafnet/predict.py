@@ -3,7 +3,9 @@
 Each file goes through the checkpoint's own preprocessing (`data.images.load_for_model`: EXIF
 orientation applied, any size, JPEGs decoded at reduced size when that is enough), in batches of
 `batch_size`. Prints a table (file, predicted class, probability of each class) and writes it as
-CSV or JSON when `output=` ends in `.csv` or `.json`. Files that cannot be read are skipped with a
+CSV or JSON when `output=` ends in `.csv` or `.json`. A CSV is written as the batches go, to
+`<output>.partial`, renamed when complete: an interrupted run leaves a valid partial CSV, and
+`resume=true` predicts only the files it lacks. Files that cannot be read are skipped with a
 message; the others are still predicted.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,13 +23,8 @@ from omegaconf import DictConfig
 
 from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
-from leafnet.files import atomic_path, refuse_existing, write_text
-from leafnet.inference import (
-    display_names,
-    expand_inputs,
-    load_model,
-    predict_files,
-)
+from leafnet.files import refuse_existing, write_text
+from leafnet.inference import display_names, expand_inputs, iter_predictions, load_model
 from leafnet.module import LeafClassifier
 
 OUTPUT_FORMATS = (".csv", ".json")
@@ -48,37 +46,94 @@ def format_table(results: Sequence[dict[str, Any]], class_names: Sequence[str]) 
     return "\n".join(lines)
 
 
-def write_output(
+def write_json(
     path: Path,
     results: Sequence[dict[str, Any]],
     skipped: Sequence[dict[str, str]],
     classifier: LeafClassifier,
     ckpt: str,
 ) -> None:
-    """CSV (file, predicted, one column per class) or JSON (with the skipped files and the
-    checkpoint's classes and preprocessing)."""
-    names = list(classifier.hparams.class_names)
-    if path.suffix.lower() == ".csv":
-        # surrogateescape: a file name that is not UTF-8 is written as the bytes it was.
-        with (
-            atomic_path(path) as tmp,
-            tmp.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f,
-        ):
-            writer = csv.writer(f)
+    """The predictions as JSON, with the skipped files and the checkpoint's classes and
+    preprocessing (written whole at the end; CSV outputs are written as they go)."""
+    doc = {
+        "checkpoint": ckpt,
+        "class_names": list(classifier.hparams.class_names),
+        "preprocessing": dict(classifier.hparams.preprocessing),
+        "predictions": list(results),
+        "skipped": list(skipped),
+    }
+    write_text(path, json.dumps(doc, indent=1) + "\n")  # JSON escapes odd file names
+
+
+def _partial(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
+
+
+def _rows_done(partial: Path, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The predictions an interrupted CSV run wrote (a last row cut short is dropped)."""
+    with partial.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != ["file", "predicted", *names]:
+        raise LeafnetError(
+            f"{partial} is not a partial output of this checkpoint's predictions; remove it"
+        )
+    done = []
+    for row in rows[1:]:
+        if len(row) != 2 + len(names):
+            break
+        probs = {n: float(v) for n, v in zip(names, row[2:], strict=True)}
+        done.append({"file": row[0], "predicted": row[1], "probabilities": probs})
+    return done
+
+
+def _stream_csv(
+    output: Path, batches: Any, names: Sequence[str], done: list[dict[str, Any]], resume: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Write rows to `<output>.partial` as each batch is predicted (flushed, so an interrupted
+    run leaves a valid partial CSV that `resume=true` finishes). surrogateescape: a file name
+    that is not UTF-8 is written as the bytes it was."""
+    partial = _partial(output)
+    results, skipped = list(done), []
+    try:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        f = partial.open(
+            "a" if resume else "w", newline="", encoding="utf-8", errors="surrogateescape"
+        )
+    except OSError as err:
+        raise LeafnetError(
+            f"cannot write {output} ({err.strerror or err}); choose a writable location"
+        ) from None
+    with f:
+        writer = csv.writer(f)
+        if not resume:
             writer.writerow(["file", "predicted", *names])
-            for r in results:
+        for batch, bad in batches:
+            for r in batch:
                 writer.writerow(
                     [r["file"], r["predicted"], *(f"{r['probabilities'][n]:.6f}" for n in names)]
                 )
-    else:
-        doc = {
-            "checkpoint": ckpt,
-            "class_names": names,
-            "preprocessing": dict(classifier.hparams.preprocessing),
-            "predictions": list(results),
-            "skipped": list(skipped),
-        }
-        write_text(path, json.dumps(doc, indent=1) + "\n")  # JSON escapes odd file names
+            f.flush()
+            results += batch
+            skipped += bad
+    return results, skipped
+
+
+def _commit(partial: Path, output: Path, overwrite: bool) -> None:
+    """The finished output under its name: replacing a file only with `overwrite=true`, decided
+    at the moment of the rename (a link fails when the name was taken meanwhile)."""
+    with open(partial, "rb+") as f:
+        os.fsync(f.fileno())
+    if overwrite:
+        os.replace(partial, output)
+        return
+    try:
+        os.link(partial, output)
+    except FileExistsError:
+        raise LeafnetError(
+            f"output={output} appeared while predicting; the predictions are in {partial} "
+            "(add overwrite=true to replace it)"
+        ) from None
+    partial.unlink()
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -86,16 +141,39 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     output = Path(str(cfg.output)) if cfg.get("output") else None
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
         raise LeafnetError(f"output={output}: use a name ending in .csv or .json")
+    overwrite, resume = cfg.get("overwrite", False), cfg.get("resume", False)
+    if not isinstance(resume, bool):
+        raise LeafnetError(f"resume={resume!r}: use true or false")
+    streaming = output is not None and output.suffix.lower() == ".csv"
     if output is not None:
-        refuse_existing(output, cfg.get("overwrite", False), "output")
+        refuse_existing(output, overwrite, "output")
+        if resume and not (streaming and _partial(output).is_file()):
+            raise LeafnetError(f"resume=true: there is no {_partial(output)} to finish")
+        if streaming and _partial(output).is_file() and not (resume or overwrite):
+            raise LeafnetError(
+                f"{_partial(output)} holds the rows of an interrupted run; add resume=true to "
+                "finish it, or overwrite=true to start again"
+            )
     batch_size = cfg.batch_size
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LeafnetError(f"batch_size={batch_size} must be a positive integer")
     classifier, device = load_model(cfg)
+    names = list(classifier.hparams.class_names)
     files = expand_inputs(cfg.input)
-    results, skipped = predict_files(
-        classifier, files, device, batch_size, cfg.workers, cfg.get("progress")
+    done = _rows_done(_partial(output), names) if resume and output is not None else []
+    finished = {r["file"] for r in done}
+    todo = [f for f in files if str(f) not in finished]
+    batches = iter_predictions(
+        classifier, todo, device, batch_size, cfg.workers, cfg.get("progress")
     )
+    if streaming:
+        assert output is not None
+        results, skipped = _stream_csv(output, batches, names, done, resume)
+    else:
+        results, skipped = [], []
+        for batch, bad in batches:
+            results += batch
+            skipped += bad
     names = list(classifier.hparams.class_names)
     if results:
         print(format_table(results, names))
@@ -105,8 +183,12 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         raise LeafnetError(f"input={cfg.input}: none of the {len(files)} files could be read")
     if skipped:
         print(f"leafnet: skipped {len(skipped)} of {len(files)} files", file=sys.stderr)
-    if output is not None:
-        write_output(output, results, skipped, classifier, str(cfg.ckpt))
+    if streaming:
+        assert output is not None
+        _commit(_partial(output), output, overwrite)
+        print(f"wrote {output}")
+    elif output is not None:
+        write_json(output, results, skipped, classifier, str(cfg.ckpt))
         print(f"wrote {output}")
     return results
 

@@ -213,6 +213,7 @@ COMMAND_KEYS: tuple[Key, ...] = (
     Key("device", _is_str, "auto, cpu, cuda, cuda:N or mps"),
     Key("progress", _is_bool, "true or false (null: when there are many files)", nullable=True),
     Key("overwrite", _is_bool, "true or false"),
+    Key("resume", _is_bool, "true or false"),
     Key("host", _is_str, "an address to listen on, e.g. 127.0.0.1"),
     Key("port", lambda v: _is_int(v) and 1 <= v <= 65535, "a port number from 1 to 65535"),
     Key("max_upload_mb", lambda v: _is_number(v) and v > 0, "a positive number of MB"),

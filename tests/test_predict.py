@@ -146,3 +146,36 @@ def test_help_lists_each_commands_keys(command: str, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     key = "port:" if command == "app" else "overwrite:"  # a key particular to the command
     assert f"python -m leafnet.{command}" in out and "ckpt:" in out and key in out
+
+
+def test_an_interrupted_predict_finished_by_resume_gives_the_uninterrupted_csv(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from leafnet import predict as predict_module
+
+    args = [f"ckpt={tiny_run}", f"input={tiny_train_images}", "batch_size=8"]
+    whole = tmp_path / "whole.csv"
+    predict_module.main([*args, f"output={whole}"])
+
+    real = predict_module.iter_predictions
+
+    def stopped_after_two_batches(*a, **k):
+        for i, batch in enumerate(real(*a, **k)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    out = tmp_path / "preds.csv"
+    monkeypatch.setattr(predict_module, "iter_predictions", stopped_after_two_batches)
+    with pytest.raises(SystemExit):
+        predict_module.main([*args, f"output={out}"])
+    partial = tmp_path / "preds.csv.partial"
+    assert not out.exists() and len(partial.read_text().splitlines()) == 1 + 16  # valid, partial
+    monkeypatch.setattr(predict_module, "iter_predictions", real)
+    capsys.readouterr()
+    err = run_error(capsys, [*args, f"output={out}"], predict_module.main)
+    assert "resume=true to finish it" in err
+    rows = predict_module.main([*args, f"output={out}", "resume=true"])
+    assert len(rows) == 36 and not partial.exists()
+    assert out.read_bytes() == whole.read_bytes()
