@@ -131,8 +131,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not files:
         raise LeafnetError(f"data.dir={root}: the class folders hold no image files")
     results, skipped = predict_files(
-        classifier, files, device, cfg.batch_size, cfg.workers, cfg.get("progress")
-    )
+        classifier, files, device=device, batch_size=cfg.batch_size, workers=cfg.workers,
+        progress=cfg.get("progress"),
+    )  # fmt: skip
     if not results:
         raise LeafnetError(f"data.dir={root}: none of the {len(files)} images could be read")
     preds = torch.tensor([names.index(r["predicted"]) for r in results])

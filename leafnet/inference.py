@@ -163,17 +163,13 @@ def iter_predictions(
 
 
 def predict_files(
-    classifier: LeafClassifier,
-    files: Sequence[Path],
-    device: torch.device | str = "cpu",
-    batch_size: int = 32,
-    workers: int = 4,
-    progress: bool | None = None,
+    classifier: LeafClassifier, files: Sequence[Path], **options: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Every prediction and every skipped file at once (`iter_predictions`, collected)."""
+    """Every prediction and every skipped file at once: `iter_predictions` (same options),
+    collected."""
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for done, bad in iter_predictions(classifier, files, device, batch_size, workers, progress):
+    for done, bad in iter_predictions(classifier, files, **options):
         results += done
         skipped += bad
     return results, skipped
