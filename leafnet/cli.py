@@ -10,6 +10,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from leafnet.config import command_help
+
 COMMANDS = {
     "demo": (
         "leafnet.demo",
@@ -40,35 +42,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-# The YAML whose keys a command takes (conf/<name>.yaml); training's commands take train.yaml's.
-_CONF = {"train": "train", "summary": "train", "demo": "train", "synthetic": "synthetic"}
 _HELP = ("-h", "--help")
-
-
-def command_help(name: str) -> str:
-    """A command's usage and its keys with their comments, from the YAML it reads. No torch import:
-    help comes at once."""
-    from leafnet.config import CONFIG_DIR
-
-    module = COMMANDS[name][0]
-    conf = _CONF.get(name, module.rsplit(".", 1)[-1])
-    lines = [f"usage: leafnet {name} [key=value ...]   ({COMMANDS[name][1]})"]
-    path = CONFIG_DIR / f"{conf}.yaml"
-    if path.is_file():
-        lines += ["", f"keys and defaults ({path.name}):", "", path.read_text().rstrip()]
-    if conf == "train":
-        data = CONFIG_DIR / "data" / "folder.yaml"
-        lines += ["", "data.* keys (data=folder; data=synthetic adds the generator's):", ""]
-        lines += [data.read_text().rstrip()]
-        groups = sorted(
-            d for d in CONFIG_DIR.iterdir() if d.is_dir() and not d.name.startswith("_")
-        )
-        lines += ["", "config groups (group=option):"]
-        for group in groups:
-            options = sorted(f.stem for f in group.glob("*.yaml"))
-            lines.append(f"  {group.name:<15} {', '.join(options)}")
-        lines += ["", "e.g. leafnet train optimizer=sgd lr=0.01 data=folder data.dir=leaves"]
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"leafnet: error: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     if any(a in _HELP for a in args[1:]):
-        print(command_help(name))
+        module, what = COMMANDS[name]
+        print(command_help(name, module.rsplit(".", 1)[-1], what))
         return
     module = importlib.import_module(COMMANDS[name][0])
     # Each command reads its arguments from sys.argv, as under `python -m leafnet.<command>`.

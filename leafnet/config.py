@@ -103,3 +103,30 @@ def command_config(
 
     check_config(to_primitive(cfg), COMMAND_KEYS)
     return cfg
+
+
+# Commands that take training's keys (conf/train.yaml) rather than a YAML of their own.
+_TRAIN_KEYS_COMMANDS = ("train", "summary", "demo")
+
+
+def command_help(name: str, conf: str, what: str = "") -> str:
+    """`leafnet <name> --help`: the usage and each key with its comment, from the YAML the command
+    reads (`conf/<conf>.yaml`; training's commands: train.yaml, the data keys and the groups)."""
+    conf = "train" if name in _TRAIN_KEYS_COMMANDS else conf
+    lines = [f"usage: leafnet {name} [key=value ...]" + (f"   ({what})" if what else "")]
+    path = CONFIG_DIR / f"{conf}.yaml"
+    if path.is_file():
+        lines += ["", f"keys and defaults ({path.name}):", "", path.read_text().rstrip()]
+    if conf == "train":
+        data = CONFIG_DIR / "data" / "folder.yaml"
+        lines += ["", "data.* keys (data=folder; data=synthetic adds the generator's):", ""]
+        lines += [data.read_text().rstrip()]
+        groups = sorted(
+            d for d in CONFIG_DIR.iterdir() if d.is_dir() and not d.name.startswith("_")
+        )
+        lines += ["", "config groups (group=option):"]
+        for group in groups:
+            options = sorted(f.stem for f in group.glob("*.yaml"))
+            lines.append(f"  {group.name:<15} {', '.join(options)}")
+        lines += ["", "e.g. leafnet train optimizer=sgd lr=0.01 data=folder data.dir=leaves"]
+    return "\n".join(lines)

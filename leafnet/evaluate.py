@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torchmetrics.classification import (
@@ -29,11 +30,13 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from leafnet.baseline import colour_histograms, fit_baseline, histograms_of, verdict
 from leafnet.config import command_config
 from leafnet.data.datamodule import scan_folder
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import load_model, predict_files
+from leafnet.runs import run_datamodule
 
 
 def match_classes(
@@ -152,6 +155,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ],
     )
 
+    metrics["colour_baseline"] = _colour_baseline(cfg.ckpt, results, target, classifier)
+
     out = Path(str(cfg.out))
     for name in ("confusion_matrix.png", "metrics.json"):
         refuse_existing(out / name, cfg.get("overwrite", False), "out")
@@ -169,8 +174,49 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print(f"leafnet: skipped {len(skipped)} unreadable files (listed in metrics.json)",
               file=sys.stderr)  # fmt: skip
     print(format_report(metrics, names))
+    colour = metrics["colour_baseline"]
+    if "accuracy" in colour:
+        print(
+            f"colour baseline accuracy {colour['accuracy']:.4f} (a colour histogram, trained on the run's split)"
+        )
+        warning = verdict(metrics["accuracy"], {"test_acc": colour["accuracy"]})
+        if warning:
+            print(f"leafnet: {warning}", file=sys.stderr)
+    else:
+        print(f"colour baseline: {colour['skipped']}")
     print(f"wrote {out / 'confusion_matrix.png'} and {out / 'metrics.json'}")
     return metrics
+
+
+def _colour_baseline(
+    ckpt: Any, results: list[dict[str, Any]], target: torch.Tensor, classifier: Any
+) -> dict[str, Any]:
+    """The colour baseline trained on the checkpoint's run (its training photos, C chosen on its
+    validation photos) and scored on this folder; `{"skipped": reason}` when the run's photos are
+    not at hand (a bare .ckpt, a moved data folder)."""
+    from leafnet.data.images import load_for_model, to_display
+
+    run_dir = Path(str(ckpt))
+    if run_dir.is_file():
+        run_dir = run_dir.parent.parent  # <run>/checkpoints/best.ckpt
+    try:
+        dm = run_datamodule(run_dir)
+    except LeafnetError as err:
+        return {"skipped": f"the training run's photos are not at hand ({err})"}
+    train, val = (histograms_of(dm.dataset(s)) for s in ("train", "val"))
+    prep = classifier.prep
+    here = np.concatenate(
+        [
+            colour_histograms(to_display(load_for_model(Path(r["file"]), prep), prep)[None])
+            for r in results
+        ]
+    )  # one photo at a time: memory flat in the folder's size
+    fitted = fit_baseline(
+        {"train": train[0], "val": val[0], "test": here},
+        {"train": train[1], "val": val[1], "test": target.numpy()},
+    )
+    return {"accuracy": fitted["test_acc"], "balanced_accuracy": fitted["test_balanced_acc"],
+            "C": fitted["C"]}  # fmt: skip
 
 
 @cli_errors

@@ -244,3 +244,20 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
             "(a run directory holds metrics.csv, summary.json or .hydra/config.yaml)"
         )
     return unique
+
+
+def run_datamodule(run_dir: str | os.PathLike) -> Any:
+    """A finished run's data on its own split (`split.csv`), set up, no augmentation: what the
+    colour baseline of `calibration` and `evaluate` trains on."""
+    from leafnet.config import to_primitive
+    from leafnet.data.datamodule import LeafDataModule
+
+    run = read_run(run_dir)
+    split = Path(run_dir) / "split.csv"
+    if run.config is None or not split.is_file():
+        raise LeafnetError(f"{run_dir} has no .hydra/config.yaml and split.csv; is it a run dir?")
+    data = {**to_primitive(run.config.data), "split_file": str(split), "kfold": None}
+    data.update(synthetic=False, augment="none", num_workers=0)
+    dm = LeafDataModule(**data, batch_size=int(run.config.batch_size), seed=int(run.config.seed))
+    dm.setup("fit")
+    return dm

@@ -43,7 +43,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from leafnet.baseline import colour_baseline, verdict
-from leafnet.config import CONFIG_DIR, compose, to_primitive
+from leafnet.config import CONFIG_DIR, command_help, compose, to_primitive
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import peak_rss_bytes, runs_on_cpu, split_threads, tune_process
@@ -497,9 +497,7 @@ def main() -> None:
     start that would fail, or a directory another process is training in, is left untouched."""
     argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
-        from leafnet.cli import command_help
-
-        print(command_help("train"))
+        print(command_help("train", "train", "train a model (Hydra: key=value, -m for sweeps)"))
         return
     if any(a.split("=")[0] in _HYDRA_FLAGS_THAT_RUN_NOTHING for a in argv):
         _task()

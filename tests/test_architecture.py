@@ -14,7 +14,7 @@ TRAINING = {
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
     "data.duplicates", "data.stream", "data.synthetic", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "schema", "train", "training.callbacks", "training.outcome", "training.resume",
-    "training.rundir", "training.sweep", "training.tune", "zoo",
+    "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
 
 

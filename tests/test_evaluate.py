@@ -107,3 +107,19 @@ def test_compute_metrics_known_values() -> None:
     assert m["per_class"]["a"] == {"precision": pytest.approx(2 / 3), "recall": 1.0, "support": 2}
     assert m["per_class"]["c"]["recall"] == pytest.approx(1 / 3)
     assert m["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [1, 1, 1]]
+
+
+def test_evaluate_reports_the_colour_baseline_of_the_checkpoints_run(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    metrics = main([f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'a'}"])
+    out = capsys.readouterr().out
+    colour = metrics["colour_baseline"]
+    assert 0 <= colour["accuracy"] <= 1 and colour["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+    assert f"colour baseline accuracy {colour['accuracy']:.4f}" in out
+    alone = tmp_path / "alone.ckpt"  # a checkpoint without its run: nothing to train colour on
+    shutil.copy(tiny_run / "checkpoints" / "best.ckpt", alone)
+    bare = main([f"ckpt={alone}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'b'}"])
+    assert "not at hand" in bare["colour_baseline"]["skipped"]

@@ -16,24 +16,15 @@ from typing import Any
 
 from leafnet import tables
 from leafnet.baseline import colour_baseline
-from leafnet.config import command_config, to_primitive
+from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import write_text
-from leafnet.runs import find_run_dirs, read_run
+from leafnet.runs import find_run_dirs, read_run, run_datamodule
 
 
 def histogram_baseline(run_dir: str | Path) -> dict[str, Any]:
     """The colour baseline (`leafnet.baseline`) on a finished run's own split (`split.csv`)."""
-    from leafnet.data.datamodule import LeafDataModule
-
-    run = read_run(run_dir)
-    split = Path(run_dir) / "split.csv"
-    if run.config is None or not split.is_file():
-        raise LeafnetError(f"{run_dir} has no .hydra/config.yaml and split.csv; is it a run dir?")
-    data = {**to_primitive(run.config.data), "split_file": str(split), "kfold": None}
-    data.update(synthetic=False, augment="none", num_workers=0)
-    dm = LeafDataModule(**data, batch_size=int(run.config.batch_size), seed=int(run.config.seed))
-    dm.setup("fit")
+    dm = run_datamodule(run_dir)
     result = colour_baseline({s: dm.dataset(s) for s in ("train", "val", "test")})
     if "skipped" in result:
         raise LeafnetError(f"{run_dir}: no colour baseline ({result['skipped']})")
