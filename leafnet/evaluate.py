@@ -179,7 +179,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         print(
             f"colour baseline accuracy {colour['accuracy']:.4f} (a colour histogram, trained on the run's split)"
         )
-        warning = verdict(metrics["accuracy"], {"test_acc": colour["accuracy"]})
+        warning = verdict(metrics["balanced_accuracy"], colour["balanced_accuracy"])
         if warning:
             print(f"leafnet: {warning}", file=sys.stderr)
     else:

@@ -323,7 +323,8 @@ def _fit_and_test(
         if trainer.is_global_zero:
             splits = {s: datamodule.dataset(s) for s in ("train", "val", "test")}
             summary["colour_baseline"] = colour_baseline(splits)
-            warning = verdict(summary["test_acc"], summary["colour_baseline"])
+            colour = summary["colour_baseline"].get("test_balanced_acc")
+            warning = verdict(summary["test_balanced_acc"], colour)
             if warning:
                 log.warning("%s", warning)
 
