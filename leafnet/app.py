@@ -10,7 +10,10 @@ looked. Endpoints:
 - `POST /api/explain` (same field): the same plus `input` and `gradcam`, PNG data URLs.
 
 An upload that is not an image, or is larger than `max_upload_mb`, gets a 4xx with a one-line
-`detail`, never a 500. Uploads are read in memory and decoded from a temporary folder that is
+`detail`, never a 500 and never a server path. A request body over the limit is refused as it
+arrives (`BodyLimit`), before anything is written to disk. Decoding and the network run in worker
+threads, at most `busy_limit` at a time (the rest get 503 at once), so a slow or large upload
+never stalls the page or other requests. Uploads are decoded from a temporary folder that is
 removed at once; nothing else is written.
 """
 
@@ -91,7 +94,52 @@ class Predictor:
         }
 
 
-def create_app(predictor: Predictor, max_upload_mb: float = 20.0) -> Any:
+class _TooLarge(Exception):
+    """Raised inside the app when a request body passes the limit."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than `limit` bytes is answered 413 as soon as it
+    says so (Content-Length) or as soon as that many bytes have arrived, before the multipart
+    parser spools it to disk."""
+
+    ENVELOPE = 64 * 1024  # the multipart envelope around the file: boundaries, part headers
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit + self.ENVELOPE
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"").decode()
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    @staticmethod
+    async def _refuse(send: Any) -> None:
+        body = b'{"detail":"the upload is larger than the page accepts (max_upload_mb)"}'
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(predictor: Predictor, max_upload_mb: float = 20.0, busy_limit: int = 2) -> Any:
     """The FastAPI application: the page and the two JSON endpoints."""
     # Imported here (the `app` extra); this module has no `from __future__ import annotations`
     # so that FastAPI can read the endpoints' UploadFile annotations.
@@ -100,9 +148,11 @@ def create_app(predictor: Predictor, max_upload_mb: float = 20.0) -> Any:
 
     limit = int(max_upload_mb * 2**20)
     app = FastAPI(title="leafnet", description="Leaf-disease classification of uploaded photos")
+    app.add_middleware(BodyLimit, limit=limit)
+    busy = threading.BoundedSemaphore(busy_limit)
 
-    async def read_view(file: UploadFile) -> torch.Tensor:
-        data = await file.read(limit + 1)
+    def read_view(file: UploadFile) -> torch.Tensor:
+        data = file.file.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, f"{file.filename}: larger than {max_upload_mb:g} MB")
         if not data:
@@ -114,21 +164,29 @@ def create_app(predictor: Predictor, max_upload_mb: float = 20.0) -> Any:
                 415, f"{file.filename}: not a readable image ({err.reason})"
             ) from None
 
+    def work(file: UploadFile, explain: bool) -> dict[str, Any]:
+        # Plain functions: FastAPI runs them in worker threads, off the event loop.
+        if not busy.acquire(blocking=False):
+            raise HTTPException(503, "the model is busy with other photos; try again in a moment")
+        try:
+            view = read_view(file)
+            return predictor.explain(view) if explain else predictor.predict(view)
+        except LeafnetError as err:  # Grad-CAM without captum
+            raise HTTPException(501, str(err)) from None
+        finally:
+            busy.release()
+
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         return PAGE.replace("{{classes}}", html.escape(", ".join(predictor.class_names)))
 
     @app.post("/api/predict")
-    async def api_predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
-        return predictor.predict(await read_view(file))
+    def api_predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        return work(file, explain=False)
 
     @app.post("/api/explain")
-    async def api_explain(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
-        view = await read_view(file)
-        try:
-            return predictor.explain(view)
-        except LeafnetError as err:  # Grad-CAM without captum
-            raise HTTPException(501, str(err)) from None
+    def api_explain(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008
+        return work(file, explain=True)
 
     return app
 

@@ -173,3 +173,99 @@ def test_class_names_are_shown_as_text_never_run(
     assert pwned is None
     assert HOSTILE in cells  # the name itself, as text
     assert error.startswith("broken.jpg: not a readable image") and "/tmp" not in error
+
+
+def test_an_upload_over_the_limit_is_refused_as_it_arrives(app) -> None:
+    """2 MB against a 1 MB page: refused by its size before the multipart parser reads it."""
+    reply = TestClient(app).post("/api/predict", files={"file": ("big.jpg", b"\xff" * (2 * 2**20))})
+    assert reply.status_code == 413
+    assert reply.json()["detail"] == "the upload is larger than the page accepts (max_upload_mb)"
+
+
+def test_a_slow_upload_does_not_hold_up_the_page(served: str) -> None:
+    """A client trickling an upload in: the page still answers at once."""
+    import httpx
+
+    host, port = served.removeprefix("http://").split(":")
+    boundary = "leafnetboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    size = 900_000
+    stop = threading.Event()
+
+    def trickle() -> None:
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                (
+                    f"POST /api/predict HTTP/1.1\r\nHost: {host}\r\n"
+                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                    f"Content-Length: {len(head) + size}\r\n\r\n"
+                ).encode()
+                + head
+            )
+            sent = 0
+            while sent < size and not stop.is_set():
+                conn.sendall(b"\xff" * 10_000)
+                sent += 10_000
+                time.sleep(0.05)
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        time.sleep(0.5)  # the upload is under way
+        started = time.perf_counter()
+        reply = httpx.get(served + "/", timeout=10)
+        waited = time.perf_counter() - started
+    finally:
+        stop.set()
+        sender.join(timeout=10)
+    assert reply.status_code == 200 and waited < 1.0, waited
+
+
+def test_a_slow_decode_does_not_hold_up_the_page(
+    tiny_run: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo that takes seconds to decode (a huge PNG, say) is worked on in a thread: the page
+    still answers at once, and photos beyond the busy limit get 503 rather than a queue."""
+    import httpx
+    import uvicorn
+
+    predictor = Predictor(load_classifier(tiny_run), torch.device("cpu"))
+    real_view = predictor.view
+
+    def slow_view(data: bytes, filename: str) -> torch.Tensor:
+        time.sleep(3)
+        return real_view(data, filename)
+
+    monkeypatch.setattr(predictor, "view", slow_view)
+    port = _free_port()
+    config = uvicorn.Config(create_app(predictor, busy_limit=1), port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    image = photo(tiny_train_images)
+    replies: list[int] = []
+
+    def upload() -> None:
+        files = {"file": (image.name, image.read_bytes())}
+        replies.append(httpx.post(url + "/api/predict", files=files, timeout=30).status_code)
+
+    try:
+        first = threading.Thread(target=upload)
+        first.start()
+        time.sleep(0.5)  # the first photo is being decoded
+        started = time.perf_counter()
+        page = httpx.get(url + "/", timeout=10)
+        waited = time.perf_counter() - started
+        upload()  # a second photo while the first holds the only slot
+        first.join(timeout=30)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert page.status_code == 200 and waited < 1.0, waited
+    assert sorted(replies) == [200, 503]
