@@ -34,12 +34,13 @@ MODELS = {
     "resnet18": (["model=torchvision", "model.name=resnet18"], "torchscript"),
     "mobilenet_v3_small": (["model=torchvision", "model.name=mobilenet_v3_small"], "torchscript"),
     "efficientnet_b0": (["model=torchvision", "model.name=efficientnet_b0"], "torchscript"),
-    "efficientnet_lite0": (["experiment=finetune", "data.image_size=32"], "onnx"),
+    "efficientnet_lite0": (["experiment=finetune", "data.image_size=32"], "torchscript"),
+    "efficientnet_lite0_onnx": (["experiment=finetune", "data.image_size=32"], "onnx"),
 }
 # The two deep torchvision graphs take 15-35 s each on a 2-core CPU: they run with `-m slow`, as
 # does the dropout variant; resnet18 covers the torchvision path in the default suite, leafnet_gap
 # a changed LeafNet and its ONNX export.
-SLOW = {"mobilenet_v3_small", "efficientnet_b0", "leafnet_dropout"}
+SLOW = {"mobilenet_v3_small", "efficientnet_b0", "leafnet_dropout", "efficientnet_lite0_onnx"}
 
 
 def exported_probabilities(path: Path, fmt: str, batch: torch.Tensor) -> torch.Tensor:
