@@ -225,6 +225,7 @@ COMMAND_KEYS: tuple[Key, ...] = (
     Key("runs", lambda v: _is_path(v) or isinstance(v, list), "a run directory or a list of them"),
     Key("dir", _is_path, "a folder"),
     Key("clear", _is_bool, "true or false"),
+    Key("all_runs", _is_bool, "true or false"),
     # python -m leafnet.lab.scale
     Key(
         "counts",

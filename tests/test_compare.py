@@ -198,3 +198,19 @@ def test_cli_writes_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "comparison.md",
         "comparison.png",
     ]
+
+
+def test_failed_and_empty_runs_are_left_out_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    fake_run(runs, "good", "adam", 0.001, [1.0, 0.8, 0.6])
+    empty = fake_run(runs, "no_epoch", "adam", 0.01, [1.0], status="interrupted")
+    (empty / "metrics.csv").write_text(COLUMNS + "\n")  # stopped before its first epoch ended
+    fake_run(runs, "broke", "sgd", 0.1, [1.0], status="failed")
+    main([f"dirs={runs}", f"out={tmp_path / 'a'}"])
+    captured = capsys.readouterr()
+    assert "left out 2 failed or empty run(s) (all_runs=true shows them)" in captured.err
+    assert "sgd" not in captured.out
+    main([f"dirs={runs}", f"out={tmp_path / 'b'}", "all_runs=true"])
+    assert "| sgd |" in capsys.readouterr().out

@@ -671,6 +671,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = command_config("lab.compare", argv, required=("dirs",), conf="compare")
     dirs = [str(d) for d in cfg.dirs] if isinstance(cfg.dirs, ListConfig) else [str(cfg.dirs)]
     runs = load_runs(dirs)
+    if not cfg.get("all_runs", False):
+        kept = [r for r in runs if r.status != "failed" and r.epochs]
+        if len(kept) < len(runs):
+            print(
+                f"leafnet: left out {len(runs) - len(kept)} failed or empty run(s) "
+                "(all_runs=true shows them)",
+                file=sys.stderr,
+            )
+        if not kept:
+            raise LeafnetError(
+                f"no finished epochs in the {len(runs)} run(s) under {', '.join(dirs)}; "
+                "all_runs=true to report them anyway"
+            )
+        runs = kept
     out = Path(str(cfg.out)) if cfg.out else default_out_dir(dirs)
     files = write_report(runs, [Path(p) for p in dirs], out)
     print(markdown_table(group_settings(runs)))
