@@ -221,6 +221,7 @@ PAGE = """<!doctype html>
            padding: 1rem; border-radius: 10px; box-shadow: 0 1px 3px #0002; }
  .result img { width: 224px; height: 224px; border-radius: 6px; object-fit: contain; background: #eee; }
  figure { margin: 0; } figcaption { font-size: .85rem; color: #5b6b5b; text-align: center; }
+ .nothumb { width: 224px; height: 60px; color: #5b6b5b; text-align: center; padding-top: 1rem; }
  .class { font-size: 1.2rem; font-weight: 600; } .error { color: #a00; }
  table { border-collapse: collapse; margin-top: .5rem; } td { padding: .1rem .6rem .1rem 0; }
  .bar { background: #6b8f5a; height: .6rem; border-radius: 3px; }
@@ -242,6 +243,7 @@ function el(tag, props = {}, children = []) {
 }
 function figure(src, caption) {
   const img = el("img", { alt: caption });
+  img.onerror = () => img.replaceWith(el("div", { className: "nothumb", textContent: "no preview" }));
   if (typeof src === "string" && (src.startsWith("data:image/") || src.startsWith("blob:"))) img.src = src;
   return el("figure", {}, [img, el("figcaption", { textContent: caption })]);
 }
@@ -264,7 +266,13 @@ async function classify(file) {
   body.append("file", file);
   let reply, data;
   try {
-    reply = await fetch("/api/explain", { method: "POST", body });
+    // The server works on a few photos at a time and answers 503 beyond that: wait and retry.
+    for (let tries = 0; ; tries++) {
+      reply = await fetch("/api/explain", { method: "POST", body });
+      if (reply.status !== 503 || tries >= 60) break;
+      status.textContent = "waiting for the model...";
+      await new Promise((done) => setTimeout(done, 1000));
+    }
   } catch (err) {
     return fail(`${file.name}: the server could not be reached (${err.message})`);
   }
@@ -290,14 +298,18 @@ async function classify(file) {
     el("div", {}, [el("b", { textContent: file.name }), el("div", { className: "class", textContent: data["class"] }), table]),
   );
 }
+// One photo after another: each card shows as soon as its photo is done.
+async function classifyAll(files) {
+  for (const file of files) await classify(file);
+}
 const input = document.getElementById("files");
-input.addEventListener("change", () => [...input.files].forEach(classify));
+input.addEventListener("change", () => classifyAll([...input.files]));
 const drop = document.getElementById("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
-  [...e.dataTransfer.files].forEach(classify);
+  classifyAll([...e.dataTransfer.files]);
 });
 </script>
 </body></html>
