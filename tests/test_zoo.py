@@ -96,6 +96,14 @@ def test_each_model_trains_predicts_exports_and_explains(
     assert {"filters", "gradcam"} <= set(written) and len(written) == 4
     assert all(p.stat().st_size > 0 for p in written.values())
 
+    # The web page's explain endpoint: the class and a Grad-CAM overlay for any model.
+    fastapi = pytest.importorskip("fastapi.testclient")
+    from leafnet.app import Predictor, create_app
+
+    page = fastapi.TestClient(create_app(Predictor(classifier, torch.device("cpu"))))
+    reply = page.post("/api/explain", files={"file": (images[0].name, images[0].read_bytes())})
+    assert reply.status_code == 200 and reply.json()["gradcam"].startswith("data:image/png")
+
     if cfg.model.arch != "leafnet":  # only the seed's architecture has a Keras twin
         with pytest.raises(LeafnetError, match="format=onnx or torchscript"):
             export(compose("export", [f"ckpt={run_dir}", "format=keras"]))
