@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from leafnet.errors import LeafnetError
 from leafnet.files import atomic_path
 from leafnet.module import LeafClassifier
-from leafnet.schema import check_checkpoint_model
+from leafnet.schema import check_checkpoint_hparams
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -79,7 +79,7 @@ def load_classifier(path: str | os.PathLike, map_location: Any = "cpu") -> LeafC
     hparams = ckpt["hyper_parameters"]
     if not isinstance(hparams, dict):
         raise LeafnetError(f"{find_checkpoint(path)} is not a leafnet checkpoint")
-    check_checkpoint_model(hparams.get("model", {}), str(find_checkpoint(path)))
+    check_checkpoint_hparams(hparams, str(find_checkpoint(path)))
     try:
         classifier = LeafClassifier(**hparams)
         classifier.load_state_dict(ckpt["state_dict"])

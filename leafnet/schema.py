@@ -301,3 +301,34 @@ def check_checkpoint_model(model: Mapping[str, Any], where: str) -> None:
                 f"{where}: its network would have {dense:,} parameters in one layer; not a model "
                 "leafnet trains"
             )
+
+
+MAX_CLASSES = 1000  # a checkpoint's class list; the test metrics allocate classes x classes
+
+
+def check_checkpoint_hparams(hparams: Mapping[str, Any], where: str) -> None:
+    """What a checkpoint's `hyper_parameters` may hold before anything is built from them: the
+    model (`check_checkpoint_model`), at most MAX_CLASSES distinct class names, the image size
+    its preprocessing and its model agree on, an integer micro-batch."""
+    model = hparams.get("model", {})
+    check_checkpoint_model(model, where)
+    names = hparams.get("class_names")
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise LeafnetError(f"{where}: hyper_parameters.class_names is not a list of names")
+    if not 2 <= len(names) <= MAX_CLASSES:
+        raise LeafnetError(
+            f"{where}: {len(names)} classes; leafnet checkpoints have 2 to {MAX_CLASSES}"
+        )
+    if len(set(names)) != len(names):
+        raise LeafnetError(f"{where}: its class names repeat; each class needs its own name")
+    prep = hparams.get("preprocessing") or {}
+    if not isinstance(prep, Mapping):
+        raise LeafnetError(f"{where}: hyper_parameters.preprocessing is not a mapping")
+    if "image_size" in prep and "image_size" in model and prep["image_size"] != model["image_size"]:
+        raise LeafnetError(
+            f"{where}: its preprocessing makes {prep['image_size']} px images but its model takes "
+            f"{model['image_size']} px; not a checkpoint leafnet wrote"
+        )
+    micro = hparams.get("micro_batch_size")
+    if micro is not None and not positive_int(micro):
+        raise LeafnetError(f"{where}: micro_batch_size={micro!r} is not a positive integer")

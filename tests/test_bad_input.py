@@ -169,6 +169,23 @@ def test_a_checkpoint_asking_for_a_huge_network_is_refused_before_building_it(
         assert says in err
 
 
+def test_a_checkpoint_with_crafted_classes_or_sizes_is_refused_before_building_it(
+    tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    image = next(tiny_train_images.rglob("*.jpg"))
+    for change, says in [
+        ({"class_names": [f"c{i}" for i in range(12_000)]}, "12000 classes"),
+        ({"class_names": ["a", "a", "b"]}, "class names repeat"),
+        ({"preprocessing": {**hp["preprocessing"], "image_size": 64}}, "its model takes 32 px"),
+        ({"micro_batch_size": "abc"}, "micro_batch_size='abc'"),
+    ]:
+        torch.save({**ckpt, "hyper_parameters": {**hp, **change}}, tmp_path / "crafted.ckpt")
+        err = run_error(capsys, [f"ckpt={tmp_path}/crafted.ckpt", f"input={image}"], predict.main)
+        assert says in err, err
+
+
 TRAIN_CASES = [
     ("max_memory_gb=abc", "max_memory_gb='abc'"),
     ("weight_decay=abc", "weight_decay='abc'"),
