@@ -132,11 +132,11 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
         assert (sweep / name).stat().st_size > 0
     assert "| sgd | 1000 | diverged |" in (sweep / "comparison.md").read_text()
     # ... and again from the command, elsewhere.
-    compare_main([f"dirs={sweep}", f"out={tmp_path / 'report'}"])
+    compare_main([f"dirs={sweep}", f"out={tmp_path / 'report'}", "all_runs=true"])
     with (tmp_path / "report" / "comparison.csv").open(newline="") as fh:
         rows_csv = list(csv.DictReader(fh))
     by_status = {r["status"]: r for r in rows_csv}
-    assert sorted(by_status) == ["completed", "diverged", "failed"]
+    assert sorted(by_status) == ["completed", "diverged", "failed"]  # the failed one: asked for
     assert by_status["completed"]["best_for_optimizer"] == "yes"
     assert by_status["diverged"]["best_for_optimizer"] != "yes"
 

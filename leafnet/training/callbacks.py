@@ -17,7 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
@@ -154,6 +154,17 @@ class AtomicCheckpoint(ModelCheckpoint):
             self._interrupting = True
             self._save_checkpoint(trainer, str(path))
             log.warning("interrupted: saved %s", path)
+
+
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with epochs counted from 1 of N ("Epoch 3/50"), as leafnet's log
+    lines, metrics.csv and summary.json count them (Lightning's own bar counts from 0)."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(
+            f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+        )
 
 
 class DivergenceStop(Callback):
