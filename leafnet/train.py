@@ -411,9 +411,9 @@ def run_job(cfg: DictConfig, multirun: bool) -> float | None:
                 code,
             )
         except LeafnetError as err:
+            log.error("%s", " ".join(str(err).split()))  # into train.log too, beside summary.json
             if not multirun:
                 fail(str(err))
-            log.error("%s", " ".join(str(err).split()))
             if isinstance(err, Diverged):
                 # A sweeper that optimises the return value (hparams_search=optuna) must learn that
                 # this learning rate is bad, not treat the trial as failed and learn nothing.

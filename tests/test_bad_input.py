@@ -10,6 +10,7 @@ read (the CLI's own exit codes are covered in test_train.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -297,3 +298,19 @@ def test_non_utf8_file_names_are_predicted_and_split(
     )
     dm.setup("fit")  # the cache keys the odd name too
     assert "Tomato/leaf_\udcff.jpg" in read_split(run_dir / "split.csv")
+
+
+def test_a_run_that_fails_after_starting_records_its_reason_in_the_run(tmp_path: Path) -> None:
+    from fixtures_runs import train_main
+
+    for name in ("a", "b"):
+        (tmp_path / "broken" / name).mkdir(parents=True)
+        (tmp_path / "broken" / name / "1.jpg").write_text("not a photo")
+    run = tmp_path / "run"
+    result = train_main("data=folder", f"data.dir={tmp_path / 'broken'}", f"hydra.run.dir={run}",
+                        f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    lines = [x for x in result.stderr.splitlines() if x.startswith("leafnet: error")]
+    assert result.returncode == 2 and len(lines) == 1 and "no valid images left" in lines[0]
+    reason = lines[0].removeprefix("leafnet: error: ")
+    assert reason in (run / "train.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["error"] == reason
