@@ -99,7 +99,9 @@ def format_report(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def save_confusion_png(confmat: list[list[int]], class_names: Sequence[str], path: Path) -> None:
+def save_confusion_png(
+    confmat: list[list[int]], class_names: Sequence[str], path: Path, replace: bool = True
+) -> None:
     """The confusion matrix drawn by torchmetrics (counts in the cells)."""
     import matplotlib
 
@@ -112,7 +114,7 @@ def save_confusion_png(confmat: list[list[int]], class_names: Sequence[str], pat
     fig.set_size_inches(size, size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
@@ -160,8 +162,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(str(cfg.out))
     for name in ("confusion_matrix.png", "metrics.json"):
         refuse_existing(out / name, cfg.get("overwrite", False), "out")
-    save_confusion_png(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
-    write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    overwrite = cfg.get("overwrite", False)
+    save_confusion_png(metrics["confusion_matrix"], names, out / "confusion_matrix.png", overwrite)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n", replace=overwrite)
 
     print(f"{len(results)} images in {len(names) - len(absent)} classes from {root}")
     if absent:

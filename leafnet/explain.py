@@ -44,7 +44,7 @@ def explain(cfg: DictConfig) -> dict[str, Path]:
     written = {}
     for name, fig in figures.items():
         written[name] = out / f"{name}.png"
-        with atomic_path(written[name]) as tmp:
+        with atomic_path(written[name], replace=cfg.get("overwrite", False)) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     with torch.no_grad():

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
-from leafnet.files import atomic_path, refuse_existing
+from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import load_model
 from leafnet.module import LeafClassifier
 
@@ -85,7 +85,7 @@ def example_batch(classifier: LeafClassifier, n: int = 2, seed: int = 0) -> Tens
     return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=gen)
 
 
-def export_onnx(classifier: LeafClassifier, path: Path) -> Path:
+def export_onnx(classifier: LeafClassifier, path: Path, replace: bool = True) -> Path:
     """ONNX (torch.export-based exporter) with a dynamic batch axis and leafnet metadata."""
     import onnx
 
@@ -109,25 +109,25 @@ def export_onnx(classifier: LeafClassifier, path: Path) -> Path:
         f"leafnet LeafNet classifier. Input {INPUT_CONTRACT}. Outputs {OUTPUT_CONTRACT}."
     )
     onnx.checker.check_model(proto)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace) as tmp:
         onnx.save_model(proto, str(tmp))
     return path
 
 
-def export_torchscript(classifier: LeafClassifier, path: Path) -> Path:
+def export_torchscript(classifier: LeafClassifier, path: Path, replace: bool = True) -> Path:
     """A traced TorchScript module (`torch.jit.load`), metadata as the extra file leafnet.json."""
     model = ExportedLeafNet(classifier).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice
         traced = torch.jit.trace(model, (example_batch(classifier),), check_trace=False)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, replace) as tmp:
             torch.jit.save(
                 traced, str(tmp), _extra_files={"leafnet.json": json.dumps(metadata(classifier))}
             )
     return path
 
 
-def export_keras(classifier: LeafClassifier, path: Path) -> Path:
+def export_keras(classifier: LeafClassifier, path: Path, replace: bool = True) -> Path:
     """The seed's Keras 3 weights file, and the class names and preprocessing beside it."""
     from leafnet.keras_io import save_keras_weights
     from leafnet.model import LeafNet
@@ -139,13 +139,20 @@ def export_keras(classifier: LeafClassifier, path: Path) -> Path:
         )
     net = copy.deepcopy(classifier.net).to("cpu", memory_format=torch.contiguous_format)
     save_keras_weights(net, path)
-    meta = {k.removeprefix("leafnet."): v for k, v in metadata(classifier).items()}
+    meta: dict[str, Any] = {k.removeprefix("leafnet."): v for k, v in metadata(classifier).items()}
+    for key in ("class_names", "preprocessing"):  # plain JSON here, not JSON inside a string
+        meta[key] = json.loads(meta[key])
     meta["input"] = (
         "float32 NHWC [batch, S, S, 3], scaled as leafnet.preprocessing says (x/255 for rescale)"
     )
-    sidecar = path.with_name(path.name.removesuffix(".weights.h5") + ".leafnet.json")
-    sidecar.write_text(json.dumps(meta, indent=1) + "\n")
+    sidecar = keras_sidecar(path)
+    write_text(sidecar, json.dumps(meta, indent=1) + "\n", replace)  # atomic, never over a file
     return path
+
+
+def keras_sidecar(path: Path) -> Path:
+    """Where format=keras puts the class names and preprocessing beside the weights file."""
+    return path.with_name(path.name.removesuffix(".weights.h5") + ".leafnet.json")
 
 
 def default_output(ckpt: str, fmt: str) -> Path:
@@ -167,9 +174,12 @@ def export(cfg: DictConfig) -> Path:
     # Exported graphs are device-neutral; tracing on the CPU is enough.
     classifier, _ = load_model(cfg, device="cpu")
     output = output or default_output(str(cfg.ckpt), fmt)
-    refuse_existing(output, cfg.get("overwrite", False), "output")
+    overwrite = cfg.get("overwrite", False)
+    refuse_existing(output, overwrite, "output")
+    if fmt == "keras":
+        refuse_existing(keras_sidecar(output), overwrite, "output")
     writer = {"onnx": export_onnx, "torchscript": export_torchscript, "keras": export_keras}[fmt]
-    writer(classifier, output)
+    writer(classifier, output, overwrite)
     side = classifier.prep.image_size
     print(
         f"wrote {output} ({fmt}; input {'uint8 [batch, 3, ' if fmt != 'keras' else 'float [batch, '}"

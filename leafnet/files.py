@@ -41,8 +41,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path to write `path`'s new content to; committed when the block ends cleanly."""
+def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """A temporary path to write `path`'s new content to; committed when the block ends cleanly.
+
+    `replace=False` commits only if `path` does not exist at that moment (a hard link, which
+    fails when the name is taken), so a file that appeared meanwhile is never replaced."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +62,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             yield tmp
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)
+        except FileExistsError:
+            raise LeafnetError(
+                f"{path} appeared while leafnet was writing it; it is kept (add overwrite=true "
+                "to replace it)"
+            ) from None
         except OSError as err:  # a full disk, a folder made read-only meanwhile
             raise _cannot_write(path, err) from None
         _fsync_dir(path.parent)
@@ -67,9 +78,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> Path:
+    """Write `text` to `path` atomically (UTF-8); `replace` as for `atomic_path`."""
+    with atomic_path(path, replace) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 

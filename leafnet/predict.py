@@ -52,6 +52,7 @@ def write_json(
     skipped: Sequence[dict[str, str]],
     classifier: LeafClassifier,
     ckpt: str,
+    replace: bool = True,
 ) -> None:
     """The predictions as JSON, with the skipped files and the checkpoint's classes and
     preprocessing (written whole at the end; CSV outputs are written as they go)."""
@@ -62,7 +63,7 @@ def write_json(
         "predictions": list(results),
         "skipped": list(skipped),
     }
-    write_text(path, json.dumps(doc, indent=1) + "\n")  # JSON escapes odd file names
+    write_text(path, json.dumps(doc, indent=1) + "\n", replace)  # JSON escapes odd file names
 
 
 def _partial(output: Path) -> Path:
@@ -188,7 +189,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         _commit(_partial(output), output, overwrite)
         print(f"wrote {output}")
     elif output is not None:
-        write_json(output, results, skipped, classifier, str(cfg.ckpt))
+        write_json(output, results, skipped, classifier, str(cfg.ckpt), overwrite)
         print(f"wrote {output}")
     return results
 

@@ -108,7 +108,7 @@ def test_keras_weights_round_trip(
     for name, value in classifier.net.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name
     sidecar = json.loads((tmp_path / "seed.leafnet.json").read_text())
-    assert json.loads(sidecar["class_names"]) == list(TINY_CLASSES)
+    assert sidecar["class_names"] == list(TINY_CLASSES)
 
 
 def test_export_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,3 +120,15 @@ def test_export_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert ".weights.h5" in err
     err = run_error(capsys, [f"ckpt={tmp_path / 'none.ckpt'}", "format=onnx"], main)
     assert "not found" in err
+
+
+def test_keras_export_keeps_a_users_file_where_its_sidecar_would_go(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "seed.leafnet.json"
+    mine.write_text("my notes")
+    err = run_error(
+        capsys, [f"ckpt={tiny_run}", "format=keras", f"output={tmp_path / 'seed.weights.h5'}"], main
+    )
+    assert "seed.leafnet.json exists; add overwrite=true" in err
+    assert mine.read_text() == "my notes" and not (tmp_path / "seed.weights.h5").exists()

@@ -35,3 +35,21 @@ def test_a_runs_files_are_readable_by_others_under_umask_022(tiny_run: Path) -> 
         pytest.skip(f"this test process runs under umask {umask:o}")
     for name in ("summary.json", "metrics.csv", "split.csv", "checkpoints/best.ckpt"):
         assert (tiny_run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_file_that_appears_while_writing_is_kept_unless_replacing(tmp_path: Path) -> None:
+    """The refuse-or-overwrite decision is made at the commit itself, not only before writing."""
+    from leafnet.errors import LeafnetError
+    from leafnet.files import atomic_path
+
+    target = tmp_path / "preds.json"
+    with pytest.raises(LeafnetError, match="appeared while leafnet was writing it"):
+        with atomic_path(target, replace=False) as tmp:
+            tmp.write_text("ours")
+            target.write_text("theirs")  # another process, meanwhile
+    assert target.read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "preds.json"
+    ]
+    with atomic_path(target, replace=True) as tmp:
+        tmp.write_text("ours")
+    assert target.read_text() == "ours"
