@@ -43,10 +43,12 @@ def test_a_file_that_appears_while_writing_is_kept_unless_replacing(tmp_path: Pa
     from leafnet.files import atomic_path
 
     target = tmp_path / "preds.json"
-    with pytest.raises(LeafnetError, match="appeared while leafnet was writing it"):
-        with atomic_path(target, replace=False) as tmp:
-            tmp.write_text("ours")
-            target.write_text("theirs")  # another process, meanwhile
+    with (
+        pytest.raises(LeafnetError, match="appeared while leafnet was writing it"),
+        atomic_path(target, replace=False) as tmp,
+    ):
+        tmp.write_text("ours")
+        target.write_text("theirs")  # another process, meanwhile
     assert target.read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == [
         "preds.json"
     ]
