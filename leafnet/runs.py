@@ -149,7 +149,9 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 def _read_summary(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        # Infinity and NaN (not JSON, but Python's json reads them) become null: a hand-edited or
+        # foreign summary must not turn into an OverflowError far from here.
+        data = json.loads(path.read_text(), parse_constant=lambda _: None) if path.is_file() else {}
     except (OSError, json.JSONDecodeError):  # being written by a run that has not finished
         return {}
     return data if isinstance(data, dict) else {}

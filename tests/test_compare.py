@@ -214,3 +214,16 @@ def test_failed_and_empty_runs_are_left_out_unless_asked(
     assert "sgd" not in captured.out
     main([f"dirs={runs}", f"out={tmp_path / 'b'}", "all_runs=true"])
     assert "| sgd |" in capsys.readouterr().out
+
+
+def test_a_summary_holding_infinity_is_read_as_missing_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    odd = fake_run(runs, "odd", "adam", 0.001, [1.0, 0.5])
+    fake_run(runs, "b", "sgd", 0.01, [1.0, 0.7])
+    summary = json.loads((odd / "summary.json").read_text())
+    summary.update(epochs_completed=float("inf"), best_val_acc=float("nan"))
+    (odd / "summary.json").write_text(json.dumps(summary))  # Infinity, NaN: not JSON
+    main([f"dirs={runs}", f"out={tmp_path / 'out'}"])
+    assert "| adam |" in capsys.readouterr().out
