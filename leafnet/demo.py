@@ -27,6 +27,7 @@ DEMO_OVERRIDES = (
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> Path:
     """Train, predict, explain; returns the run directory. `argv`: extra training overrides."""
+    from leafnet.data.splits import read_split
     from leafnet.explain import explain
     from leafnet.predict import predict
     from leafnet.runs import read_run
@@ -40,11 +41,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg = compose("train", [*DEMO_OVERRIDES, f"paths.output_dir={out}", *argv])
     train(cfg, run_dir)
 
-    test_photos = [
-        row.split(",")[0]
-        for row in (run_dir / "split.csv").read_text().splitlines()[1:]
-        if row.endswith(",test")
-    ][:6]
+    split = read_split(run_dir / "split.csv")
+    test_photos = [rel for rel, (_cls, subset) in split.items() if subset == "test"][:6]
     photos = out / "photos"  # six test photos the model never trained on, to try predict on
     photos.mkdir(parents=True)
     for rel in test_photos:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -199,14 +200,10 @@ def measure(cfg: Any, n: int) -> list[dict[str, Any]]:
     rows = []
     for tag in cfg.starts:
         if tag == "cold" and cache.exists():
-            import shutil
-
-            shutil.rmtree(cache)
+            shutil.rmtree(cache)  # the bench's own cache folder under out
         run_dir = out / "runs" / f"{n}-{cfg.image_size}-{tag}"
         if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir)  # the bench's own earlier run
         args = [
             "data=folder", f"data.dir={photos}", f"data.cache_dir={cache}",
             f"data.image_size={cfg.image_size}", f"model={cfg.model}", "trainer=cpu", "epochs=1",
