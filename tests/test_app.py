@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,8 +89,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def served(app):
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """`app` served by uvicorn on a free local port, in a thread; yields its URL."""
     import uvicorn
 
     port = _free_port()
@@ -98,9 +101,17 @@ def served(app):
     deadline = time.time() + 30
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def served(app):
+    with serving(app) as url:
+        yield url
 
 
 @needs_chromium
@@ -134,21 +145,10 @@ HOSTILE = '<img src=x onerror="window.pwned=1">'
 @pytest.fixture
 def hostile_served(tiny_run: Path):
     """The page of a model whose first class folder was named like markup."""
-    import uvicorn
-
     predictor = Predictor(load_classifier(tiny_run), torch.device("cpu"))
     predictor.class_names = [HOSTILE, *predictor.class_names[1:]]
-    port = _free_port()
-    config = uvicorn.Config(create_app(predictor), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(predictor)) as url:
+        yield url
 
 
 @needs_chromium
@@ -230,7 +230,6 @@ def test_a_slow_decode_does_not_hold_up_the_page(
     """A photo that takes seconds to decode (a huge PNG, say) is worked on in a thread: the page
     still answers at once, and photos beyond the busy limit get 503 rather than a queue."""
     import httpx
-    import uvicorn
 
     predictor = Predictor(load_classifier(tiny_run), torch.device("cpu"))
     real_view = predictor.view
@@ -240,32 +239,21 @@ def test_a_slow_decode_does_not_hold_up_the_page(
         return real_view(data, filename)
 
     monkeypatch.setattr(predictor, "view", slow_view)
-    port = _free_port()
-    config = uvicorn.Config(create_app(predictor, busy_limit=1), port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
     image = photo(tiny_train_images)
     replies: list[int] = []
 
-    def upload() -> None:
+    def upload(url: str) -> None:
         files = {"file": (image.name, image.read_bytes())}
         replies.append(httpx.post(url + "/api/predict", files=files, timeout=30).status_code)
 
-    try:
-        first = threading.Thread(target=upload)
+    with serving(create_app(predictor, busy_limit=1)) as url:
+        first = threading.Thread(target=upload, args=(url,))
         first.start()
         time.sleep(0.5)  # the first photo is being decoded
         started = time.perf_counter()
         page = httpx.get(url + "/", timeout=10)
         waited = time.perf_counter() - started
-        upload()  # a second photo while the first holds the only slot
+        upload(url)  # a second photo while the first holds the only slot
         first.join(timeout=30)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     assert page.status_code == 200 and waited < 1.0, waited
     assert sorted(replies) == [200, 503]

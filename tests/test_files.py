@@ -27,14 +27,13 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -
     assert [p.name for p in target.parent.iterdir()] == ["summary.json"]  # no temporary left
 
 
-def test_a_runs_files_are_readable_by_others_under_umask_022(tiny_run: Path) -> None:
-    """tiny_run was trained in a process with this one's umask (022 on CI)."""
+def test_a_runs_files_follow_the_umask_it_was_trained_under(tiny_run: Path) -> None:
+    """tiny_run was trained in a child of this process, with this process's umask (022 on CI:
+    0644, readable by colleagues)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    if umask != 0o022:
-        pytest.skip(f"this test process runs under umask {umask:o}")
     for name in ("summary.json", "metrics.csv", "split.csv", "checkpoints/best.ckpt"):
-        assert (tiny_run / name).stat().st_mode & 0o777 == 0o644, name
+        assert (tiny_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_a_file_that_appears_while_writing_is_kept_unless_replacing(tmp_path: Path) -> None:
