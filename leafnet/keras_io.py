@@ -63,23 +63,33 @@ def _text(value: bytes | str) -> str:
 
 
 # An untrusted file may not make leafnet read other files or unbounded memory: datasets must be
-# stored inside the file (no external storage, no virtual datasets, no soft or external links),
-# and a .keras archive's weights member is read up to this size (LeafNet at 8192 px: ~1 GB).
+# stored inside the file (no external storage, no virtual datasets, no soft or external links on
+# any path), and the arrays together, like a .keras archive's weights member, are read only up to
+# this size (LeafNet at 8192 px: ~1 GB).
 MAX_WEIGHTS_BYTES = 2 * 2**30
 
 
-def _child(group: h5py.Group, name: str, where: str) -> h5py.Group | h5py.Dataset:
-    """`group[name]`, refusing links: an external link would open another file."""
-    if not isinstance(group.get(name, getlink=True), h5py.HardLink):
-        raise LeafnetError(
-            f"{where}: {group.name}/{name} is a link to elsewhere; leafnet reads only data "
-            "stored in the file itself (re-save the model with Keras)"
-        )
-    return group[name]
+def _child(group: h5py.Group, path: str, where: str) -> h5py.Group | h5py.Dataset:
+    """`group[path]` walked one name at a time, refusing links at every step: a soft or external
+    link anywhere on the path would read another object or another file."""
+    for name in path.split("/"):
+        link = group.get(name, getlink=True)
+        if link is None:
+            raise LeafnetError(
+                f"{where}: {group.name.rstrip('/')}/{name} is missing; is the file complete?"
+            )
+        if not isinstance(link, h5py.HardLink):
+            raise LeafnetError(
+                f"{where}: {group.name.rstrip('/')}/{name} is a link to elsewhere; leafnet reads "
+                "only data stored in the file itself (re-save the model with Keras)"
+            )
+        group = group[name]
+    return group
 
 
-def _array(group: h5py.Group, name: str, where: str) -> np.ndarray:
-    """A dataset's values, refusing data stored outside the file."""
+def _dataset(group: h5py.Group, name: str, where: str) -> h5py.Dataset:
+    """A weight dataset, checked from its metadata alone: stored in the file, a float array of
+    a layer's rank. Nothing is read yet."""
     ds = _child(group, name, where)
     if not isinstance(ds, h5py.Dataset):
         raise LeafnetError(f"{where}: {ds.name} is not an array of weights")
@@ -88,9 +98,31 @@ def _array(group: h5py.Group, name: str, where: str) -> np.ndarray:
             f"{where}: {ds.name} keeps its data in another file; leafnet reads only data "
             "stored in the file itself (re-save the model with Keras)"
         )
-    if ds.nbytes > MAX_WEIGHTS_BYTES:
-        raise LeafnetError(f"{where}: {ds.name} holds {ds.nbytes / 2**30:.1f} GB; too large")
-    return np.asarray(ds)
+    if ds.dtype.kind != "f" or ds.ndim not in (1, 2, 4):
+        raise LeafnetError(
+            f"{where}: {ds.name} is a {ds.ndim}-D {ds.dtype} array; Conv2D and Dense weights are "
+            "1-, 2- or 4-D floats. Is this the seed's model?"
+        )
+    return ds
+
+
+# A layer's name and its (name, dataset) pairs, checked but not yet read.
+Unread = list[tuple[str, list[tuple[str, h5py.Dataset]]]]
+
+
+def _read_all(layers: Unread, where: str, max_bytes: int) -> list[FileLayer]:
+    """Read the checked datasets, once their declared sizes together fit `max_bytes`: a small file
+    can declare compressed, unallocated arrays of gigabytes."""
+    total = sum(ds.nbytes for _, named in layers for _, ds in named)
+    if total > max_bytes:
+        raise LeafnetError(
+            f"{where}: its weights declare {total / 2**20:,.0f} MB, more than the "
+            f"{max_bytes / 2**20:,.0f} MB leafnet reads from a Keras file; not the seed's model"
+        )
+    return [
+        _kernel_and_bias(layer, [(n, np.asarray(ds)) for n, ds in named], where)
+        for layer, named in layers
+    ]
 
 
 def _kernel_and_bias(layer: str, named: list[tuple[str, np.ndarray]], where: str) -> FileLayer:
@@ -108,62 +140,59 @@ def _kernel_and_bias(layer: str, named: list[tuple[str, np.ndarray]], where: str
     )
 
 
-def _read_keras3(root: h5py.Group, where: str) -> list[FileLayer]:
+def _keras3_layers(root: h5py.Group, where: str) -> Unread:
     """Weighted layers of a Keras 3 weights file, in the model's order."""
-    group = next((root[g] for g in KERAS3_LAYER_GROUPS if g in root), None)
-    if group is None:
+    name = next((g for g in KERAS3_LAYER_GROUPS if g in root), None)
+    if name is None:
         raise LeafnetError(
             f"{where}: no 'layers' group; not a Keras 3 weights file. Save it with Keras' "
             "model.save('m.keras') or model.save_weights('m.weights.h5')"
         )
+    group = _child(root, name, where)
     layers = []
     for name in sorted(group, key=_natural_key):
         layer = _child(group, name, where)
-        if "vars" not in layer:
+        if layer.get("vars", getlink=True) is None:
             continue
         vars_group = _child(layer, "vars", where)
         if len(vars_group) == 0:
             continue
-        named = [(k, _array(vars_group, k, where)) for k in sorted(vars_group, key=int)]
-        layers.append(_kernel_and_bias(name, named, where))
+        layers.append(
+            (name, [(k, _dataset(vars_group, k, where)) for k in sorted(vars_group, key=int)])
+        )
     # Keras 3 keys layers per class in model order ("conv2d", "conv2d_1", "dense", ...), so the
     # natural order is the model's within a class; across classes the type check decides.
     return layers
 
 
-def _read_legacy(root: h5py.Group, where: str) -> list[FileLayer]:
-    """Weighted layers of a legacy HDF5 file, in the order its `layer_names` attribute gives."""
+def _legacy_layers(root: h5py.Group, where: str) -> Unread:
+    """Weighted layers of a legacy HDF5 file, in the order its `layer_names` attribute gives.
+    A legacy weight name is a path below the layer group ("dense/kernel:0")."""
     layers = []
     for name in map(_text, root.attrs["layer_names"]):
         group = _child(root, name, where)
         weight_names = [_text(w) for w in group.attrs.get("weight_names", [])]
-        if not weight_names:
-            continue
-        named = [(w, _legacy_array(group, w, where)) for w in weight_names]
-        layers.append(_kernel_and_bias(name, named, where))
+        if weight_names:
+            layers.append((name, [(w, _dataset(group, w, where)) for w in weight_names]))
     return layers
 
 
-def _legacy_array(group: h5py.Group, path: str, where: str) -> np.ndarray:
-    """A legacy weight name is a path below the layer group ("dense/kernel:0"): walk it."""
-    *folders, leaf = path.split("/")
-    for folder in folders:
-        group = _child(group, folder, where)
-    return _array(group, leaf, where)
-
-
-def _read_h5(f: h5py.File, where: str) -> list[FileLayer]:
+def _read_h5(f: h5py.File, where: str, max_bytes: int) -> list[FileLayer]:
     if "model_weights" in f:  # a legacy full-model file (Keras 2, tf.keras, Keras 3 .h5)
-        return _read_legacy(_child(f, "model_weights", where), where)
-    if "layer_names" in f.attrs:  # a legacy weights-only file (save_weights("x.h5"))
-        return _read_legacy(f, where)
-    return _read_keras3(f, where)
+        layers = _legacy_layers(_child(f, "model_weights", where), where)
+    elif "layer_names" in f.attrs:  # a legacy weights-only file (save_weights("x.h5"))
+        layers = _legacy_layers(f, where)
+    else:
+        layers = _keras3_layers(f, where)
+    return _read_all(layers, where, max_bytes)
 
 
-def read_keras_layers(path: str | Path) -> list[FileLayer]:
-    """The weighted layers of any supported Keras file, in model order."""
+def read_keras_layers(path: str | Path, max_bytes: int | None = None) -> list[FileLayer]:
+    """The weighted layers of any supported Keras file, in model order, refused before reading
+    when their arrays together declare more than `max_bytes`."""
     path = Path(path)
     where = f"keras file {path}"
+    max_bytes = MAX_WEIGHTS_BYTES if max_bytes is None else max_bytes
     if not path.is_file():
         raise LeafnetError(f"{where}: no such file; give the path of a .keras, .weights.h5 or .h5")
     try:
@@ -176,17 +205,17 @@ def read_keras_layers(path: str | Path) -> list[FileLayer]:
                     )
                 # Read at most the cap: a member's declared size can lie (a zip bomb).
                 with archive.open(WEIGHTS_IN_ARCHIVE) as member:
-                    data = member.read(MAX_WEIGHTS_BYTES + 1)
-                if len(data) > MAX_WEIGHTS_BYTES:
+                    data = member.read(max_bytes + 1)
+                if len(data) > max_bytes:
                     raise LeafnetError(
                         f"{where}: {WEIGHTS_IN_ARCHIVE} unpacks to more than "
-                        f"{MAX_WEIGHTS_BYTES // 2**30} GB; not the seed's model"
+                        f"{max_bytes / 2**20:,.0f} MB; not the seed's model"
                     )
             with h5py.File(io.BytesIO(data), "r") as f:
-                return _read_h5(f, where)
+                return _read_h5(f, where, max_bytes)
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
-                return _read_h5(f, where)
+                return _read_h5(f, where, max_bytes)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
         raise LeafnetError(f"{where}: unreadable ({err}); is the file complete?") from None
     raise LeafnetError(

@@ -67,6 +67,15 @@ def user(tmp_path: Path, tiny_run: Path, tiny_train_images: Path) -> dict[str, P
         )  # fmt: skip
     with h5py.File(home / "linked.weights.h5", "w") as f:  # a link into another file
         f["layers/conv2d"] = h5py.ExternalLink(str(home / "seed.weights.h5"), "/layers/conv2d")
+    with h5py.File(home / "midpath.h5", "w") as f:  # a link in the middle of a weight's path
+        f["model_weights/ext"] = h5py.ExternalLink(str(home / "seed.weights.h5"), "/layers")
+        f["model_weights"].attrs["layer_names"] = ["ext/conv2d"]
+    with h5py.File(home / "declared.weights.h5", "w") as f:  # a few KB declaring 3.6 GB
+        for i in range(3):
+            f.create_dataset(
+                f"layers/dense_{i}/vars/0", shape=(3 * 10**8,), dtype="f4",
+                compression="gzip", chunks=(2**20,),
+            )  # fmt: skip
     with zipfile.ZipFile(home / "bomb.keras", "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("model.weights.h5", bytes(3 * 2**20))  # 3 MB of zeros, a few KB packed
     return {"home": home, "run": tiny_run, "images": tiny_train_images}
@@ -124,6 +133,8 @@ CASES = [
     ),
     (import_keras.main, ["src={home}/external.weights.h5", "out={home}/n.ckpt"], "in another file"),
     (import_keras.main, ["src={home}/linked.weights.h5", "out={home}/n.ckpt"], "link to elsewhere"),
+    (import_keras.main, ["src={home}/midpath.h5", "out={home}/n.ckpt"], "ext is a link to elsewhere"),
+    (import_keras.main, ["src={home}/declared.weights.h5", "out={home}/n.ckpt"], "declare 3,433 MB"),
     (import_keras.main, ["src={home}/image.jpg", "out={home}/n.ckpt"], "neither HDF5 nor a zip"),
 ]
 
