@@ -131,6 +131,21 @@ def test_a_new_run_never_replaces_a_finished_one(sent_run: Path, tiny_train_imag
     assert log.read_text().startswith(old_log)  # Hydra's job log is appended to, never replaced
 
 
+def test_a_new_run_never_writes_into_a_folder_of_the_users(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("my,own,table\n")
+    (folder / "notes.txt").write_text("do not lose\n")
+    line = one_error_line(
+        train_main(*tiny_args(tiny_train_images, tmp_path), f"hydra.run.dir={folder}")
+    )
+    assert "metrics.csv, notes.txt" in line and "new or empty folder" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.csv", "notes.txt"]
+    assert (folder / "metrics.csv").read_text() == "my,own,table\n"
+
+
 @contextlib.contextmanager
 def locked_by_another_process(run_dir: Path) -> Iterator[int]:
     """Another live process holding `run_dir`'s lock as a training process does; yields its pid."""

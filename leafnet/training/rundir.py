@@ -6,6 +6,9 @@ writes anything into the directory. It refuses, in one line:
   finished): the earlier run is kept; `resume=` continues it, or another `hydra.run.dir` starts
   a new one. A run stopped or failed before its first checkpoint left nothing to keep: its
   directory can be used again;
+- a new run in a folder of the user's that is not a run directory (files, none of them a
+  leafnet run's `summary.json` or `train.log`): leafnet writes `metrics.csv`, `split.csv`,
+  `.hydra/` and more, and would replace the user's files of those names;
 - any run in a directory another live process is training in.
 The lock is an `flock` on `.leafnet.lock` (which also holds the pid, for the message): the kernel
 drops it when its process ends, however it ends, so a killed run's lock is simply free again and
@@ -74,6 +77,13 @@ def holds_a_run(run_dir: Path) -> bool:
     return status not in ("interrupted", "failed")
 
 
+def _foreign(run_dir: Path) -> list[str]:
+    """The entries of a non-empty folder that no leafnet run left (none when it is empty or a
+    run's: a run writes train.log at its start and summary.json however it ends)."""
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+    return [] if {"summary.json", "train.log"} & set(names) else names
+
+
 @contextlib.contextmanager
 def claim(run_dir: str | os.PathLike, resuming: bool) -> Iterator[None]:
     """Hold `run_dir` for one training process; see the module docstring for what is refused."""
@@ -104,6 +114,14 @@ def claim(run_dir: str | os.PathLike, resuming: bool) -> Iterator[None]:
             raise LeafnetError(
                 f"{run_dir} already holds a run; continue it with resume={run_dir}, or start a "
                 "new one in another hydra.run.dir (the earlier run is kept)"
+            )
+        foreign = [] if resuming else _foreign(key)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise LeafnetError(
+                f"{run_dir} is a folder with other files ({shown}), not a run directory; a run "
+                "would write over files of its own names there. Give hydra.run.dir a new or "
+                "empty folder"
             )
         _held[key] = 1
         yield
