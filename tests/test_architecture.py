@@ -12,7 +12,8 @@ PACKAGE = REPO / "leafnet"
 # What `python -m leafnet.train` runs on; nothing in it may import a command or a lab tool.
 TRAINING = {
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
-    "data.duplicates", "data.stream", "data.synthetic", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
+    "data.duplicates", "data.stream", "data.synthetic", "data.synthetic.field",
+    "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "schema", "train", "training.callbacks", "training.outcome", "training.resume",
     "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
@@ -41,7 +42,7 @@ def import_graph() -> dict[str, list[str]]:
                     continue
                 base = node.module.removeprefix("leafnet").removeprefix(".")
                 subs = [f"{base}.{a.name}".lstrip(".") for a in node.names]
-                deps.update(s for s in subs if s in modules) or deps.add(base)
+                deps.update([s for s in subs if s in modules] or [base])
             elif isinstance(node, ast.Import):
                 deps.update(a.name.removeprefix("leafnet.") for a in node.names)
         graph[name] = sorted(d for d in deps if d in modules and d != name)

@@ -4,6 +4,7 @@ never touches a user's folder, CLI."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,10 +180,28 @@ def test_cli_and_contact_sheet(tmp_path, capsys):
     assert "wrote the lab set" in capsys.readouterr().out
     with Image.open(sheet) as img:
         assert img.size[0] > 0 and img.size[1] > 3 * 48
-    synthetic.main(argv)
+    synthetic.main([*argv, "overwrite=true"])
     assert "already holds this set" in capsys.readouterr().out
     assert contact_sheet(out, tmp_path / "s2.png", per_class=1, thumb=32).exists()
     with pytest.raises(SystemExit) as exc:  # another set there: refused
         synthetic.main([*argv[:3], "seed=2"])
     assert exc.value.code == 2
     assert "another synthetic set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("preview", "says"),
+    [("mine.png", "exists; add overwrite=true"), ("notes.txt", "end it in .png")],
+)
+def test_a_preview_never_replaces_a_users_file_or_fails_late(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preview: str, says: str
+) -> None:
+    (tmp_path / "mine.png").write_bytes(b"my own picture")
+    with pytest.raises(SystemExit) as exc:
+        synthetic.main(
+            [f"out={tmp_path / 'set'}", "n_per_class=1", "size=32", f"preview={tmp_path / preview}"]
+        )
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and says in err and len(err.splitlines()) == 1
+    assert (tmp_path / "mine.png").read_bytes() == b"my own picture"
+    assert not (tmp_path / "set").exists()  # refused before the set was written

@@ -1,0 +1,5 @@
+"""`python -m leafnet.data.synthetic`: see `writer.main`."""
+
+from leafnet.data.synthetic.writer import main
+
+main()
