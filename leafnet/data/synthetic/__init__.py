@@ -40,9 +40,9 @@ from leafnet.data.synthetic.writer import (
 __all__ = [
     "ALTERNARIA",
     "CERCOSPORA",
-    "MINER",
     "CLASS_NAMES",
     "MARKER",
+    "MINER",
     "STYLES",
     "VERSIONS",
     "contact_sheet",
