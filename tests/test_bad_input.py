@@ -133,8 +133,16 @@ CASES = [
     ),
     (import_keras.main, ["src={home}/external.weights.h5", "out={home}/n.ckpt"], "in another file"),
     (import_keras.main, ["src={home}/linked.weights.h5", "out={home}/n.ckpt"], "link to elsewhere"),
-    (import_keras.main, ["src={home}/midpath.h5", "out={home}/n.ckpt"], "ext is a link to elsewhere"),
-    (import_keras.main, ["src={home}/declared.weights.h5", "out={home}/n.ckpt"], "declare 3,433 MB"),
+    (
+        import_keras.main,
+        ["src={home}/midpath.h5", "out={home}/n.ckpt"],
+        "ext is a link to elsewhere",
+    ),
+    (
+        import_keras.main,
+        ["src={home}/declared.weights.h5", "out={home}/n.ckpt"],
+        "declare 3,433 MB",
+    ),
     (import_keras.main, ["src={home}/image.jpg", "out={home}/n.ckpt"], "neither HDF5 nor a zip"),
 ]
 
