@@ -14,7 +14,7 @@ TRAINING = {
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
     "data.duplicates", "data.stream", "data.synthetic", "data.synthetic.field",
     "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
-    "schema", "train", "training.callbacks", "training.outcome", "training.resume",
+    "records", "schema", "tables", "train", "training.callbacks", "training.outcome", "training.resume",
     "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
 
@@ -63,3 +63,23 @@ def test_training_imports_no_command_or_lab_tool() -> None:
     assert set(graph) >= TRAINING
     for name in TRAINING:
         assert set(graph[name]) <= TRAINING, (name, set(graph[name]) - TRAINING)
+
+
+# Config a study opts into (experiment=lr_study's report); everything else in conf/ is what a
+# plain `python -m leafnet.train` may compose, and the commands' own configs.
+STUDY_CONFIGS = ("experiment", "hparams_search")
+
+
+def test_training_configs_name_no_command_or_lab_tool() -> None:
+    """Hydra builds what a config's `_target_` names: a dependency the import graph cannot see."""
+    conf = REPO / "conf"
+    training = [conf / "train.yaml"] + [
+        p for p in conf.glob("*/**/*.yaml") if p.relative_to(conf).parts[0] not in STUDY_CONFIGS
+    ]
+    named = {
+        (path.relative_to(REPO), target.removeprefix("leafnet.").rpartition(".")[0])
+        for path in training
+        for target in re.findall(r"_target_:\s*(leafnet\.[\w.]+)", path.read_text())
+    }
+    assert named, "no leafnet _target_ found: the pattern no longer matches the configs"
+    assert {(p, m) for p, m in named if m not in TRAINING} == set()

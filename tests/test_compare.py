@@ -14,13 +14,9 @@ import pytest
 from fixtures_cli import run_error
 
 from leafnet.errors import LeafnetError
-from leafnet.lab.compare import (
-    compare,
-    group_settings,
-    load_runs,
-    main,
-    wide_range,
-)
+from leafnet.lab.compare import compare, main
+from leafnet.lab.curves import wide_range
+from leafnet.records import group_settings, load_runs
 from leafnet.runs import find_run_dirs
 
 COLUMNS = "epoch,step,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s"
@@ -198,6 +194,21 @@ def test_cli_writes_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "comparison.md",
         "comparison.png",
     ]
+
+
+def test_a_report_never_replaces_a_users_file_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = study_sweep(tmp_path)
+    report = tmp_path / "thesis"
+    report.mkdir()
+    (report / "comparison.md").write_text("my chapter\n")
+    err = run_error(capsys, [f"dirs={sweep}", f"out={report}"], main)
+    assert "comparison.md exists; add overwrite=true" in err
+    assert sorted(p.name for p in report.iterdir()) == ["comparison.md"]  # nothing else written
+    assert (report / "comparison.md").read_text() == "my chapter\n"
+    main([f"dirs={sweep}", f"out={report}", "overwrite=true"])
+    assert "| sgd |" in (report / "comparison.md").read_text()
 
 
 def test_failed_and_empty_runs_are_left_out_unless_asked(

@@ -1,8 +1,11 @@
-"""A sweep's shared split (`python -m leafnet.train -m ...`, experiment=lr_study).
+"""Hydra callbacks of a sweep (`python -m leafnet.train -m ...`, experiment=lr_study).
 
-`SharedSplit`, a Hydra callback for studies: before the first job it writes one `split.csv` into
-the sweep directory, which every job reads through `data.split_file`, so all runs train and
-validate on the same images. (The end-of-sweep table is `leafnet.lab.compare.SweepReport`.)
+- `SharedSplit`, for studies: before the first job it writes one `split.csv` into the sweep
+  directory, which every job reads through `data.split_file`, so all runs train and validate on
+  the same images.
+- `SweepTable`, for every sweep (conf/hydra/default.yaml): when the last job ends it prints one
+  line per run (optimizer, lr, status, best val accuracy, final val loss, epochs, time) and saves
+  it as `<sweep dir>/sweep_table.txt`. (The study's figures are `leafnet.lab.compare`'s.)
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from leafnet.errors import LeafnetError
+from leafnet.files import write_text
+from leafnet.records import load_runs, run_table
+
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.csv"
+SWEEP_TABLE = "sweep_table.txt"
 
 
 class SharedSplit(Callback):
@@ -47,3 +55,21 @@ class SharedSplit(Callback):
         datamodule.prepare_data()
         datamodule.setup("fit")
         log.info("shared split for every job: %s", sweep_dir / SPLIT_FILE)
+
+
+class SweepTable(Callback):
+    """At the end of a multirun: print and save the sweep table."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            runs = load_runs([sweep_dir])
+        except LeafnetError as err:  # e.g. every job failed before Hydra wrote its config
+            log.warning("sweep table: %s", err)
+            return
+        table = run_table(runs)
+        write_text(sweep_dir / SWEEP_TABLE, table + "\n")
+        print(f"\nleafnet sweep: {len(runs)} runs in {sweep_dir}\n{table}", flush=True)
+        for run in runs:
+            if run.status != "completed" and run.summary.get("error"):
+                print(f"  {run.path.name}: {run.status}: {run.summary['error']}", flush=True)
