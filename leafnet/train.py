@@ -16,19 +16,15 @@ and the TensorBoard events. At the end the best checkpoint is tested and a resul
 
 from __future__ import annotations
 
-import contextlib
+import difflib
 import importlib.util
-import json
 import logging
 import os
 import re
-import signal
 import sys
-import threading
-import time
 import types
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +40,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from leafnet.baseline import colour_baseline, verdict
 from leafnet.config import CONFIG_DIR, command_help, compose, to_primitive
-from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
+from leafnet.data.datamodule import LeafDataModule, check_data_dir
+from leafnet.errors import LeafnetError, fail
 from leafnet.module import LeafClassifier
-from leafnet.perf import peak_rss_bytes, runs_on_cpu, split_threads, tune_process
+from leafnet.perf import runs_on_cpu
 from leafnet.runs import read_run
 from leafnet.schema import check_train_config
 from leafnet.training import rundir
-from leafnet.training.callbacks import AtomicCheckpoint, DivergenceStop
-from leafnet.training.outcome import (
-    final_metrics,
-    fit_outcome,
-    format_result,
-    test_outcome,
-    write_summary,
-)
-from leafnet.training.quiet import quiet_third_parties
+from leafnet.training.bookkeeping import Run, is_rank0, open_run, run_job
+from leafnet.training.callbacks import DivergenceStop
+from leafnet.training.outcome import final_metrics, fit_outcome, test_outcome
 from leafnet.training.resume import resume_config
+from leafnet.training.tune import lr_find
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +61,6 @@ log = logging.getLogger(__name__)
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
-
-
-class Diverged(LeafnetError):
-    """The loss became NaN or infinite, or exploded; the run was saved with status diverged."""
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -88,8 +76,6 @@ def validate(cfg: DictConfig) -> None:
     key's type and range (`leafnet.schema`), then what depends on the machine."""
     check_train_config(to_primitive(cfg))
     if not cfg.data.get("synthetic"):  # the synthetic set is written on first use
-        from leafnet.data.datamodule import check_data_dir
-
         check_data_dir(str(cfg.data.dir))
     precision = str(cfg.precision)
     if precision not in PRECISIONS:
@@ -109,12 +95,134 @@ def validate(cfg: DictConfig) -> None:
 # -- the run ---------------------------------------------------------------------------------------
 
 
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | None:
+    """Train one run; returns the best validation accuracy (what sweepers maximise)."""
+    with open_run(cfg, run_dir, _hydra_overrides()) as run:
+        cfg = run.cfg  # a resumed run's own saved config
+        validate(cfg)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = LeafDataModule(
+            **to_primitive(cfg.data), batch_size=cfg.batch_size, seed=cfg.seed, run_dir=str(run.dir)
+        )
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        classifier = LeafClassifier.from_config(
+            to_primitive(cfg),
+            datamodule.class_names,
+            datamodule.preprocessing.to_dict(),
+            class_counts=datamodule.class_counts("train"),
+        )
+        loggers = [make_logger(node, run) for node in (cfg.get("logger") or {}).values()]
+        callbacks = make_callbacks(cfg, with_loggers=bool(loggers))
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run.dir)
+        )
+        if cfg.get("tune", {}).get("lr_find"):
+            return find_lr(trainer, classifier, datamodule, run)
+
+        log.info(
+            "training %s lr=%g batch %d (micro-batches of %d) at %d px on %d classes -> %s",
+            run.summary["optimizer"], cfg.lr, cfg.batch_size, classifier.hparams.micro_batch_size,
+            cfg.data.image_size, len(datamodule.class_names), run.dir,
+        )  # fmt: skip
+        with interruptible(trainer):
+            trainer.fit(
+                classifier, datamodule=datamodule, ckpt_path=run.ckpt_path, weights_only=True
+            )
+        # The run's facts, from what it logged and wrote: metrics.csv (EpochMetrics), the last
+        # logged val_alive_units (DeadUnits), the divergence record of its DivergenceStop.
+        alive = trainer.callback_metrics.get("val_alive_units")
+        run.summary.update(fit_outcome(read_run(run.dir).metrics, diverged_at(callbacks), alive))
+        run.summary["micro_batch_size"] = classifier.hparams.micro_batch_size
+        run.summary["seed"] = cfg.seed
+        run.summary["class_counts"] = datamodule.report["classes"]
+
+        best = run.dir / "checkpoints" / "best.ckpt"
+        if best.is_file():
+            with interruptible(trainer):
+                tested = trainer.test(
+                    classifier, datamodule=datamodule, ckpt_path=str(best), verbose=False,
+                    weights_only=True,
+                )  # fmt: skip
+            confusion = classifier.confusion_matrix()
+            run.summary.update(
+                test_outcome(tested[0] if tested else {}, datamodule.class_names, confusion)
+            )
+            if run.rank0:
+                run.summary["colour_baseline"] = against_colour(datamodule, run.summary)
+        log_hyperparams(trainer, _flat_hparams(cfg, classifier), final_metrics(run.summary))
+        return run.finish()
+
+
 def _hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _peak_rss_gb() -> float:
-    return round(peak_rss_bytes() / 2**30, 3)
+def make_logger(node: DictConfig, run: Run) -> Any:
+    """A logger from its config, writing under the run directory; a run name left null (MLflow's
+    `run_name`, W&B's `name`) becomes the run's overrides."""
+    kwargs: dict[str, Any] = {"save_dir": str(run.dir)}
+    for key in ("run_name", "name"):
+        if key in node and node[key] is None:
+            kwargs[key] = ",".join(run.overrides) or run.dir.name
+    target = str(node.get("_target_", ""))
+    for extra in ("mlflow", "wandb"):
+        if target.lower().endswith(f"{extra}logger") and importlib.util.find_spec(extra) is None:
+            raise LeafnetError(f"logger={extra} needs pip install 'leafnet[{extra}]'")
+    uri = str(node.get("tracking_uri") or "")
+    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return instantiate(node, **kwargs)
+
+
+def make_callbacks(cfg: DictConfig, with_loggers: bool) -> list[pl.Callback]:
+    """The configured callbacks, less those Lightning would refuse in this run."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not with_loggers:  # logger=none: nothing to monitor the learning rate into
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it may not show
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
+def diverged_at(callbacks: list[pl.Callback]) -> dict[str, Any] | None:
+    """Where the loss stopped being finite or exploded, as the run's DivergenceStop recorded it."""
+    stops = [cb for cb in callbacks if isinstance(cb, DivergenceStop)]
+    return stops[0].diverged_at if stops else None
+
+
+@contextmanager
+def interruptible(trainer: pl.Trainer) -> Iterator[None]:
+    """Lightning turns Ctrl-C (and SIGTERM, see `run_job`) into sys.exit(1) after the callbacks'
+    on_exception; raise it again as the interruption it was."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+
+
+def against_colour(datamodule: LeafDataModule, summary: dict[str, Any]) -> dict[str, Any]:
+    """The colour baseline on the run's own split, with a warning when the model is not clearly
+    better (docs/real_data.md)."""
+    splits = {s: datamodule.dataset(s) for s in ("train", "val", "test")}
+    colour = colour_baseline(splits)
+    warning = verdict(summary["test_balanced_acc"], colour.get("test_balanced_acc"))
+    if warning:
+        log.warning("%s", warning)
+    return colour
+
+
+def log_hyperparams(trainer: pl.Trainer, hparams: dict[str, Any], final: dict[str, float]) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # The HParams tab pairs hparams with these metrics (instead of hp_metric = -1).
+            logger.log_hyperparams(hparams, final)
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(final)
+        logger.finalize("success")
 
 
 def _flat_hparams(cfg: DictConfig, classifier: LeafClassifier) -> dict[str, Any]:
@@ -140,217 +248,17 @@ def _flat_hparams(cfg: DictConfig, classifier: LeafClassifier) -> dict[str, Any]
     }
 
 
-def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | None:
-    """Train one run; returns the best validation accuracy (what sweepers maximise)."""
-    started = time.perf_counter()
-    quiet_third_parties()
-    tune_process()
-    split_threads()  # a parallel sweep (hydra/launcher=joblib): cpus // n_jobs threads per job
-
-    overrides = _hydra_overrides()
-    ckpt_path = None
-    if cfg.get("resume"):
-        cfg, run_dir, overrides = resume_config(cfg, overrides)
-        ckpt_path = str(AtomicCheckpoint.resume_path(run_dir))
-        log.info("resuming from %s", ckpt_path)
-    if run_dir is None:
-        run_dir = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
-    run_dir = Path(run_dir)
-    # DDP's other ranks run this too, in the directory rank 0 holds.
-    rank0 = int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-    claimed = rundir.claim(run_dir, resuming=ckpt_path is not None) if rank0 else nullcontext()
-    with claimed:
-        return _train_in(cfg, run_dir, ckpt_path, overrides, started, rank0)
-
-
-def _train_in(
-    cfg: DictConfig,
-    run_dir: Path,
-    ckpt_path: str | None,
-    overrides: list[str],
-    started: float,
-    rank0: bool,
-) -> float | None:
-    """Train in a claimed run directory; summary.json says how it ended, whatever happens."""
-    summary: dict[str, Any] = {
-        "status": "failed",
-        "optimizer": cfg.optimizer.get("name") if "optimizer" in cfg else None,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "image_size": cfg.data.image_size,
-        "epochs_completed": 0,
-        "best_val_acc": None,
-        "best_epoch": None,
-        "final_val_loss": None,
-        "final_train_loss": None,
-        "test_acc": None,
-        "test_f1_macro": None,
-        "test_balanced_acc": None,
-        "wall_time_s": 0.0,
-        "images_per_s": None,
-        "peak_rss_gb": 0.0,
-        "diverged_at": None,
-        "overrides": overrides,
-    }
-    previous = run_dir / "summary.json"
-    earlier_time = 0.0  # a resumed run's time includes the time before it stopped
-    if ckpt_path and previous.is_file():
-        earlier_time = json.loads(previous.read_text()).get("wall_time_s") or 0.0
-    try:
-        return _fit_and_test(cfg, run_dir, ckpt_path, summary, started - earlier_time)
-    except KeyboardInterrupt:
-        summary["status"] = "interrupted"
-        raise
-    except Diverged:
-        raise  # status diverged is already set
-    except BaseException as err:
-        summary["status"] = "failed"
-        summary["error"] = " ".join(str(err).split()) or type(err).__name__
-        raise
-    finally:
-        summary["wall_time_s"] = round(earlier_time + time.perf_counter() - started, 2)
-        summary["peak_rss_gb"] = _peak_rss_gb()
-        if rank0:
-            write_summary(run_dir, summary)
-
-
-def _logger(node: DictConfig, run_dir: Path, overrides: list[str]) -> Any:
-    """A logger from its config, writing under the run directory; a run name left null (MLflow's
-    `run_name`, W&B's `name`) becomes the run's overrides."""
-    kwargs: dict[str, Any] = {"save_dir": str(run_dir)}
-    for key in ("run_name", "name"):
-        if key in node and node[key] is None:
-            kwargs[key] = ",".join(overrides) or run_dir.name
-    target = str(node.get("_target_", ""))
-    for extra in ("mlflow", "wandb"):
-        if target.lower().endswith(f"{extra}logger") and importlib.util.find_spec(extra) is None:
-            raise LeafnetError(f"logger={extra} needs pip install 'leafnet[{extra}]'")
-    uri = str(node.get("tracking_uri") or "")
-    if uri.startswith("sqlite:///"):  # SQLite creates the file, not its folder
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return instantiate(node, **kwargs)
-
-
-@contextmanager
-def _interruptible(trainer: pl.Trainer) -> Iterator[None]:
-    """Lightning turns Ctrl-C (and SIGTERM, see `run_job`) into sys.exit(1) after the callbacks'
-    on_exception; raise it again as the interruption it was."""
-    try:
-        yield
-    except SystemExit:
-        if trainer.interrupted:
-            raise KeyboardInterrupt from None
-        raise
-
-
-def _fit_and_test(
-    cfg: DictConfig, run_dir: Path, ckpt_path: str | None, summary: dict[str, Any], started: float
-) -> float | None:
-    from leafnet.data.datamodule import LeafDataModule
-
-    validate(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    datamodule = LeafDataModule(
-        **to_primitive(cfg.data), batch_size=cfg.batch_size, seed=cfg.seed, run_dir=str(run_dir)
-    )
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    class_names = list(datamodule.class_names)
-    classifier = LeafClassifier.from_config(
-        to_primitive(cfg),
-        class_names,
-        datamodule.preprocessing.to_dict(),
-        class_counts=datamodule.class_counts("train"),
-    )
-
-    loggers = [
-        _logger(c, run_dir, summary["overrides"]) for c in (cfg.get("logger") or {}).values()
-    ]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if not loggers:  # logger=none: nothing to monitor the learning rate into
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a bar it may not show
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
-    )
-
-    if cfg.get("tune", {}).get("lr_find"):
-        from leafnet.training.tune import lr_find
-
-        steps = int(cfg.tune.get("num_training", 100))
-        suggestion = lr_find(trainer, classifier, datamodule, run_dir, num_training=steps)
-        summary["status"] = "lr_find"
-        summary["lr_suggestion"] = suggestion
-        log.info(
-            "lr finder suggests lr=%g (plot in %s); train with lr=%g",
-            suggestion,
-            run_dir,
-            suggestion,
-        )
-        return None
-
+def find_lr(
+    trainer: pl.Trainer, classifier: LeafClassifier, datamodule: LeafDataModule, run: Run
+) -> None:
+    """`tune.lr_find=true`: Lightning's learning-rate finder instead of training."""
+    steps = int(run.cfg.tune.get("num_training", 100))
+    suggestion = lr_find(trainer, classifier, datamodule, run.dir, num_training=steps)
+    run.summary["status"] = "lr_find"
+    run.summary["lr_suggestion"] = suggestion
     log.info(
-        "training %s lr=%g batch %d (micro-batches of %d) at %dx%d on %d classes -> %s",
-        summary["optimizer"], cfg.lr, cfg.batch_size, classifier.hparams.micro_batch_size,
-        cfg.data.image_size, cfg.data.image_size, len(class_names), run_dir,
-    )  # fmt: skip
-    with _interruptible(trainer):
-        trainer.fit(classifier, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-
-    # The run's facts, from what it logged and wrote: metrics.csv (EpochMetrics), the last logged
-    # val_alive_units (DeadUnits), and the divergence record of the DivergenceStop it built.
-    stops = [cb for cb in callbacks if isinstance(cb, DivergenceStop)]
-    diverged = stops[0].diverged_at if stops else None
-    alive = trainer.callback_metrics.get("val_alive_units")
-    summary.update(fit_outcome(read_run(run_dir).metrics, diverged, alive))
-    summary["micro_batch_size"] = classifier.hparams.micro_batch_size
-    summary["seed"] = cfg.seed
-    summary["class_counts"] = datamodule.report["classes"]
-
-    best_ckpt = run_dir / "checkpoints" / "best.ckpt"
-    if best_ckpt.is_file():
-        with _interruptible(trainer):
-            metrics = trainer.test(
-                classifier,
-                datamodule=datamodule,
-                ckpt_path=str(best_ckpt),
-                verbose=False,
-                weights_only=True,
-            )
-        summary.update(
-            test_outcome(metrics[0] if metrics else {}, class_names, classifier.confusion_matrix())
-        )
-        if trainer.is_global_zero:
-            splits = {s: datamodule.dataset(s) for s in ("train", "val", "test")}
-            summary["colour_baseline"] = colour_baseline(splits)
-            colour = summary["colour_baseline"].get("test_balanced_acc")
-            warning = verdict(summary["test_balanced_acc"], colour)
-            if warning:
-                log.warning("%s", warning)
-
-    final = final_metrics(summary)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            # The HParams tab pairs hparams with these metrics (instead of hp_metric = -1).
-            logger.log_hyperparams(_flat_hparams(cfg, classifier), final)
-        else:
-            logger.log_hyperparams(_flat_hparams(cfg, classifier))
-            logger.log_metrics(final)
-        logger.finalize("success")
-
-    if trainer.is_global_zero:
-        summary["wall_time_s"] = round(time.perf_counter() - started, 2)
-        summary["peak_rss_gb"] = _peak_rss_gb()
-        log.info("\n%s", format_result(summary, run_dir))
-    if diverged:
-        raise Diverged(
-            f"training diverged (loss {diverged.get('reason', 'not finite')}) at epoch "
-            f"{diverged['epoch']} step {diverged['step']}"
-            f" with lr={cfg.lr:g}; try a lower learning rate, e.g. lr={cfg.lr / 10:g}"
-        )
-    return summary["best_val_acc"]
+        "lr finder suggests lr=%g (plot in %s); train with lr=%g", suggestion, run.dir, suggestion
+    )
 
 
 # -- entry point -----------------------------------------------------------------------------------
@@ -363,66 +271,7 @@ def _is_multirun() -> bool:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _task(cfg: DictConfig) -> float | None:
     """Hydra's task function."""
-    return run_job(cfg, multirun=_is_multirun())
-
-
-@contextlib.contextmanager
-def sigterm_as_ctrl_c() -> Iterator[list[int]]:
-    """SIGTERM (a cluster pre-empting the job) handled as Ctrl-C is: last.ckpt, status
-    interrupted. Yields the list the signal number is appended to, so the caller can tell the two
-    apart. Outside the main thread (signals need it) nothing changes."""
-    terminated: list[int] = []
-    trainer_pid = os.getpid()
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        if os.getpid() != trainer_pid:
-            # A forked helper (a process pool writing the synthetic set, a data-loader worker)
-            # inherits this handler; its parent ends it with SIGTERM, which must just end it.
-            os._exit(128 + signum)
-        terminated.append(signum)
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield terminated
-        return
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield terminated
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_job(cfg: DictConfig, multirun: bool) -> float | None:
-    """Train, applying the error policy: a single run ends with one line and a non-zero exit; a
-    sweep job logs the error and returns, so the sweep goes on."""
-    with sigterm_as_ctrl_c() as terminated:
-        try:
-            return train(cfg)
-        except KeyboardInterrupt:
-            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
-            run_dir = (
-                Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-            )
-            if run_dir is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
-                fail(f"interrupted (last.ckpt saved; continue with resume={run_dir})", code)
-            fail(
-                "interrupted before the first checkpoint, so there is nothing to resume; start "
-                "again (the same hydra.run.dir may be used)",
-                code,
-            )
-        except LeafnetError as err:
-            log.error("%s", " ".join(str(err).split()))  # into train.log too, beside summary.json
-            if not multirun:
-                fail(str(err))
-            if isinstance(err, Diverged):
-                # A sweeper that optimises the return value (hparams_search=optuna) must learn that
-                # this learning rate is bad, not treat the trial as failed and learn nothing.
-                return 0.0
-        except Exception:
-            if not multirun:
-                raise
-            log.exception("run failed; the sweep goes on")
-    return None
+    return run_job(train, cfg, multirun=_is_multirun())
 
 
 _HYDRA_FLAGS_THAT_RUN_NOTHING = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
@@ -430,7 +279,6 @@ _HYDRA_FLAGS_THAT_RUN_NOTHING = ("--help", "-h", "--hydra-help", "--cfg", "-c", 
 
 def _closest_key(cfg: DictConfig, key: str) -> str:
     """The config keys nearest to a misspelt `key` (', or ...'), for the error line."""
-    import difflib
 
     def walk(node: Any, prefix: str) -> Iterator[str]:
         if isinstance(node, dict):
@@ -446,8 +294,6 @@ def _closest_key(cfg: DictConfig, key: str) -> str:
 def _composed(overrides: list[str]) -> DictConfig:
     """The run's config with Hydra's section, composed before Hydra starts: a misspelt key or
     option is one line naming the nearest valid ones."""
-    import difflib
-
     try:
         return compose("train", overrides, return_hydra_config=True)
     except LeafnetError as err:
@@ -526,10 +372,7 @@ def main() -> None:
         elif not Path(str(cfg.resume)).is_dir():
             raise LeafnetError(f"resume={cfg.resume}: no such run directory")
         run_dir = _output_dir(cfg.hydra, "run.dir")
-        rank0 = (
-            int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-        )
-        if run_dir is None or not rank0:
+        if run_dir is None or not is_rank0():
             _task()
             return
         # The directory as resolved now, for Hydra too (its `${now:}` would name another).

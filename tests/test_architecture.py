@@ -15,7 +15,7 @@ TRAINING = {
     "data.duplicates", "data.stream", "data.synthetic", "data.synthetic.field",
     "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "records", "schema", "tables", "train", "training.callbacks", "training.outcome", "training.resume",
-    "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
+    "training.bookkeeping", "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
 
 

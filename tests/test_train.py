@@ -20,7 +20,8 @@ from fixtures_runs import REPO, tiny_args, train_cli, train_main
 import leafnet.errors
 import leafnet.train  # (also: TensorBoard without TensorFlow, see leafnet/train.py)
 from leafnet.config import compose
-from leafnet.train import train
+from leafnet.train import make_logger, train
+from leafnet.training.bookkeeping import Diverged, Run, run_job, sigterm_as_ctrl_c
 
 SUMMARY_KEYS = {
     "status", "optimizer", "lr", "batch_size", "image_size", "epochs_completed", "best_val_acc",
@@ -239,24 +240,21 @@ def test_other_loggers_train_and_keep_the_run_files(
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
-        (leafnet.train.Diverged("loss not finite"), 0.0),  # a sweeper learns this lr is bad
+        (Diverged("loss not finite"), 0.0),  # a sweeper learns this lr is bad
         (leafnet.errors.LeafnetError("bad value"), None),  # failed: nothing to learn from
         (RuntimeError("boom"), None),
     ],
 )
-def test_a_sweep_job_returns_instead_of_raising(
-    monkeypatch: pytest.MonkeyPatch, error: Exception, expected: float | None
-) -> None:
+def test_a_sweep_job_returns_instead_of_raising(error: Exception, expected: float | None) -> None:
     def failing_train(cfg: object) -> float:
         raise error
 
-    monkeypatch.setattr(leafnet.train, "train", failing_train)
-    assert leafnet.train.run_job({}, multirun=True) == expected
+    assert run_job(failing_train, {}, multirun=True) == expected
     # A single run does not swallow it: one line and exit 2, or the error itself.
     with pytest.raises(
         SystemExit if isinstance(error, leafnet.errors.LeafnetError) else RuntimeError
     ):
-        leafnet.train.run_job({}, multirun=False)
+        run_job(failing_train, {}, multirun=False)
 
 
 def test_tiny_run_logs_the_explain_figures_by_default(tiny_run: Path) -> None:
@@ -336,7 +334,7 @@ def test_weights_that_are_not_finite_are_never_checkpointed(
 ) -> None:
     # lr=1e30: the first SGD step makes the weights infinite, the loss NaN.
     cfg = compose("train", tiny_args(tiny_train_images, tmp_path, "optimizer=sgd", "lr=1e30"))
-    with pytest.raises(leafnet.train.Diverged):
+    with pytest.raises(Diverged):
         train(cfg, tmp_path / "run")
     assert summary(tmp_path / "run")["status"] == "diverged"
     assert not list((tmp_path / "run").rglob("*.ckpt"))
@@ -348,7 +346,7 @@ def test_a_tracker_without_its_package_gets_one_line(
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if leafnet[mlflow] were not installed
     node = compose("train", ["logger=mlflow"]).logger.mlflow
     with pytest.raises(leafnet.errors.LeafnetError, match=r"pip install 'leafnet\[mlflow\]'"):
-        leafnet.train._logger(node, tmp_path, [])
+        make_logger(node, Run(node, tmp_path, None, [], {}, 0.0, True))
 
 
 def _square(x: int) -> int:
@@ -359,8 +357,6 @@ def test_sigterm_handler_lets_forked_helpers_end_quietly(capfd: pytest.CaptureFi
     """A process pool forked while training (the synthetic set's writers) is ended by its parent
     with SIGTERM: the helpers must exit, not print a KeyboardInterrupt traceback each."""
     import multiprocessing as mp
-
-    from leafnet.train import sigterm_as_ctrl_c
 
     with sigterm_as_ctrl_c() as terminated, mp.get_context("fork").Pool(2) as pool:
         assert pool.map(_square, range(8)) == [x * x for x in range(8)]

@@ -24,6 +24,26 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def blank_summary(cfg: Any, overrides: list[str]) -> dict[str, Any]:
+    """A run's summary before it has any outcome: every field readers expect, status `failed`
+    until the run says otherwise."""
+    optimizer = cfg.get("optimizer")
+    return {
+        "status": "failed",
+        "optimizer": optimizer.get("name") if optimizer else None,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "image_size": cfg.data.image_size,
+        "epochs_completed": 0,
+        **dict.fromkeys(("best_val_acc", "best_epoch", "final_val_loss", "final_train_loss")),
+        **dict.fromkeys(("test_acc", "test_f1_macro", "test_balanced_acc", "images_per_s")),
+        "wall_time_s": 0.0,
+        "peak_rss_gb": 0.0,
+        "diverged_at": None,
+        "overrides": overrides,
+    }
+
+
 def fit_outcome(
     rows: list[dict[str, float]], diverged_at: dict[str, Any] | None, alive: Any
 ) -> dict[str, Any]:
