@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
-from leafnet.figures import _plt, explain_figures
+from leafnet.figures import explain_figures, pyplot
 from leafnet.files import atomic_path, refuse_existing
 from leafnet.inference import expand_inputs, load_model
 
@@ -40,7 +40,7 @@ def explain(cfg: DictConfig) -> dict[str, Path]:
     out = Path(str(cfg.out)) if cfg.get("out") else Path(f"explain_{files[0].stem}")
     for name in figures:
         refuse_existing(out / f"{name}.png", cfg.get("overwrite", False), "out")
-    plt = _plt()
+    plt = pyplot()
     written = {}
     for name, fig in figures.items():
         written[name] = out / f"{name}.png"

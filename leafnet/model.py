@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from leafnet.adapters.pytorch import is_hooked
 from leafnet.banded import conv_pool_relu
 from leafnet.errors import LeafnetError
 
@@ -112,6 +113,7 @@ class LeafNet(nn.Module):
             raise LeafnetError(f"LeafNet: image_size={image_size} is too small; use 6 or more")
 
         self.image_size = image_size
+        self.global_pool = global_pool
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.conv2d = nn.Conv2d(in_channels, conv1_filters, 3, padding="same")
@@ -165,9 +167,7 @@ class LeafNet(nn.Module):
         (under precision=bf16-mixed the layers measured faster: 16.2 against 20.7 ms/image at
         640 px on an AMX CPU), and only while no hook watches `conv2d` or `max_pooling2d`, so a
         hook always sees their output."""
-        hooked = any(
-            m._forward_hooks or m._forward_pre_hooks for m in (self.conv2d, self.max_pooling2d)
-        )
+        hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
         return (
             self.banded
             and self.training
@@ -176,10 +176,6 @@ class LeafNet(nn.Module):
             and not _autocast_on("cpu")
             and not hooked
         )
-
-    @property
-    def global_pool(self) -> bool:
-        return hasattr(self, "global_average_pooling2d")
 
     @property
     def hidden_layer(self) -> str:

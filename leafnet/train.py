@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import sys
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -38,6 +36,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from leafnet.adapters.pytorch import cpu_has_bf16
 from leafnet.baseline import colour_baseline, verdict
 from leafnet.config import CONFIG_DIR, command_help, compose, to_primitive
 from leafnet.data.datamodule import LeafDataModule, check_data_dir
@@ -55,20 +54,10 @@ from leafnet.training.tune import lr_find
 
 log = logging.getLogger(__name__)
 
-# TensorBoard's writer imports TensorFlow when it is installed (the `bench` extra installs it):
-# 10 s and 0.5 GB per run, for nothing, since event files need only TensorBoard's own stub.
-# An importable `tensorboard.compat.notf` is TensorBoard's switch for the stub.
-sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-
 PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
 
 
 # -- checks ----------------------------------------------------------------------------------------
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); emulated bf16 is ~100x slower."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def validate(cfg: DictConfig) -> None:

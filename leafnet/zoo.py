@@ -149,10 +149,11 @@ class TorchvisionNet(WrappedNet):
     @property
     def gradcam_layer(self) -> nn.Module:
         """The last stage of feature maps: resnet's layer4, or the last block of `features`."""
-        if hasattr(self.net, "layer4"):
-            return self.net.layer4
-        if hasattr(self.net, "features"):
-            return self.net.features[-1]
+        children = dict(self.net.named_children())
+        if "layer4" in children:  # the resnets
+            return children["layer4"]
+        if isinstance(children.get("features"), nn.Sequential):  # mobilenet, efficientnet, ...
+            return children["features"][-1]
         return [m for m in self.net.modules() if isinstance(m, nn.Conv2d)][-1]
 
 

@@ -93,9 +93,6 @@ def train_main(*args: str) -> subprocess.CompletedProcess:
     code: int | str | None = 0
     with (
         mock.patch.object(sys, "argv", ["leafnet.train", *args]),
-        # Hydra configures logging with dictConfig, which closes every handler in the process
-        # (pytest's own among them) before adding its own; a new process has none to close.
-        mock.patch("logging.config._clearExistingHandlers", lambda: None),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

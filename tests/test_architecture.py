@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "leafnet"
 # What `python -m leafnet.train` runs on; nothing in it may import a command or a lab tool.
 TRAINING = {
+    "adapters", "adapters.lightning", "adapters.pytorch", "adapters.tensorboard",
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
     "data.duplicates", "data.stream", "data.synthetic", "data.synthetic.field",
     "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",

@@ -483,7 +483,7 @@ class LeafDataModule(L.LightningDataModule):
         return max(0, min(4, (os.cpu_count() or 1) - 1))
 
     def _pin(self) -> bool:
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         if trainer is not None:
             try:
                 return trainer.strategy.root_device.type == "cuda"

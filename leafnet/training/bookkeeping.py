@@ -1,6 +1,6 @@
 """A run's bookkeeping, beside `train()`: its directory, its summary, its time, its signals.
 
-- `open_run(cfg, run_dir, overrides)` is the block `train()` runs in. It tunes the process,
+- `open_run(cfg, run_dir, overrides)` is the block `train()` runs in. It prepares the process,
   resolves `resume=` to the run's own saved config and `last.ckpt`, claims the run directory
   (`rundir.claim`), and writes `summary.json` however the block ends: `completed` or `diverged`
   (from what the run logged), `lr_find`, `failed` with the error, or `interrupted`; with the wall
@@ -28,6 +28,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from leafnet.adapters.tensorboard import without_tensorflow
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.perf import peak_rss_bytes, split_threads, tune_process
 from leafnet.training import rundir
@@ -96,6 +97,7 @@ def open_run(
     """The block one run trains in; see the module docstring."""
     started = time.perf_counter()
     quiet_third_parties()
+    without_tensorflow()
     tune_process()
     split_threads()  # a parallel sweep (hydra/launcher=joblib): cpus // n_jobs threads per job
     ckpt_path = None

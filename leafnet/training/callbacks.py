@@ -13,17 +13,21 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from leafnet.figures import _plt, explain_figures
+from leafnet.adapters.lightning import CheckpointSteps
+from leafnet.figures import explain_figures, pyplot
 from leafnet.files import atomic_path
+
+if TYPE_CHECKING:
+    from leafnet.module import LeafClassifier
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ def _scalar(value: Any) -> float:
     return float(value) if value is not None else math.nan
 
 
-class AtomicCheckpoint(ModelCheckpoint):
+class AtomicCheckpoint(CheckpointSteps):
     """ModelCheckpoint that writes `checkpoints/best.ckpt` and `last.ckpt` atomically.
 
     A checkpoint is written to a temporary file and renamed over the old one, so a killed process
@@ -103,37 +107,33 @@ class AtomicCheckpoint(ModelCheckpoint):
                 clean[key] = ""
         super().load_state_dict(clean)
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+    def write(self, trainer: pl.Trainer, filepath: str) -> None:
         weights = [torch.isfinite(w).all() for w in trainer.lightning_module.parameters()]
         if not bool(torch.stack(weights).all()):  # one host sync per save
             log.warning("weights are not finite: %s not written", Path(filepath).name)
             return
         if trainer.is_global_zero:
             with atomic_path(filepath) as tmp:
-                super()._save_checkpoint(trainer, str(tmp))
+                super().write(trainer, str(tmp))
         else:  # Lightning writes nothing on the other ranks; they join its barrier
-            super()._save_checkpoint(trainer, filepath)
+            super().write(trainer, filepath)
         self._last_checkpoint_saved = filepath
         last = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if Path(filepath).name == last and not self._interrupting:
             self._boundary_step = trainer.global_step
             (Path(filepath).parent / self.EPOCH_END).unlink(missing_ok=True)
 
-    # Lightning (2.6) writes last.ckpt only in a step that also wrote a top-k checkpoint; resume
-    # needs it after every epoch, so write it when the parent did not.
-    def _save_last_every_epoch(self, trainer: pl.Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
+    # Lightning writes last.ckpt only in a step that also wrote a top-k checkpoint; resume needs
+    # it after every epoch, so write it when the parent did not.
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_every_epoch(trainer)
+        if self.saves_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_last_every_epoch(trainer)
+        if not self.saves_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
@@ -152,7 +152,7 @@ class AtomicCheckpoint(ModelCheckpoint):
             if mid_epoch and trainer.is_global_zero and path.is_file() and not boundary.exists():
                 os.replace(path, boundary)
             self._interrupting = True
-            self._save_checkpoint(trainer, str(path))
+            self.write(trainer, str(path))
             log.warning("interrupted: saved %s", path)
 
 
@@ -205,7 +205,7 @@ class DivergenceStop(Callback):
     def _stop(
         self,
         trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
+        pl_module: LeafClassifier,
         step: int,
         reason: str,
         loss: float,
@@ -215,7 +215,7 @@ class DivergenceStop(Callback):
         trainer.should_stop = True
         log.warning("loss %s at epoch %d step %d (%.4g): stopping", reason, epoch, step, loss)
 
-    def _check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         if self.diverged_at is not None:
             return
         step = pl_module.first_nonfinite_step()
@@ -223,7 +223,7 @@ class DivergenceStop(Callback):
             return
         self._stop(trainer, pl_module, max(step, 0), "not finite", math.nan)
 
-    def _check_exploding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _check_exploding(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         loss = trainer.callback_metrics.get("train_loss")
         if self.max_loss_ratio is None or loss is None or self.diverged_at is not None:
             return
@@ -235,11 +235,11 @@ class DivergenceStop(Callback):
         if trainer.global_step % self.every == 0:
             self._check(trainer, pl_module)
 
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         if not trainer.sanity_checking:
             self._check(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         self._check(trainer, pl_module)
         self._check_exploding(trainer, pl_module)
 
@@ -268,14 +268,14 @@ class DeadUnits(Callback):
         fired = (output > 0).any(dim=0)
         self._alive = fired if self._alive is None else self._alive | fired
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         self._alive = None
-        layer = self.layer or getattr(pl_module.net, "hidden_layer", None)
+        layer = self.layer or pl_module.net.hidden_layer
         if layer is not None:
             self.layer = layer
-            self._handle = getattr(pl_module.net, layer).register_forward_hook(self._record)
+            self._handle = pl_module.net.get_submodule(layer).register_forward_hook(self._record)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
@@ -451,7 +451,7 @@ class ValidationImages(Callback):
             x, y = batch
             self._batch = (x[:n].float().cpu(), y[:n].cpu(), outputs["preds"][:n].cpu())
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         if self._batch is None or not trainer.is_global_zero:
             return
         import matplotlib
@@ -487,7 +487,7 @@ class ValidationImages(Callback):
 class ConfusionMatrixImage(Callback):
     """The test confusion matrix as a TensorBoard image (torchmetrics draws it)."""
 
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         if not _tensorboards(trainer) or not trainer.is_global_zero:
             return
         import matplotlib
@@ -518,7 +518,7 @@ class ExplainImages(Callback):
             x = batch[0] if isinstance(batch, list | tuple) else batch
             self._x = x[0].detach().cpu()  # already scaled by the module's batch transfer
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
         writers = _tensorboards(trainer)
         if self._x is None or not writers or not trainer.is_global_zero:
             return
@@ -534,7 +534,7 @@ class ExplainImages(Callback):
 
             x = to_float(x, pl_module.prep)
         figures = explain_figures(net, x, list(pl_module.hparams.class_names))
-        plt = _plt()
+        plt = pyplot()
         for name, fig in figures.items():
             for writer in writers:
                 writer.add_figure(f"explain/{name}", fig, global_step=trainer.global_step)

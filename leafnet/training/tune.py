@@ -23,12 +23,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.tuner import Tuner
-from lightning.pytorch.tuner.lr_finder import _ExponentialLR, _LinearLR
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from leafnet.adapters.lightning import FINDER_SCHEDULES
 from leafnet.errors import LeafnetError
-
-FINDER_SCHEDULES = (_ExponentialLR, _LinearLR)
 
 
 def _manual_schedule_stepper(trainer: pl.Trainer) -> Any:

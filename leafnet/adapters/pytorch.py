@@ -1,0 +1,18 @@
+"""PyTorch internals leafnet reads: the CPU's bfloat16 support and a module's own hooks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); emulated bf16 is about
+    100x slower. torch has no public query."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def is_hooked(module: nn.Module) -> bool:
+    """Whether a forward hook or pre-hook is registered on `module` itself (torch has no public
+    way to ask)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
