@@ -13,7 +13,8 @@ import torch
 from fixtures_cli import run_error
 
 from leafnet.lab.bench import main as bench_main
-from leafnet.lab.bench import train_flops_per_image
+from leafnet.lab.host import train_flops_per_image
+from leafnet.lab.worker import WorkerArgs
 
 
 def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -32,7 +33,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     args = (
         *("image_size=32", "batch=4", "steps=2", "warmup=1", "rounds=2"),
-        *("contenders=[leafnet,torch+tuned+cl]", "profile=true"),
+        *("contenders=[command,leafnet,torch+tuned+cl]", "profile=true", "command_epochs=2"),
         *("predict_images=8", "predict_batch=4"),
     )
     result = bench(tmp_path, *args)
@@ -53,6 +54,12 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
         assert len(row["round_ms_per_image"]) == 2  # one step in each round
         assert row["ms_per_image"] > 0
         assert row["peak_rss_gb"] > 0
+    command = report["contenders"]["command"]
+    assert len(command["round_ms_per_image"]) == 2  # one steady epoch in each round
+    parts = command["breakdown_ms_per_image"]
+    assert 0 < parts["step"] < command["ms_per_image"]
+    assert parts["validation"] > 0 and parts["checkpoint writes"] > 0
+    assert "the command's steady epoch" in result.stdout
     leafnet = report["contenders"]["leafnet"]
     assert leafnet["channels_last"] is True
     assert leafnet["allocator"]["glibc"] is False or leafnet["allocator"]["tuned"] is True
@@ -109,6 +116,12 @@ def test_the_flop_count_is_the_hand_count() -> None:
     assert train_flops_per_image(640) == 2_678_569_104
 
 
+ARGS = WorkerArgs(
+    image_size=32, batch=4, micro=4, micro_fixed=False, warmup=1, data_dir="d", cache_dir="c",
+    out_dir="o",
+)  # fmt: skip
+
+
 def test_a_worker_killed_by_a_signal_is_reported_as_killed(monkeypatch: pytest.MonkeyPatch) -> None:
     # Keras at batch 256 and 640 px outgrows a 24 GiB host: the kernel kills its worker, whose
     # last log lines (TensorFlow's start-up noise) say nothing of why.
@@ -118,7 +131,7 @@ def test_a_worker_killed_by_a_signal_is_reported_as_killed(monkeypatch: pytest.M
         return subprocess.CompletedProcess(cmd, -9, "", "I0000 oneDNN custom operations are on.")
 
     monkeypatch.setattr(bench_module.subprocess, "run", killed)
-    result = bench_module._spawn("keras-tf-fit", {}, timeout=10)
+    result = bench_module.spawn("keras-tf-fit", ARGS, timeout=10)
     assert result == {"error": "killed by SIGKILL (the kernel's OOM killer, if memory ran out)"}
 
 
@@ -131,4 +144,4 @@ def test_a_worker_killed_by_an_unnamed_signal_is_reported_by_number(
         return subprocess.CompletedProcess(cmd, -36, "", "")  # a real-time signal: no name
 
     monkeypatch.setattr(bench_module.subprocess, "run", killed)
-    assert bench_module._spawn("keras-tf", {}, timeout=10) == {"error": "killed by signal 36"}
+    assert bench_module.spawn("keras-tf", ARGS, timeout=10) == {"error": "killed by signal 36"}

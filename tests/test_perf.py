@@ -109,7 +109,7 @@ def _fit_counting_syncs(
     images: Path, cache: Path, steps: int, monkeypatch: pytest.MonkeyPatch, leak: bool = False
 ) -> int:
     from leafnet.data.datamodule import LeafDataModule
-    from leafnet.lab.bench import steps_trainer
+    from leafnet.lab.contenders import steps_trainer
     from leafnet.module import LeafClassifier
 
     dm = LeafDataModule(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -16,3 +18,16 @@ def is_hooked(module: nn.Module) -> bool:
     """Whether a forward hook or pre-hook is registered on `module` itself (torch has no public
     way to ask)."""
     return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def profiler(activities: list[Any]) -> torch.profiler.profile:
+    """torch's profiler, also recording the ops of threads it did not start (the banded block's
+    per-core workers) where this torch can (a private config class); otherwise their time shows
+    as the block's own."""
+    try:
+        from torch._C._profiler import _ExperimentalConfig
+
+        config = _ExperimentalConfig(profile_all_threads=True)
+    except (ImportError, TypeError):
+        return torch.profiler.profile(activities=activities)
+    return torch.profiler.profile(activities=activities, experimental_config=config)

@@ -1,0 +1,135 @@
+"""The bench's table: one row per contender (median, spread over rounds, roofline share, memory,
+speed against Keras), the training command's epoch part by part, then the side measurements."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from leafnet.lab.worker import KERAS_BACKENDS
+from leafnet.tables import markdown_table
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    c, m = report["config"], report["machine"]
+    return [
+        f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, "
+        f"torch {m['torch']}, load {m['load_avg_1m']:.1f}",
+        f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
+        f"{c.get('accelerator', 'cpu')}{' ' + c['gpu'] if c.get('gpu') else ''}, "
+        f"leafnet precision {c.get('precision', '32-true')}, "
+        f"median of {c['steps']} steps after {c['warmup']} warm-up, {c['rounds']} alternating rounds; "
+        f"{report['train_gflop_per_image']:.2f} GFLOP/image",
+        f"host: fp32 4096² matmul {report['roofline_gflops']:.0f} GFLOP/s, memory copy "
+        f"{report.get('copy_gbs', float('nan')):.1f} GB/s (medians of {len(report.get('host_samples', []))} "
+        "samples, one before the first round and one after each)",
+    ]
+
+
+def _contender_table(report: dict[str, Any]) -> str:
+    contenders, micro = report["contenders"], report["config"]["micro_batch"]
+    keras = [k for k in KERAS_BACKENDS if "ms_per_image" in contenders.get(k, {})]
+    header = ["contender", "ms/image", "rounds", "spread", "GFLOP/s", "roofline", "peak RSS GB"]
+    header += [f"vs {k}" for k in keras]
+    rows: list[list[str]] = []
+    for name, r in contenders.items():
+        if "ms_per_image" not in r:
+            rows.append([name, f"error: {r.get('error', '?')[:80]}"] + [""] * (len(header) - 2))
+            continue
+        per_round = r.get("round_ms_per_image") or [r["ms_per_image"]]
+        own_micro = r.get("micro_batch", micro) != micro
+        label = f"{name} (micro {r['micro_batch']})" if own_micro else name
+        if name == "command":
+            label = "command (`python -m leafnet.train`, steady epochs)"
+        rows.append(
+            [
+                label,
+                f"{r['ms_per_image']:.1f}",
+                f"{min(per_round):.1f}-{max(per_round):.1f}",
+                f"{r.get('spread', 0.0):.0%}",
+                f"{r['gflops']:.0f}",
+                f"{r['roofline_share']:.0%}",
+                f"{r['peak_rss_gb']:.2f}",
+            ]
+            + [f"{r[f'speedup_vs_{k}']:.2f}x" if f"speedup_vs_{k}" in r else "-" for k in keras]
+        )
+    for name, why in report.get("skipped", {}).items():
+        rows.append([name, f"skipped: {why}"] + [""] * (len(header) - 2))
+    return markdown_table(header, rows, right=[False] + [True] * (len(header) - 1))
+
+
+def _breakdown(report: dict[str, Any]) -> list[str]:
+    """The command's steady epoch, part by part, against the step alone."""
+    command = report["contenders"].get("command", {})
+    parts = command.get("breakdown_ms_per_image")
+    if not parts:
+        return []
+    epoch = command["ms_per_image"]
+    step = report["contenders"].get("leafnet", {}).get("ms_per_image")
+    lines = [
+        "",
+        f"the command's steady epoch, {epoch:.1f} ms per training image "
+        f"({command.get('train_images', '?')} training images), part by part (medians over rounds;"
+        " Lightning's profiler):",
+    ]
+    rows = [[k, f"{v:.2f}", f"{v / epoch:.1%}"] for k, v in parts.items()]
+    lines.append(markdown_table(["part", "ms/image", "share"], rows, right=[False, True, True]))
+    if step:
+        lines.append(
+            f"epoch against the step alone (contender leafnet, {step:.1f} ms/image): "
+            f"{epoch / step - 1:+.1%}"
+        )
+    return lines
+
+
+def _data_lines(report: dict[str, Any]) -> list[str]:
+    data = report.get("data")
+    if not data:
+        return []
+    cached, pred = data.get("cached", {}), data.get("predict", {})
+    if "decode_resize_images_per_s" not in pred:
+        return ["", f"data: {pred.get('error') or cached.get('error')}"]
+    line = (
+        f"predict, JPEG decode included, {pred['predict_images']} files: leafnet "
+        f"{pred['predict_images_per_s']:.1f} images/s (peak RSS {pred['peak_rss_gb']:.2f} GB)"
+    )
+    keras_pred = data.get("predict_keras", {})
+    if "predict_images_per_s" in keras_pred:
+        ratio = pred["predict_images_per_s"] / keras_pred["predict_images_per_s"]
+        line += (
+            f", Keras-TF model.predict on tf.data {keras_pred['predict_images_per_s']:.1f}"
+            f" images/s, peak RSS {keras_pred['peak_rss_gb']:.2f} GB (leafnet {ratio:.1f}x)"
+        )
+    elif "error" in keras_pred:
+        line += f", Keras: {keras_pred['error'][:80]}"
+    return [
+        "",
+        f"data: cold decode+resize {pred['decode_resize_images_per_s']:.1f} images/s; "
+        f"cached batches {cached.get('cached_images_per_s', float('nan')):.0f} images/s",
+        line,
+    ]
+
+
+def _profile_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    if "gpu_busy_share" in report:
+        lines += [
+            "",
+            f"GPU busy (kernel time over wall time, profiled leafnet steps): "
+            f"{report['gpu_busy_share']:.0%}",
+        ]
+    prof = report.get("profile")
+    if isinstance(prof, list):
+        lines += [
+            "",
+            "leafnet step profile (self CPU time per step, summed over threads; the banded "
+            "block's own rows are mostly the main thread waiting for its workers):",
+        ]
+        lines += [f"  {p['op']:<45} {p['ms_per_step']:>9.1f} ms  {p['share']:>5.0%}" for p in prof]
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The terminal (and README) table: one row per contender, then the side measurements."""
+    lines = [*_header(report), "", _contender_table(report)]
+    lines += _breakdown(report) + _data_lines(report) + _profile_lines(report)
+    return "\n".join(lines)
