@@ -32,10 +32,8 @@ from torch import Tensor
 T = TypeVar("T")
 Band = tuple[int, int, int, int]
 
-# The conv output a band may hold: 2 MiB, 8 pooled rows of one 640 px image. Measured with one
-# band per core on a 2-core AMD EPYC (512 KiB L2 per core, 8 MiB L3), a bare training step of 32
-# images of 640 px, each budget one step in turn: 81.7 ms/image at 2 MiB, 86.1 at 1 MiB (more
-# calls), 87.0 at 4 MiB; a second, busier run put 1.5, 2 and 3 MiB within 1.5% of each other.
+# The conv output a band may hold: 2 MiB, 8 pooled rows of one 640 px image; the fastest budget
+# measured (docs/performance.md, "Why the code is as it is").
 BAND_BYTES = 2 << 20
 # One band per core at a time (see _per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
@@ -64,9 +62,8 @@ def _per_core(work: Callable[[Sequence[Band]], T], bands: list[Band]) -> list[T]
     share on one core with one intra-op thread.
 
     A band is too small a job to split across cores well: one band per core at a time, each in
-    its own core's cache, measured 65-67 ms/image for this block at 640 px on a 2-core AMD EPYC
-    against 81 with each band's ops split over both cores (and 72 for the plain layers).
-    torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
+    its own core's cache, was faster than each band's ops split over the cores and than the plain
+    layers (docs/performance.md). torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
     started later begin with: that one is put back."""
     cores = torch.get_num_threads()
     threads = min(cores, len(bands)) if PER_CORE else 1
@@ -95,8 +92,8 @@ def _band_input(x: Tensor, band: Band, pool: int) -> tuple[Tensor, slice, slice]
     a view of x; where the halo falls outside the image, a copy with the 'same' padding's zero row
     there. Returns those rows, which rows of the image they are, and which of them are the
     image's (the zero rows left out). The columns' padding is the convolution's own
-    (padding=(0, 1)): padding the whole batch instead, forward and backward, cost 1.1 ms per 640
-    px image each time."""
+    (padding=(0, 1)): padding the whole batch instead would copy every image, forward and
+    backward."""
     i0, i1, r0, r1 = band
     h = x.shape[2]
     top, bottom = r0 * pool - 1, r1 * pool + 1
@@ -141,7 +138,7 @@ def _weight_grad_at(where: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
         where = where + torch.arange(n, device=where.device).view(n, 1, 1, 1) * (rows_out * width)
     # One bag per pooled row and output channel, summed after: a row's lookups stay within three
     # rows of the table, which a core's L2 holds; one bag per channel would sweep the whole
-    # band's table from L3 once per channel (0.57 against 0.34 ms for a band of 24 rows of 640).
+    # band's table from L3 once per channel.
     pooled_cols = where.shape[3]
     bags = where.transpose(1, 2).reshape(-1, pooled_cols)
     weights = grad.transpose(1, 2).reshape(-1, pooled_cols)

@@ -36,16 +36,16 @@ def pyplot() -> Any:
 
 
 TILE_PX = 64  # small panels (a 3x3 kernel, a 10x10 map) are enlarged to about this, pixel by pixel
-# Large maps are averaged down to about this first: drawn at about 150 pixels each, 32 maps of
-# 640x640 in one image took matplotlib 6-8 s to resample and save on a 2-core host.
+# Large maps are averaged down to about this first: matplotlib resampling 32 maps of 640x640 in one
+# image takes seconds, for pixels no screen shows.
 MAP_PX = 160
 GAP = 0.2  # the gap between panels, where each panel's label goes, as a fraction of a panel
 
 
 def _mosaic(tiles: Tensor, labels: Sequence[str], title: str, inches: float) -> Figure:
     """RGB panels `tiles` [N, 3, h, w] (uint8) laid out as one image (torchvision's make_grid)
-    in one axes, each labelled above. At 640 px on a 2-core host the explain figures took 5.2-6.4 s
-    to draw and save with one axes per panel, 1.9-2.3 s this way (and 1.2 GB at peak, not 3.3)."""
+    in one axes, each labelled above: about a third of the time and memory of one axes per panel
+    (docs/performance.md)."""
     from torchvision.utils import make_grid
 
     plt = pyplot()

@@ -164,8 +164,8 @@ class LeafNet(nn.Module):
         """Whether this forward computes the first block in bands of rows (leafnet.banded): the
         same numbers without conv1's 52 MB per image ever leaving the cache. Only to train on the
         CPU (GPUs keep cuDNN's layers: a band per kernel launch would be slow there), in float32
-        (under precision=bf16-mixed the layers measured faster: 16.2 against 20.7 ms/image at
-        640 px on an AMX CPU), and only while no hook watches `conv2d` or `max_pooling2d`, so a
+        (under precision=bf16-mixed the plain layers measured faster; docs/performance.md), and
+        only while no hook watches `conv2d` or `max_pooling2d`, so a
         hook always sees their output."""
         hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
         return (

@@ -108,8 +108,7 @@ def auto_micro_batch_size(
     memory a micro-batch frees at once must stay below what the allocator keeps
     for the next one (`perf.HEAP_KEEP_BYTES`, 2 GiB); above it every step page-faults its largest
     buffers in again and runs about twice as slow. Half the limit, because near it some steps
-    still trimmed (measured with conv1 whole at 640x640, batch 256: micro-batch 16, 71 ms/image;
-    12, 25 ms/image but 8.1 GiB peak; 8, 26 ms/image and 7.3 GiB). At 640x640 that caps
+    still trimmed (docs/performance.md). At 640x640 that caps
     micro-batches at 73 with conv1 in bands, 8 without. LeafNet's conv1 runs in bands when it
     trains on the CPU without autocast (`LeafNet._banded_now`): `heap_limited` and a `precision`
     that is not mixed.

@@ -3,16 +3,16 @@
 Why the allocator matters: at 640x640 one training step allocates and frees activation buffers of
 hundreds of MB to GB. glibc serves anything above its mmap threshold (at most 32 MB by default,
 dynamically) with a fresh ``mmap`` and returns it with ``munmap`` on free, so every step pays the
-page faults and zeroing of those pages again; measured on a 2-core EPYC that made a step ~3x
-slower (220 vs 73 ms per image). Raising ``M_MMAP_THRESHOLD`` keeps those buffers in the heap, and
+page faults and zeroing of those pages again, which made a step about 3x slower
+(docs/performance.md). Raising ``M_MMAP_THRESHOLD`` keeps those buffers in the heap, and
 raising ``M_TRIM_THRESHOLD`` stops glibc from handing a freed heap top back to the OS.
 
 Both take an int, so 2 GiB is as far as they go. A step that frees more than that at once still
 gets trimmed and faults it all in again next step: at 640x640 a micro-batch of 32 frees conv1's
-output and its gradient together (2 x 1.7 GB), which made steps bimodal, 26 or 53-79 ms per image.
+output and its gradient together (2 x 1.7 GB), which made step times bimodal.
 ``HEAP_KEEP_BYTES`` is that limit; ``leafnet.module.auto_micro_batch_size`` keeps micro-batches
-below it. (Turning trimming off altogether, ``M_TRIM_THRESHOLD=-1``, was measured too: as fast,
-but the heap then only grows with fragmentation, to 10.7 GB peak at batch 256 against 8 GiB.)
+below it. (Turning trimming off altogether, ``M_TRIM_THRESHOLD=-1``, was as fast, but the heap then
+only grows with fragmentation.)
 
 ``tune_process()`` is idempotent and a no-op where the C library is not glibc.
 ``allocator_state()`` reads the setting back from the live allocator (a probe allocation), so a
