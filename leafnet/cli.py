@@ -18,13 +18,16 @@ COMMANDS = {
         "a one-minute look: train briefly, predict, explain, say what is where",
     ),
     "train": ("leafnet.train", "train a model (Hydra: key=value, -m for sweeps)"),
-    "predict": ("leafnet.predict", "classify photos: ckpt=RUN input=PHOTOS [output=preds.csv]"),
+    "predict": ("leafnet.predict", "classify photos: ckpt=RUN input=PHOTOS [out=preds.csv]"),
     "evaluate": ("leafnet.evaluate", "measure on a labelled folder: ckpt=RUN data.dir=FOLDER"),
     "export": ("leafnet.export", "ONNX, TorchScript or Keras weights: ckpt=RUN format=onnx"),
     "explain": ("leafnet.explain", "filters, feature maps, Grad-CAM: ckpt=RUN input=PHOTO"),
     "summary": ("leafnet.summary", "a model's Keras-style table: model=..."),
-    "compare": ("leafnet.lab.compare", "the report of a sweep: dirs=SWEEP_DIR"),
-    "import-keras": ("leafnet.import_keras", "a Keras model as a checkpoint: src=SRC out=OUT.ckpt"),
+    "compare": ("leafnet.lab.compare", "the report of a sweep: runs=SWEEP_DIR"),
+    "import-keras": (
+        "leafnet.import_keras",
+        "a Keras model as a checkpoint: input=KERAS_FILE out=OUT.ckpt",
+    ),
     "app": ("leafnet.app", "the web page: ckpt=RUN [port=8000]"),
     "synthetic": ("leafnet.data.synthetic", "write the synthetic leaf set: [style=lab|field]"),
     "bench": ("leafnet.lab.bench", "time the training step against other implementations"),
@@ -61,9 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     # Each command reads its arguments from sys.argv, as under `python -m leafnet.<command>`.
     sys.argv = [f"leafnet {name}", *args[1:]]
-    code = module.main()
-    if isinstance(code, int) and not isinstance(code, bool):  # the argparse tools return one
-        sys.exit(code)
+    module.main()  # every command's main returns None; a failure exits non-zero itself
 
 
 if __name__ == "__main__":

@@ -89,8 +89,7 @@ def command_config(
     and exits."""
     conf = conf or name
     if any(a in ("-h", "--help") for a in argv):
-        print(f"python -m leafnet.{name} key=value ...   keys and defaults:\n")
-        print((CONFIG_DIR / f"{conf}.yaml").read_text())
+        print(command_help(name.rsplit(".", 1)[-1], conf))
         sys.exit(0)
     cfg = compose(conf, argv)
     for key in required:
@@ -99,10 +98,20 @@ def command_config(
                 f"{key}= is required: leafnet {name.removeprefix('lab.')} {key}=... "
                 f"(leafnet {name.removeprefix('lab.')} --help lists the keys)"
             )
-    from leafnet.schema import COMMAND_KEYS, check_config
+    from leafnet.schema import check_command_config
 
-    check_config(to_primitive(cfg), COMMAND_KEYS)
+    check_command_config(conf, to_primitive(cfg))
     return cfg
+
+
+def training_args(argv: Sequence[str] | None, name: str, what: str) -> list[str] | None:
+    """The arguments of a command that takes training's keys (demo, summary): None after
+    printing its `--help` when they ask for it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(command_help(name, "train", what))
+        return None
+    return args
 
 
 # Commands that take training's keys (conf/train.yaml) rather than a YAML of their own.

@@ -9,12 +9,11 @@ and what to run next. The demo's model is a sketch: the seed recipe proper (640 
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from leafnet.config import compose
+from leafnet.config import compose, training_args
 from leafnet.errors import cli_errors
 
 # Small enough for about a minute on two cores; large enough for the leaves' lesions to show.
@@ -24,8 +23,7 @@ DEMO_OVERRIDES = (
 )  # fmt: skip
 
 
-@cli_errors
-def main(argv: Sequence[str] | None = None) -> Path:
+def demo(argv: Sequence[str] = ()) -> Path:
     """Train, predict, explain; returns the run directory. `argv`: extra training overrides."""
     from leafnet.data.splits import read_split
     from leafnet.explain import explain
@@ -33,7 +31,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from leafnet.runs import read_run
     from leafnet.train import train
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     out = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = out / "run"
     started = time.perf_counter()
@@ -68,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"  .venv/bin/leafnet app ckpt={run_dir}       the web page\n"
     )
     return run_dir
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m leafnet.demo [training overrides]`."""
+    args = training_args(argv, "demo", "train briefly, predict, explain; training overrides")
+    if args is not None:
+        demo(args)
 
 
 if __name__ == "__main__":

@@ -223,11 +223,11 @@ def _colour_baseline(
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> None:
     cfg = command_config(
         "evaluate", sys.argv[1:] if argv is None else argv, required=("ckpt", "data.dir")
     )
-    return evaluate(cfg)
+    evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,11 @@ def explain(cfg: DictConfig) -> dict[str, Path]:
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+def main(argv: Sequence[str] | None = None) -> None:
     cfg = command_config(
         "explain", sys.argv[1:] if argv is None else argv, required=("ckpt", "input")
     )
-    return explain(cfg)
+    explain(cfg)
 
 
 if __name__ == "__main__":

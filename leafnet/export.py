@@ -1,4 +1,4 @@
-"""`python -m leafnet.export ckpt=<checkpoint | run dir> format=onnx|torchscript|keras [output=...]`.
+"""`python -m leafnet.export ckpt=<checkpoint | run dir> format=onnx|torchscript|keras [out=...]`.
 
 ONNX and TorchScript export the same graph, `ExportedLeafNet`:
 
@@ -168,16 +168,16 @@ def export(cfg: DictConfig) -> Path:
     fmt = str(cfg.format).lower()
     if fmt not in FORMATS:
         raise LeafnetError(f"format={cfg.format} is unknown; use one of {', '.join(FORMATS)}")
-    output = Path(str(cfg.output)) if cfg.get("output") else None
+    output = Path(str(cfg.out)) if cfg.get("out") else None
     if output is not None and not output.name.endswith(FORMATS[fmt]):
-        raise LeafnetError(f"output={output}: a {fmt} file must end in {FORMATS[fmt]}")
+        raise LeafnetError(f"out={output}: a {fmt} file must end in {FORMATS[fmt]}")
     # Exported graphs are device-neutral; tracing on the CPU is enough.
     classifier, _ = load_model(cfg, device="cpu")
     output = output or default_output(str(cfg.ckpt), fmt)
     overwrite = cfg.get("overwrite", False)
-    refuse_existing(output, overwrite, "output")
+    refuse_existing(output, overwrite, "out")
     if fmt == "keras":
-        refuse_existing(keras_sidecar(output), overwrite, "output")
+        refuse_existing(keras_sidecar(output), overwrite, "out")
     writer = {"onnx": export_onnx, "torchscript": export_torchscript, "keras": export_keras}[fmt]
     writer(classifier, output, overwrite)
     side = classifier.prep.image_size
@@ -189,9 +189,9 @@ def export(cfg: DictConfig) -> Path:
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> Any:
+def main(argv: Sequence[str] | None = None) -> None:
     cfg = command_config("export", sys.argv[1:] if argv is None else argv, required=("ckpt",))
-    return export(cfg)
+    export(cfg)
 
 
 if __name__ == "__main__":

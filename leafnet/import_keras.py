@@ -1,4 +1,4 @@
-"""`python -m leafnet.import_keras src=SRC out=OUT.ckpt [overrides]`: a Keras model as a checkpoint.
+"""`python -m leafnet.import_keras input=SRC out=OUT.ckpt [overrides]`: a Keras model as a checkpoint.
 
 SRC is a Keras 3 `.keras` archive, a Keras 3 `.weights.h5` or a Keras 2 / tf.keras `.h5` file of
 the seed's model (see `leafnet.keras_io`). The overrides are the training ones and describe the
@@ -19,10 +19,10 @@ from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import refuse_existing
 
 USAGE = (
-    "usage: python -m leafnet.import_keras src=<keras file> out=<file.ckpt> [overwrite=true] "
+    "usage: python -m leafnet.import_keras input=<keras file> out=<file.ckpt> [overwrite=true] "
     "[training overrides, e.g. data.image_size=320 data.resize=keras]"
 )
-OWN_KEYS = ("src", "out", "overwrite")
+OWN_KEYS = ("input", "out", "overwrite")
 
 
 def class_names_from_data(data: Any) -> list[str]:
@@ -37,7 +37,7 @@ def class_names_from_data(data: Any) -> list[str]:
 
 
 def import_keras(
-    src: str | Path, out: str | Path, overrides: Sequence[str] = (), overwrite: bool = False
+    keras_file: str | Path, out: str | Path, overrides: Sequence[str] = (), overwrite: bool = False
 ) -> Path:
     """Read a Keras file into a `LeafClassifier` built from the config, save it as `out` (an
     existing `out` only with `overwrite`)."""
@@ -54,12 +54,12 @@ def import_keras(
             f"import_keras reads the seed's Keras model into model=leafnet or leafnet_gap, not "
             f"model.arch={cfg.model.arch}"
         )
-    layers = read_keras_layers(src)  # refuses a missing or unreadable file before any work
+    layers = read_keras_layers(keras_file)  # refuses a missing or unreadable file before any work
     class_names = class_names_from_data(cfg.data)
     file_classes = layers[-1].kernel.shape[-1] if layers else None
     if file_classes != len(class_names):
         raise LeafnetError(
-            f"{src} has {file_classes} outputs but the data config has {len(class_names)} classes "
+            f"{keras_file} has {file_classes} outputs but the data config has {len(class_names)} classes "
             f"({', '.join(class_names)}); set data.dir to the folder the Keras model was trained on"
         )
     classifier = LeafClassifier.from_config(
@@ -67,29 +67,29 @@ def import_keras(
         class_names,
         Preprocessing.from_dict(to_primitive(cfg.data)).to_dict(),
     )
-    load_keras_weights(classifier.net, src)
+    load_keras_weights(classifier.net, keras_file)
     return save_classifier(classifier.eval(), out)
 
 
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> None:
-    """`src=<keras file> out=<file.ckpt> [overwrite=true] [training overrides]`."""
+    """`input=<keras file> out=<file.ckpt> [overwrite=true] [training overrides]`."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(f"{USAGE}\n\n{__doc__}")
         return
     own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
     overrides = [a for a in args if a.split("=", 1)[0] not in OWN_KEYS]
-    if "src" not in own or "out" not in own:
-        raise LeafnetError(f"src= and out= are required; {USAGE}")
+    if "input" not in own or "out" not in own:
+        raise LeafnetError(f"input= and out= are required; {USAGE}")
     if own.get("overwrite", "false") not in ("true", "false"):
         raise LeafnetError(f"overwrite={own['overwrite']}: use true or false")
     if not own["out"].endswith(".ckpt"):
         raise LeafnetError(f"out= must end in .ckpt, got {own['out']}; {USAGE}")
     written = import_keras(
-        own["src"], own["out"], overrides, overwrite=own.get("overwrite") == "true"
+        own["input"], own["out"], overrides, overwrite=own.get("overwrite") == "true"
     )
-    print(f"wrote {written} from {own['src']}")
+    print(f"wrote {written} from {own['input']}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""`python -m leafnet.predict ckpt=<checkpoint | run dir> input=<image | folder | glob> [output=preds.csv]`.
+"""`python -m leafnet.predict ckpt=<checkpoint | run dir> input=<image | folder | glob> [out=preds.csv]`.
 
 Each file goes through the checkpoint's own preprocessing (`data.images.load_for_model`: EXIF
 orientation applied, any size, JPEGs decoded at reduced size when that is enough), in batches of
 `batch_size`. Prints a table (file, predicted class, probability of each class) and writes it as
-CSV or JSON when `output=` ends in `.csv` or `.json`. A CSV is written as the batches go, to
-`<output>.partial`, renamed when complete: an interrupted run leaves a valid partial CSV, and
+CSV or JSON when `out=` ends in `.csv` or `.json`. A CSV is written as the batches go, to
+`<out>.partial`, renamed when complete: an interrupted run leaves a valid partial CSV, and
 `resume=true` predicts only the files it lacks. Files that cannot be read are skipped with a
 message; the others are still predicted.
 """
@@ -90,7 +90,7 @@ def _rows_done(partial: Path, names: Sequence[str]) -> list[dict[str, Any]]:
 def _stream_csv(
     output: Path, batches: Any, names: Sequence[str], done: list[dict[str, Any]], resume: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Write rows to `<output>.partial` as each batch is predicted (flushed, so an interrupted
+    """Write rows to `<out>.partial` as each batch is predicted (flushed, so an interrupted
     run leaves a valid partial CSV that `resume=true` finishes). surrogateescape: a file name
     that is not UTF-8 is written as the bytes it was."""
     partial = _partial(output)
@@ -131,7 +131,7 @@ def _commit(partial: Path, output: Path, overwrite: bool) -> None:
         os.link(partial, output)
     except FileExistsError:
         raise LeafnetError(
-            f"output={output} appeared while predicting; the predictions are in {partial} "
+            f"out={output} appeared while predicting; the predictions are in {partial} "
             "(add overwrite=true to replace it)"
         ) from None
     partial.unlink()
@@ -139,15 +139,15 @@ def _commit(partial: Path, output: Path, overwrite: bool) -> None:
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run the command on a composed `conf/predict.yaml`; returns the predictions."""
-    output = Path(str(cfg.output)) if cfg.get("output") else None
+    output = Path(str(cfg.out)) if cfg.get("out") else None
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
-        raise LeafnetError(f"output={output}: use a name ending in .csv or .json")
+        raise LeafnetError(f"out={output}: use a name ending in .csv or .json")
     overwrite, resume = cfg.get("overwrite", False), cfg.get("resume", False)
     if not isinstance(resume, bool):
         raise LeafnetError(f"resume={resume!r}: use true or false")
     streaming = output is not None and output.suffix.lower() == ".csv"
     if output is not None:
-        refuse_existing(output, overwrite, "output")
+        refuse_existing(output, overwrite, "out")
         if resume and not (streaming and _partial(output).is_file()):
             raise LeafnetError(f"resume=true: there is no {_partial(output)} to finish")
         if streaming and _partial(output).is_file() and not (resume or overwrite):
@@ -195,11 +195,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: Sequence[str] | None = None) -> None:
     cfg = command_config(
         "predict", sys.argv[1:] if argv is None else argv, required=("ckpt", "input")
     )
-    return predict(cfg)
+    predict(cfg)
 
 
 if __name__ == "__main__":

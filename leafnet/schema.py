@@ -200,78 +200,90 @@ def check_config(cfg: Mapping[str, Any], keys: tuple[Key, ...]) -> None:
             raise LeafnetError(f"{key.path}={shown} is not valid: use {key.expect}")
 
 
-# predict, evaluate, export and explain (conf/<command>.yaml): each has some of these keys.
-COMMAND_KEYS: tuple[Key, ...] = (
-    Key("ckpt", _is_path, "a .ckpt file or a run directory"),
-    Key("input", _is_path, "an image, a folder or a quoted glob"),
-    Key("output", _is_path, "a file name", nullable=True),
-    Key("out", _is_path, "a folder", nullable=True),
-    Key("data.dir", _is_path, "a folder with one sub-folder per class", nullable=True),
-    Key("format", one_of("onnx", "torchscript", "keras"), "onnx, torchscript or keras"),
-    Key("batch_size", positive_int, "a positive integer"),
-    Key("workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    Key("device", _is_str, "auto, cpu, cuda, cuda:N or mps"),
-    Key("progress", _is_bool, "true or false (null: when there are many files)", nullable=True),
-    Key("overwrite", _is_bool, "true or false"),
-    Key("resume", _is_bool, "true or false"),
-    Key("host", _is_str, "an address to listen on, e.g. 127.0.0.1"),
-    Key("port", lambda v: _is_int(v) and 1 <= v <= 65535, "a port number from 1 to 65535"),
-    Key("max_upload_mb", lambda v: _is_number(v) and v > 0, "a positive number of MB"),
-    Key("style", one_of("lab", "field"), "lab or field"),
-    Key("seed", _is_int, "an integer"),
-    Key("n_per_class", positive_int, "a positive integer"),
-    Key("size", lambda v: _is_int(v) and 32 <= v <= 4096, "an integer from 32 to 4096"),
-    Key("preview", _is_path, "a PNG file name", nullable=True),
-    Key("runs", lambda v: _is_path(v) or isinstance(v, list), "a run directory or a list of them"),
-    Key("dir", _is_path, "a folder"),
-    Key("clear", _is_bool, "true or false"),
-    Key("all_runs", _is_bool, "true or false"),
-    # python -m leafnet.lab.scale
-    Key(
-        "counts",
-        lambda v: isinstance(v, list) and all(positive_int(x) for x in v),
-        "a list of positive integers",
+# The commands' keys (conf/<command>.yaml), one table per command. A key several commands take
+# means the same thing in each, and is written once here: the command vocabulary.
+CKPT = Key("ckpt", _is_path, "a .ckpt file or a run directory")
+INPUT = Key("input", _is_path, "an image, a folder or a quoted glob")
+RUNS = Key("runs", lambda v: _is_path(v) or isinstance(v, list), "a run folder or a list of them")
+OUT_FILE = Key("out", _is_path, "a file name", nullable=True)
+OUT_DIR = Key("out", _is_path, "a folder", nullable=True)
+OVERWRITE = Key("overwrite", _is_bool, "true or false")
+BATCH_SIZE = Key("batch_size", positive_int, "a positive integer")
+WORKERS = Key("workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+DEVICE = Key("device", _is_str, "auto, cpu, cuda, cuda:N or mps")
+PROGRESS = Key("progress", _is_bool, "true or false (null: when there are many files)", True)
+IMAGE_SIZE = Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192")
+TIMEOUT = Key("timeout", lambda v: _is_number(v) and v > 0, "a positive number of seconds")
+
+COMMAND_KEYS: dict[str, tuple[Key, ...]] = {
+    "predict": (
+        CKPT, INPUT, OUT_FILE, BATCH_SIZE, WORKERS, DEVICE, PROGRESS, OVERWRITE,
+        Key("resume", _is_bool, "true or false"),
     ),
-    Key(
-        "photo_size",
-        lambda v: isinstance(v, list) and len(v) == 2 and all(positive_int(x) for x in v),
-        "[width, height]",
+    "evaluate": (
+        CKPT, Key("data.dir", _is_path, "a folder with one sub-folder per class", nullable=True),
+        OUT_DIR, BATCH_SIZE, WORKERS, DEVICE, PROGRESS, OVERWRITE,
     ),
-    Key("batches", positive_int, "a positive integer"),
-    Key(
-        "starts",
-        lambda v: isinstance(v, list) and all(x in ("cold", "warm") for x in v),
-        "a list of cold and warm",
+    "export": (
+        CKPT, Key("format", one_of("onnx", "torchscript", "keras"), "onnx, torchscript or keras"),
+        OUT_FILE, OVERWRITE,
     ),
-    # python -m leafnet.lab.bench
-    Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
-    Key("batch", positive_int, "a positive integer"),
-    Key("micro_batch", positive_int, "a positive integer (null: automatic)", nullable=True),
-    Key("steps", positive_int, "a positive integer"),
-    Key("warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    Key("rounds", positive_int, "a positive integer"),
-    Key(
-        "command_epochs",
-        lambda v: _is_int(v) and v >= 2,
-        "an integer of at least 2 (the first epoch is the warm-up)",
+    "explain": (CKPT, INPUT, OUT_DIR, DEVICE, OVERWRITE),
+    "app": (
+        CKPT, DEVICE,
+        Key("host", _is_str, "an address to listen on, e.g. 127.0.0.1"),
+        Key("port", lambda v: _is_int(v) and 1 <= v <= 65535, "a port number from 1 to 65535"),
+        Key("max_upload_mb", lambda v: _is_number(v) and v > 0, "a positive number of MB"),
     ),
-    Key(
-        "contenders",
-        lambda v: _is_str(v) or isinstance(v, list),
-        "a list, e.g. [leafnet,keras-tf-fit]",
+    "compare": (RUNS, OUT_DIR, OVERWRITE, Key("all_runs", _is_bool, "true or false")),
+    "calibration": (RUNS, OUT_FILE),
+    "cache": (Key("dir", _is_path, "a folder"), Key("clear", _is_bool, "true or false")),
+    "synthetic": (
+        Key("style", one_of("lab", "field"), "lab or field"), OUT_DIR,
+        Key("seed", _is_int, "an integer"), Key("n_per_class", positive_int, "a positive integer"),
+        Key("size", lambda v: _is_int(v) and 32 <= v <= 4096, "an integer from 32 to 4096"),
+        Key("preview", _is_path, "a PNG file name", nullable=True), OVERWRITE,
     ),
-    Key("accelerator", one_of("cpu", "gpu"), "cpu or gpu"),
-    Key(
-        "precision", one_of("32-true", "16-mixed", "bf16-mixed"), "32-true, 16-mixed or bf16-mixed"
+    "scale": (
+        Key("counts", lambda v: isinstance(v, list) and all(positive_int(x) for x in v),
+            "a list of positive integers"),
+        IMAGE_SIZE,
+        Key("photo_size",
+            lambda v: isinstance(v, list) and len(v) == 2 and all(positive_int(x) for x in v),
+            "[width, height]"),
+        Key("model", _is_str, "a model config name, e.g. leafnet_gap"),
+        BATCH_SIZE, Key("batches", positive_int, "a positive integer"),
+        Key("starts", lambda v: isinstance(v, list) and all(x in ("cold", "warm") for x in v),
+            "a list of cold and warm"),
+        TIMEOUT, OUT_DIR,
     ),
-    Key("threads", positive_int, "a positive integer (null: physical cores)", nullable=True),
-    Key("data_dir", _is_path, "a folder of images", nullable=True),
-    Key("data_pipeline", _is_bool, "true or false"),
-    Key("predict_images", positive_int, "a positive integer"),
-    Key("predict_batch", positive_int, "a positive integer"),
-    Key("profile", _is_bool, "true or false"),
-    Key("timeout", lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
-)
+    "bench": (
+        IMAGE_SIZE, BATCH_SIZE,
+        Key("micro_batch_size", positive_int, "a positive integer (null: automatic)", True),
+        Key("steps", positive_int, "a positive integer"),
+        Key("warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        Key("rounds", positive_int, "a positive integer"),
+        Key("command_epochs", lambda v: _is_int(v) and v >= 2,
+            "an integer of at least 2 (the first epoch is the warm-up)"),
+        Key("contenders", lambda v: _is_str(v) or isinstance(v, list),
+            "a list, e.g. [command,leafnet,keras-tf-fit]"),
+        Key("accelerator", one_of("cpu", "gpu"), "cpu or gpu"),
+        Key("precision", one_of("32-true", "16-mixed", "bf16-mixed"),
+            "32-true, 16-mixed or bf16-mixed"),
+        Key("threads", positive_int, "a positive integer (null: physical cores)", True),
+        Key("data_dir", _is_path, "a folder of images", nullable=True),
+        Key("data_pipeline", _is_bool, "true or false"),
+        Key("predict_images", positive_int, "a positive integer"),
+        Key("predict_batch", positive_int, "a positive integer"),
+        Key("profile", _is_bool, "true or false"),
+        TIMEOUT, OUT_DIR,
+    ),
+}  # fmt: skip
+
+
+def check_command_config(command: str, cfg: Mapping[str, Any]) -> None:
+    """Check a command's resolved config (`conf/<command>.yaml`) against its table."""
+    check_config(cfg, COMMAND_KEYS[command])
 
 
 def check_train_config(cfg: Mapping[str, Any]) -> None:

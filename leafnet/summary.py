@@ -10,7 +10,6 @@ text matches without depending on rich.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,10 +149,11 @@ def model_from_config(cfg: Any) -> nn.Module:
 @cli_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m leafnet.summary [hydra overrides]`: print the Keras summary table."""
-    from leafnet.config import compose  # Hydra is only needed by the command, not the formatter
+    from leafnet.config import compose, training_args  # the command's, not the formatter's
 
-    cfg = compose("train", list(sys.argv[1:] if argv is None else argv))
-    print(format_summary(model_from_config(cfg)), end="")
+    args = training_args(argv, "summary", "a model's Keras-style table: model=...")
+    if args is not None:
+        print(format_summary(model_from_config(compose("train", args))), end="")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from leafnet.app import Predictor, create_app
-from leafnet.predict import main as predict_main
+from leafnet.config import command_config
+from leafnet.predict import predict
 from leafnet.runs import load_classifier
 
 
@@ -39,7 +40,7 @@ def test_predict_answers_what_the_predict_command_answers(
     reply = TestClient(app).post("/api/predict", files={"file": (image.name, image.read_bytes())})
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    (expected,) = predict_main([f"ckpt={tiny_run}", f"input={image}"])
+    (expected,) = predict(command_config("predict", [f"ckpt={tiny_run}", f"input={image}"]))
     capsys.readouterr()
     assert body["class"] == expected["predicted"]
     assert body["probabilities"].keys() == expected["probabilities"].keys()
@@ -120,7 +121,7 @@ def test_a_photo_dropped_on_the_page_shows_its_class(
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     image = photo(tiny_train_images)
-    (expected,) = predict_main([f"ckpt={tiny_run}", f"input={image}"])
+    (expected,) = predict(command_config("predict", [f"ckpt={tiny_run}", f"input={image}"]))
     with sync_api.sync_playwright() as p:
         browser = chromium(p)
         page = browser.new_page(viewport={"width": 900, "height": 600})

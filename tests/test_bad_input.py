@@ -26,7 +26,7 @@ from fixtures_cli import run_error
 from PIL import Image
 
 from leafnet import evaluate, explain, export, import_keras, keras_io, predict
-from leafnet.config import compose
+from leafnet.config import command_config, compose
 from leafnet.errors import cli_errors
 from leafnet.model import LeafNet
 from leafnet.train import validate
@@ -93,14 +93,14 @@ CASES = [
     (predict.main, ["ckpt={run}", "input={images}", "workers=abc"], "workers='abc'"),
     (predict.main, ["ckpt={run}", "input={images}", "workers=-1"], "workers=-1"),
     (predict.main, ["ckpt={run}", "input={images}", "progress=maybe"], "progress='maybe'"),
-    (predict.main, ["ckpt={run}", "input={images}", "output={home}/p.txt"], ".csv or .json"),
-    (predict.main, ["ckpt={run}", "input={images}", "output={home}/preds.csv"], "overwrite=true"),
+    (predict.main, ["ckpt={run}", "input={images}", "out={home}/p.txt"], ".csv or .json"),
+    (predict.main, ["ckpt={run}", "input={images}", "out={home}/preds.csv"], "overwrite=true"),
     (predict.main, ["ckpt={run}", "input={images}", "overwrite=yes"], "overwrite='yes'"),
     (predict.main, ["ckpt={run}", "input={home}/nothing"], "not found"),
     (predict.main, ["ckpt={run}", "input={home}/loop/**/*.jpg"], "matches no files"),
     (predict.main, ["ckpt={image}", "input={images}"], "not a checkpoint"),
     (predict.main, ["ckpt={home}/pickle.ckpt", "input={images}"], "checkpoint"),
-    (predict.main, ["ckpt={run}", "input={images}", "output={home}/a_file/p.csv"], "cannot write"),
+    (predict.main, ["ckpt={run}", "input={images}", "out={home}/a_file/p.csv"], "cannot write"),
     (predict.main, ["ckpt={run}", "input={images}", "device=cuda:7"], "device=cuda:7"),
     # evaluate
     (evaluate.main, ["ckpt={run}", "data.dir={images}", "batch_size=0"], "batch_size=0"),
@@ -110,8 +110,8 @@ CASES = [
     (evaluate.main, ["ckpt={run}", "data.dir={images}", "out={home}/a_file/ev"], "cannot write"),
     # export
     (export.main, ["ckpt={run}", "format=tflite"], "format='tflite'"),
-    (export.main, ["ckpt={run}", "output={home}/model.onnx"], "overwrite=true"),
-    (export.main, ["ckpt={run}", "format=onnx", "output={home}/m.pt"], "must end in .onnx"),
+    (export.main, ["ckpt={run}", "out={home}/model.onnx"], "overwrite=true"),
+    (export.main, ["ckpt={run}", "format=onnx", "out={home}/m.pt"], "must end in .onnx"),
     (export.main, ["ckpt={home}/nothing.ckpt"], "not found"),
     # explain
     (explain.main, ["ckpt={run}", "input={images}"], "explain takes one image"),
@@ -121,29 +121,37 @@ CASES = [
     # import_keras
     (
         import_keras.main,
-        ["src={home}/seed.weights.h5", "out={home}/imported.ckpt"],
+        ["input={home}/seed.weights.h5", "out={home}/imported.ckpt"],
         "overwrite=true",
     ),
-    (import_keras.main, ["src={home}/nothing.h5", "out={home}/new.ckpt"], "no such file"),
-    (import_keras.main, ["src={home}/seed.weights.h5", "out={home}/new.pt"], "must end in .ckpt"),
+    (import_keras.main, ["input={home}/nothing.h5", "out={home}/new.ckpt"], "no such file"),
+    (import_keras.main, ["input={home}/seed.weights.h5", "out={home}/new.pt"], "must end in .ckpt"),
     (
         import_keras.main,
-        ["src={home}/seed.weights.h5", "out={home}/n.ckpt", "overwrite=maybe"],
+        ["input={home}/seed.weights.h5", "out={home}/n.ckpt", "overwrite=maybe"],
         "true",
     ),
-    (import_keras.main, ["src={home}/external.weights.h5", "out={home}/n.ckpt"], "in another file"),
-    (import_keras.main, ["src={home}/linked.weights.h5", "out={home}/n.ckpt"], "link to elsewhere"),
     (
         import_keras.main,
-        ["src={home}/midpath.h5", "out={home}/n.ckpt"],
+        ["input={home}/external.weights.h5", "out={home}/n.ckpt"],
+        "in another file",
+    ),
+    (
+        import_keras.main,
+        ["input={home}/linked.weights.h5", "out={home}/n.ckpt"],
+        "link to elsewhere",
+    ),
+    (
+        import_keras.main,
+        ["input={home}/midpath.h5", "out={home}/n.ckpt"],
         "ext is a link to elsewhere",
     ),
     (
         import_keras.main,
-        ["src={home}/declared.weights.h5", "out={home}/n.ckpt"],
+        ["input={home}/declared.weights.h5", "out={home}/n.ckpt"],
         "declare 3,433 MB",
     ),
-    (import_keras.main, ["src={home}/image.jpg", "out={home}/n.ckpt"], "neither HDF5 nor a zip"),
+    (import_keras.main, ["input={home}/image.jpg", "out={home}/n.ckpt"], "neither HDF5 nor a zip"),
 ]
 
 
@@ -170,7 +178,7 @@ def test_a_keras_archive_that_unpacks_too_far_is_refused(
 ) -> None:
     monkeypatch.setattr(keras_io, "MAX_WEIGHTS_BYTES", 2**20)  # the real cap is 2 GB
     home = user["home"]
-    err = run_error(capsys, [f"src={home}/bomb.keras", f"out={home}/n.ckpt"], import_keras.main)
+    err = run_error(capsys, [f"input={home}/bomb.keras", f"out={home}/n.ckpt"], import_keras.main)
     assert "unpacks to more than" in err and not (home / "n.ckpt").exists()
 
 
@@ -303,7 +311,9 @@ def test_non_utf8_file_names_are_predicted_and_split(
     shutil.copy(sorted((tiny_train_images / "Tomato").glob("*.jpg"))[0], odd)  # same class
 
     out = tmp_path / "preds.csv"
-    rows = predict.main([f"ckpt={tiny_run}", f"input={photos}", f"output={out}"])
+    rows = predict.predict(
+        command_config("predict", [f"ckpt={tiny_run}", f"input={photos}", f"out={out}"])
+    )
     assert len(rows) == 37
     assert "leaf_\ufffd.jpg" in capsys.readouterr().out
     assert b"leaf_\xff.jpg" in out.read_bytes()  # the file's own name, byte for byte

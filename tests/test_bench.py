@@ -32,7 +32,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # a benchmark run, ~45 s on 2 cores
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     args = (
-        *("image_size=32", "batch=4", "steps=2", "warmup=1", "rounds=2"),
+        *("image_size=32", "batch_size=4", "steps=2", "warmup=1", "rounds=2"),
         *("contenders=[command,leafnet,torch+tuned+cl]", "profile=true", "command_epochs=2"),
         *("predict_images=8", "predict_batch=4"),
     )

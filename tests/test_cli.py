@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,19 @@ def test_every_command_has_help_with_its_usage(
     main([name, "--help"])
     out = capsys.readouterr().out
     assert out.startswith(f"usage: leafnet {name} [key=value ...]")
+
+
+@pytest.mark.parametrize("name", sorted(set(COMMANDS) - {"train"}))  # train: Hydra reads argv
+def test_every_command_module_has_the_same_help(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m leafnet.<command> --help` says what `leafnet <command> --help` says."""
+    module = importlib.import_module(COMMANDS[name][0])
+    with contextlib.suppress(SystemExit):
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    first = out.splitlines()[0].replace("_", "-").replace("leafnet.", "leafnet ")
+    assert first.startswith("usage: ") and f"leafnet {name}" in first, first
 
 
 def test_train_help_lists_keys_with_their_comments_and_the_groups(

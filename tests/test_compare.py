@@ -180,12 +180,12 @@ def test_missing_directory_is_one_line_error(
         find_run_dirs([tmp_path / "nope"])
     with pytest.raises(LeafnetError, match="no runs under"):
         compare([tmp_path])
-    assert "is not a directory" in run_error(capsys, [f"dirs={tmp_path / 'nope'}"], main)
+    assert "is not a directory" in run_error(capsys, [f"runs={tmp_path / 'nope'}"], main)
 
 
 def test_cli_writes_into_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sweep = study_sweep(tmp_path)
-    main([f"dirs={sweep}", f"out={tmp_path / 'report'}"])
+    main([f"runs={sweep}", f"out={tmp_path / 'report'}"])
     out = capsys.readouterr().out
     assert "| optimizer | lr |" in out and "wrote" in out
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
@@ -203,11 +203,11 @@ def test_a_report_never_replaces_a_users_file_unless_told(
     report = tmp_path / "thesis"
     report.mkdir()
     (report / "comparison.md").write_text("my chapter\n")
-    err = run_error(capsys, [f"dirs={sweep}", f"out={report}"], main)
+    err = run_error(capsys, [f"runs={sweep}", f"out={report}"], main)
     assert "comparison.md exists; add overwrite=true" in err
     assert sorted(p.name for p in report.iterdir()) == ["comparison.md"]  # nothing else written
     assert (report / "comparison.md").read_text() == "my chapter\n"
-    main([f"dirs={sweep}", f"out={report}", "overwrite=true"])
+    main([f"runs={sweep}", f"out={report}", "overwrite=true"])
     assert "| sgd |" in (report / "comparison.md").read_text()
 
 
@@ -219,11 +219,11 @@ def test_failed_and_empty_runs_are_left_out_unless_asked(
     empty = fake_run(runs, "no_epoch", "adam", 0.01, [1.0], status="interrupted")
     (empty / "metrics.csv").write_text(COLUMNS + "\n")  # stopped before its first epoch ended
     fake_run(runs, "broke", "sgd", 0.1, [1.0], status="failed")
-    main([f"dirs={runs}", f"out={tmp_path / 'a'}"])
+    main([f"runs={runs}", f"out={tmp_path / 'a'}"])
     captured = capsys.readouterr()
     assert "left out 2 failed or empty run(s) (all_runs=true shows them)" in captured.err
     assert "sgd" not in captured.out
-    main([f"dirs={runs}", f"out={tmp_path / 'b'}", "all_runs=true"])
+    main([f"runs={runs}", f"out={tmp_path / 'b'}", "all_runs=true"])
     assert "| sgd |" in capsys.readouterr().out
 
 
@@ -236,5 +236,5 @@ def test_a_summary_holding_infinity_is_read_as_missing_values(
     summary = json.loads((odd / "summary.json").read_text())
     summary.update(epochs_completed=float("inf"), best_val_acc=float("nan"))
     (odd / "summary.json").write_text(json.dumps(summary))  # Infinity, NaN: not JSON
-    main([f"dirs={runs}", f"out={tmp_path / 'out'}"])
+    main([f"runs={runs}", f"out={tmp_path / 'out'}"])
     assert "| adam |" in capsys.readouterr().out

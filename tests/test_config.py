@@ -60,9 +60,21 @@ def test_trainer_configs_instantiate_on_cpu(option: str, tmp_path) -> None:
     assert isinstance(trainer, pl.Trainer) and trainer.max_epochs == cfg.epochs
 
 
-def test_gpu_and_mps_configs_select_their_accelerator() -> None:
-    assert leafnet_compose("train", ["trainer=gpu"]).trainer.accelerator == "gpu"
-    assert leafnet_compose("train", ["trainer=mps"]).trainer.accelerator == "mps"
+@pytest.mark.parametrize("option", ["gpu", "mps"])
+def test_gpu_and_mps_configs_train_there_or_say_why_not(option: str, tmp_path: Path) -> None:
+    """trainer=gpu or mps gets that device where there is one; elsewhere Lightning refuses (it
+    never falls back to the CPU unasked)."""
+    from hydra.errors import InstantiationException
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    accelerator = {"gpu": CUDAAccelerator, "mps": MPSAccelerator}[option]
+    cfg = leafnet_compose("train", [f"trainer={option}"])
+    if accelerator.is_available():
+        trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
+        assert isinstance(trainer.accelerator, accelerator)
+    else:
+        with pytest.raises(InstantiationException, match=r"(gpu backend|MPSAccelerator)"):
+            instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
 
 
 # The trackers write to their own stores: tested in test_train.py (MLflow) and below.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from leafnet.demo import main
+from leafnet.demo import demo
 
 
 def test_the_demo_trains_predicts_explains_and_says_where(
@@ -14,7 +14,7 @@ def test_the_demo_trains_predicts_explains_and_says_where(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
-    run_dir = main(
+    run_dir = demo(
         [
             "data=folder", f"data.dir={tiny_train_images}", "data.image_size=32", "epochs=1",
             "data.duplicates=exact", f"data.cache_dir={tmp_path / 'cache'}", "logger=none",

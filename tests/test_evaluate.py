@@ -10,7 +10,8 @@ import torch
 from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
 
-from leafnet.evaluate import compute_metrics, main
+from leafnet.config import command_config
+from leafnet.evaluate import compute_metrics, evaluate, main
 from leafnet.module import LeafClassifier
 from leafnet.runs import load_classifier, save_classifier
 
@@ -19,7 +20,11 @@ def test_evaluate_prints_metrics_and_writes_png(
     tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
-    metrics = main([f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={out}"])
+    metrics = evaluate(
+        command_config(
+            "evaluate", [f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={out}"]
+        )
+    )
     printed = capsys.readouterr().out
     for text in ("accuracy", "macro F1", "precision", "recall", "confusion matrix", *TINY_CLASSES):
         assert text in printed
@@ -48,8 +53,17 @@ def test_class_folders_are_matched_by_name(
     flipped.load_state_dict(state)
     ckpt = save_classifier(flipped, tmp_path / "flipped.ckpt")
 
-    a = main([f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'a'}"])
-    b = main([f"ckpt={ckpt}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'b'}"])
+    a = evaluate(
+        command_config(
+            "evaluate",
+            [f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'a'}"],
+        )
+    )
+    b = evaluate(
+        command_config(
+            "evaluate", [f"ckpt={ckpt}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'b'}"]
+        )
+    )
     capsys.readouterr()
     assert b["accuracy"] == a["accuracy"] and b["f1_macro"] == pytest.approx(a["f1_macro"])
     assert torch.equal(
@@ -75,7 +89,11 @@ def test_a_folder_with_some_of_the_classes_is_measured_on_those(
     kept = sorted(p.name for p in tiny_train_images.iterdir())[:2]
     for name in kept:
         shutil.copytree(tiny_train_images / name, folder / name)
-    metrics = main([f"ckpt={tiny_run}", f"data.dir={folder}", f"out={tmp_path / 'out'}"])
+    metrics = evaluate(
+        command_config(
+            "evaluate", [f"ckpt={tiny_run}", f"data.dir={folder}", f"out={tmp_path / 'out'}"]
+        )
+    )
     err = capsys.readouterr().err
     absent = sorted(set(TINY_CLASSES) - set(kept))
     assert metrics["classes_absent"] == absent and f"holds no {absent[0]}" in err
@@ -114,12 +132,21 @@ def test_evaluate_reports_the_colour_baseline_of_the_checkpoints_run(
 ) -> None:
     import shutil
 
-    metrics = main([f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'a'}"])
+    metrics = evaluate(
+        command_config(
+            "evaluate",
+            [f"ckpt={tiny_run}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'a'}"],
+        )
+    )
     out = capsys.readouterr().out
     colour = metrics["colour_baseline"]
     assert 0 <= colour["accuracy"] <= 1 and colour["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
     assert f"colour baseline accuracy {colour['accuracy']:.4f}" in out
     alone = tmp_path / "alone.ckpt"  # a checkpoint without its run: nothing to train colour on
     shutil.copy(tiny_run / "checkpoints" / "best.ckpt", alone)
-    bare = main([f"ckpt={alone}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'b'}"])
+    bare = evaluate(
+        command_config(
+            "evaluate", [f"ckpt={alone}", f"data.dir={tiny_train_images}", f"out={tmp_path / 'b'}"]
+        )
+    )
     assert "not at hand" in bare["colour_baseline"]["skipped"]

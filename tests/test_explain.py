@@ -11,8 +11,9 @@ from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
 from test_tune import tiny_fit_setup
 
+from leafnet.config import command_config
 from leafnet.data.images import load_for_model, to_float
-from leafnet.explain import main
+from leafnet.explain import explain, main
 from leafnet.figures import feature_maps, gradcam
 from leafnet.runs import load_classifier
 from leafnet.training.callbacks import ExplainImages
@@ -24,7 +25,9 @@ def test_explain_writes_the_four_pngs(
     tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     image = sorted((tiny_train_images / TINY_CLASSES[1]).glob("*.jpg"))[0]
-    written = main([f"ckpt={tiny_run}", f"input={image}", f"out={tmp_path / 'x'}"])
+    written = explain(
+        command_config("explain", [f"ckpt={tiny_run}", f"input={image}", f"out={tmp_path / 'x'}"])
+    )
     printed = capsys.readouterr().out
     assert set(written) == set(PNGS)
     for name in PNGS:

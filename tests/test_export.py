@@ -12,8 +12,9 @@ import torch
 from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
 
+from leafnet.config import command_config
 from leafnet.data.images import load_for_model
-from leafnet.export import main
+from leafnet.export import export, main
 from leafnet.runs import load_classifier
 from leafnet.zoo import build_model
 
@@ -29,7 +30,11 @@ def test_onnx_matches_torch_with_dynamic_batch(
     import onnx
     import onnxruntime as ort
 
-    path = main([f"ckpt={tiny_run}", "format=onnx", f"output={tmp_path / 'leafnet.onnx'}"])
+    path = export(
+        command_config(
+            "export", [f"ckpt={tiny_run}", "format=onnx", f"out={tmp_path / 'leafnet.onnx'}"]
+        )
+    )
     assert "uint8" in capsys.readouterr().out
     classifier = load_classifier(tiny_run)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -68,7 +73,7 @@ def test_onnx_standardize_scaling_inside_graph(tmp_path: Path, capsys) -> None:
         preprocessing={"image_size": 12, "normalize": "standardize"},
     ).eval()
     ckpt = save_classifier(classifier, tmp_path / "std.ckpt")
-    path = main([f"ckpt={ckpt}", "format=onnx"])
+    path = export(command_config("export", [f"ckpt={ckpt}", "format=onnx"]))
     capsys.readouterr()
     assert path == tmp_path / "std.onnx"  # default: beside the checkpoint
     x = torch.randint(0, 256, (4, 3, 12, 12), dtype=torch.uint8)
@@ -80,7 +85,11 @@ def test_onnx_standardize_scaling_inside_graph(tmp_path: Path, capsys) -> None:
 def test_torchscript_matches_torch(
     tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = main([f"ckpt={tiny_run}", "format=torchscript", f"output={tmp_path / 'm.pt'}"])
+    path = export(
+        command_config(
+            "export", [f"ckpt={tiny_run}", "format=torchscript", f"out={tmp_path / 'm.pt'}"]
+        )
+    )
     capsys.readouterr()
     extra = {"leafnet.json": ""}
     scripted = torch.jit.load(str(path), _extra_files=extra)
@@ -101,7 +110,11 @@ def test_keras_weights_round_trip(
 ) -> None:
     from leafnet.keras_io import load_keras_weights
 
-    path = main([f"ckpt={tiny_run}", "format=keras", f"output={tmp_path / 'seed.weights.h5'}"])
+    path = export(
+        command_config(
+            "export", [f"ckpt={tiny_run}", "format=keras", f"out={tmp_path / 'seed.weights.h5'}"]
+        )
+    )
     capsys.readouterr()
     classifier = load_classifier(tiny_run)
     back = load_keras_weights(build_model(classifier.hparams.model), path)
@@ -114,9 +127,7 @@ def test_keras_weights_round_trip(
 def test_export_errors(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = run_error(capsys, [f"ckpt={tiny_run}", "format=tflite"], main)
     assert "format='tflite' is not valid: use onnx, torchscript or keras" in err
-    err = run_error(
-        capsys, [f"ckpt={tiny_run}", "format=keras", f"output={tmp_path / 'x.h5'}"], main
-    )
+    err = run_error(capsys, [f"ckpt={tiny_run}", "format=keras", f"out={tmp_path / 'x.h5'}"], main)
     assert ".weights.h5" in err
     err = run_error(capsys, [f"ckpt={tmp_path / 'none.ckpt'}", "format=onnx"], main)
     assert "not found" in err
@@ -128,7 +139,7 @@ def test_keras_export_keeps_a_users_file_where_its_sidecar_would_go(
     mine = tmp_path / "seed.leafnet.json"
     mine.write_text("my notes")
     err = run_error(
-        capsys, [f"ckpt={tiny_run}", "format=keras", f"output={tmp_path / 'seed.weights.h5'}"], main
+        capsys, [f"ckpt={tiny_run}", "format=keras", f"out={tmp_path / 'seed.weights.h5'}"], main
     )
     assert "seed.leafnet.json exists; add overwrite=true" in err
     assert mine.read_text() == "my notes" and not (tmp_path / "seed.weights.h5").exists()

@@ -246,7 +246,7 @@ def test_import_keras_makes_a_working_checkpoint(tmp_path: Path) -> None:
 
     model = _small_keras_file(tmp_path / "seed64.keras")
     out = tmp_path / "imported.ckpt"
-    main([f"src={tmp_path / 'seed64.keras'}", f"out={out}", "data.image_size=64"])
+    main([f"input={tmp_path / 'seed64.keras'}", f"out={out}", "data.image_size=64"])
     ckpt = torch.load(out, weights_only=True)  # only primitives in it
     assert ckpt["hyper_parameters"]["class_names"] == list(CLASS_NAMES)
     classifier = load_classifier(out)
@@ -263,7 +263,9 @@ def test_import_keras_refuses_wrong_class_count(
 
     _small_keras_file(tmp_path / "five.keras", classes=5)
     with pytest.raises(SystemExit) as exit_info:
-        main([f"src={tmp_path / 'five.keras'}", f"out={tmp_path / 'x.ckpt'}", "data.image_size=64"])
+        main(
+            [f"input={tmp_path / 'five.keras'}", f"out={tmp_path / 'x.ckpt'}", "data.image_size=64"]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "5 outputs" in err and "3 classes" in err

@@ -124,8 +124,9 @@ def test_keras_own_pipeline_gives_the_same_probabilities(
 ) -> None:
     """Keras 3 on TensorFlow, as the seed's users run it (its own process: TensorFlow and torch
     do not share one), against import_keras + predict on the same files."""
+    from leafnet.config import command_config
     from leafnet.import_keras import import_keras
-    from leafnet.predict import main as predict_main
+    from leafnet.predict import predict
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -140,6 +141,6 @@ def test_keras_own_pipeline_gives_the_same_probabilities(
     for mode, probs in expected.items():
         ckpt = tmp_path / f"{mode}.ckpt"
         import_keras(tmp_path / "seed.keras", ckpt, [f"data.resize={mode}", "data.image_size=160"])
-        rows = predict_main([f"ckpt={ckpt}", f"input={photos}"])
+        rows = predict(command_config("predict", [f"ckpt={ckpt}", f"input={photos}"]))
         got = np.array([list(r["probabilities"].values()) for r in rows])
         assert np.abs(got - np.array(probs)).max() <= 1e-5, mode

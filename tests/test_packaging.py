@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = (root / "dist").glob("leafnet-*.whl")
+    (root / "wheel.txt").write_text("\n".join(zipfile.ZipFile(wheel).namelist()))
     target = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
@@ -48,14 +50,30 @@ def run(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
-    installed: Path, tmp_path: Path, tiny_train_images: Path
+def test_the_wheel_holds_every_module_and_config_and_its_script_answers(
+    installed: Path, tmp_path: Path
 ) -> None:
-    assert (installed / "leafnet" / "conf" / "train.yaml").is_file()
-    assert (installed / "leafnet" / "conf" / "model" / "leafnet_gap.yaml").is_file()
+    files = set((installed.parent / "wheel.txt").read_text().splitlines())
+    sources = {
+        str(p.relative_to(REPO))
+        for p in (REPO / "leafnet").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    configs = {
+        f"leafnet/conf/{p.relative_to(REPO / 'conf')}" for p in (REPO / "conf").rglob("*.yaml")
+    }
+    assert sources | configs <= files, sorted((sources | configs) - files)
+    assert not [f for f in files if f.startswith(("tests/", "data/", "outputs/"))]
     where = run(installed, tmp_path, "-c", "import leafnet.config as c; print(c.CONFIG_DIR)")
     assert where.stdout.strip() == str(installed / "leafnet" / "conf"), where.stderr
+    helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
+    assert helped.returncode == 0 and "import-keras" in helped.stdout, helped.stderr
 
+
+@pytest.mark.slow  # trains and runs six commands from the installed wheel, ~40 s
+def test_the_wheel_trains_and_predicts_elsewhere(
+    installed: Path, tmp_path: Path, tiny_train_images: Path
+) -> None:
     # The console script, as a user types it (its predict runs in the process below).
     trained = run(
         installed, tmp_path, str(installed / "bin" / "leafnet"), "train", "data=folder",
@@ -65,21 +83,18 @@ def test_the_wheel_carries_the_configs_and_trains_and_predicts_elsewhere(
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()  # relative to the cwd
 
-    helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
-    assert "predict" in helped.stdout and "import-keras" in helped.stdout
-
     # The other commands, from the installed package, in one process (each as its CLI runs it).
     others = f"""
 import leafnet, sys
 assert leafnet.__file__.startswith({str(installed)!r}), leafnet.__file__
 from leafnet import evaluate, explain, export, predict, summary
 from leafnet.lab import compare
-predict.main(["ckpt=run", "input={tiny_train_images}", "output=preds.csv"])
+predict.main(["ckpt=run", "input={tiny_train_images}", "out=preds.csv"])
 evaluate.main(["ckpt=run", "data.dir={tiny_train_images}", "out=evaluation"])
-export.main(["ckpt=run", "format=torchscript", "output=model.pt"])
+export.main(["ckpt=run", "format=torchscript", "out=model.pt"])
 explain.main(["ckpt=run", "input={next(tiny_train_images.rglob("*.jpg"))}", "out=explained"])
 summary.main(["model=leafnet_gap"])
-compare.main(["dirs=run", "out=report"])
+compare.main(["runs=run", "out=report"])
 """
     done = run(installed, tmp_path, "-c", others)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -102,8 +117,9 @@ def test_a_base_install_trains_and_predicts_without_the_extras(
     TensorBoard, saying once what the missing figures need, and predict works."""
     from fixtures_runs import tiny_args
 
-    from leafnet.config import compose
-    from leafnet.predict import main as predict_main
+    from leafnet.config import command_config, compose
+    from leafnet.evaluate import evaluate
+    from leafnet.predict import predict
     from leafnet.train import train
 
     for extra in ("captum", "onnx", "onnxruntime", "mlflow", "fastapi", "timm"):
@@ -113,11 +129,13 @@ def test_a_base_install_trains_and_predicts_without_the_extras(
         train(compose("train", tiny_args(tiny_train_images, tmp_path, "epochs=1")), run_dir)
     assert "pip install 'leafnet[explain]'" in caplog.text
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
-    assert len(predict_main([f"ckpt={run_dir}", f"input={tiny_train_images}"])) == 36
-    from leafnet.evaluate import main as evaluate_main
-
+    assert (
+        len(predict(command_config("predict", [f"ckpt={run_dir}", f"input={tiny_train_images}"])))
+        == 36
+    )
     out = tmp_path / "evaluation"
-    metrics = evaluate_main([f"ckpt={run_dir}", f"data.dir={tiny_train_images}", f"out={out}"])
+    args = [f"ckpt={run_dir}", f"data.dir={tiny_train_images}", f"out={out}"]
+    metrics = evaluate(command_config("evaluate", args))
     assert metrics["accuracy"] >= 0.5 and (out / "metrics.json").is_file()
 
 

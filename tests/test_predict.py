@@ -13,14 +13,17 @@ from fixtures_cli import run_error
 from fixtures_runs import TINY_CLASSES
 from PIL import Image
 
-from leafnet.predict import main
+from leafnet.config import command_config
+from leafnet.predict import main, predict
 
 
 def test_predict_folder_prints_table_and_writes_csv(
     tiny_run: Path, tiny_train_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "preds.csv"
-    results = main([f"ckpt={tiny_run}", f"input={tiny_train_images}", f"output={out}"])
+    results = predict(
+        command_config("predict", [f"ckpt={tiny_run}", f"input={tiny_train_images}", f"out={out}"])
+    )
     printed = capsys.readouterr().out
     files = sorted(tiny_train_images.rglob("*.jpg"))
     assert len(results) == len(files) == 36
@@ -49,8 +52,8 @@ def test_predict_glob_json_skips_unreadable(
     (folder / "broken.jpg").write_text("not an image")
     (folder / "notes.txt").write_text("ignored by the glob")
     out = tmp_path / "preds.json"
-    args = [f"input={folder}/*.jpg", f"output={out}", "batch_size=2", "progress=true"]
-    results = main([f"ckpt={tiny_run}", *args])
+    args = [f"input={folder}/*.jpg", f"out={out}", "batch_size=2", "progress=true"]
+    results = predict(command_config("predict", [f"ckpt={tiny_run}", *args]))
     captured = capsys.readouterr()
     assert len(results) == 3
     assert "skipped" in captured.err and "broken.jpg" in captured.err
@@ -91,7 +94,7 @@ def test_predict_large_exif_rotated_photo_is_upright(
     stored.save(tmp_path / "sideways.jpg", "JPEG", quality=92)  # the same pixels, no EXIF
     assert Image.open(rotated_file).size == (3000, 2000)
 
-    results = main([f"ckpt={tiny_run}", f"input={tmp_path}/*.jpg"])
+    results = predict(command_config("predict", [f"ckpt={tiny_run}", f"input={tmp_path}/*.jpg"]))
     capsys.readouterr()
     probs = {
         Path(r["file"]).stem: np.array([r["probabilities"][c] for c in TINY_CLASSES])
@@ -126,7 +129,7 @@ def test_predict_errors_are_one_line(
     (tmp_path / "empty").mkdir()
     err = run_error(capsys, [f"ckpt={tiny_run}", f"input={tmp_path / 'empty'}"], main)
     assert "no image files" in err
-    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={image}", "output=preds.xlsx"], main)
+    err = run_error(capsys, [f"ckpt={tiny_run}", f"input={image}", "out=preds.xlsx"], main)
     assert ".csv or .json" in err
     err = run_error(capsys, [f"input={image}"], main)
     assert "ckpt= is required" in err
@@ -156,7 +159,7 @@ def test_an_interrupted_predict_finished_by_resume_gives_the_uninterrupted_csv(
 
     args = [f"ckpt={tiny_run}", f"input={tiny_train_images}", "batch_size=8"]
     whole = tmp_path / "whole.csv"
-    predict_module.main([*args, f"output={whole}"])
+    predict_module.main([*args, f"out={whole}"])
 
     real = predict_module.iter_predictions
 
@@ -169,13 +172,13 @@ def test_an_interrupted_predict_finished_by_resume_gives_the_uninterrupted_csv(
     out = tmp_path / "preds.csv"
     monkeypatch.setattr(predict_module, "iter_predictions", stopped_after_two_batches)
     with pytest.raises(SystemExit):
-        predict_module.main([*args, f"output={out}"])
+        predict_module.main([*args, f"out={out}"])
     partial = tmp_path / "preds.csv.partial"
     assert not out.exists() and len(partial.read_text().splitlines()) == 1 + 16  # valid, partial
     monkeypatch.setattr(predict_module, "iter_predictions", real)
     capsys.readouterr()
-    err = run_error(capsys, [*args, f"output={out}"], predict_module.main)
+    err = run_error(capsys, [*args, f"out={out}"], predict_module.main)
     assert "resume=true to finish it" in err
-    rows = predict_module.main([*args, f"output={out}", "resume=true"])
+    rows = predict(command_config("predict", [*args, f"out={out}", "resume=true"]))
     assert len(rows) == 36 and not partial.exists()
     assert out.read_bytes() == whole.read_bytes()

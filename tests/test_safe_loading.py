@@ -48,7 +48,7 @@ def test_malicious_checkpoint_is_refused_by_every_command(
     commands = {
         "predict": (predict.main, [f"input={image}"]),
         "evaluate": (evaluate.main, [f"data.dir={tiny_train_images}", f"out={tmp_path / 'e'}"]),
-        "export": (export.main, ["format=onnx", f"output={tmp_path / 'm.onnx'}"]),
+        "export": (export.main, ["format=onnx", f"out={tmp_path / 'm.onnx'}"]),
         "explain": (explain.main, [f"input={image}", f"out={tmp_path / 'x'}"]),
     }
     for name, (command, args) in commands.items():

@@ -3,11 +3,16 @@ value is one LeafnetError naming the key, the value and what it takes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from leafnet.config import compose, to_primitive
 from leafnet.errors import LeafnetError
-from leafnet.schema import check_train_config
+from leafnet.schema import COMMAND_KEYS, check_train_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def checked(*overrides: str) -> None:
@@ -76,3 +81,28 @@ def test_valid_configs_pass(overrides: list[str]) -> None:
     if "experiment=lr_study" in overrides:
         cfg.data.split_file = "split.csv"  # the sweep directory only exists inside a sweep
     check_train_config(to_primitive(cfg))
+
+
+def _yaml_keys(node: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, v in node.items():
+        keys |= _yaml_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+    return keys
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_KEYS))
+def test_each_commands_keys_are_its_configs_keys(command: str) -> None:
+    """A command's rules live in one table: every key of conf/<command>.yaml has its rule there,
+    and the table names no key the command does not read."""
+    conf = yaml.safe_load((REPO / "conf" / f"{command}.yaml").read_text())
+    assert {k.path for k in COMMAND_KEYS[command]} == _yaml_keys(conf)
+
+
+def test_a_key_means_the_same_in_every_command() -> None:
+    """The vocabulary: a key's rule is the same wherever it appears (out= is a file or a folder
+    as the command writes one or several files)."""
+    rules: dict[str, set[str]] = {}
+    for keys in COMMAND_KEYS.values():
+        for key in keys:
+            rules.setdefault(key.path, set()).add(key.expect)
+    assert {k: v for k, v in rules.items() if len(v) > 1 and k != "out"} == {}

@@ -116,8 +116,8 @@ def test_the_cache_command_reports_and_clears_only_its_entries(
     cache = tmp_path / "cache"
     make(own_dir, cache)
     (cache / "README.txt").write_text("mine")
-    found = cache_main([f"dir={cache}"])
-    assert found["images"] == 36 and found["bytes"] > 0
-    assert f"cache {cache}: 36 images" in capsys.readouterr().out
+    cache_main([f"dir={cache}"])
+    said = capsys.readouterr().out
+    assert f"cache {cache}: 36 images," in said
     cache_main([f"dir={cache}", "clear=true"])
     assert list(DiskCache(cache).entries()) == [] and (cache / "README.txt").read_text() == "mine"

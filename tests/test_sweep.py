@@ -69,7 +69,7 @@ def test_two_by_two_sweep_prints_the_table_and_compare_reads_it(
 
     report = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "leafnet.lab.compare", f"dirs={sweep}", f"out={report}"],
+        [sys.executable, "-m", "leafnet.lab.compare", f"runs={sweep}", f"out={report}"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -132,7 +132,7 @@ def test_lr_study_with_a_diverging_run_shares_one_split_and_writes_the_report(
         assert (sweep / name).stat().st_size > 0
     assert "| sgd | 1000 | diverged |" in (sweep / "comparison.md").read_text()
     # ... and again from the command, elsewhere.
-    compare_main([f"dirs={sweep}", f"out={tmp_path / 'report'}", "all_runs=true"])
+    compare_main([f"runs={sweep}", f"out={tmp_path / 'report'}", "all_runs=true"])
     with (tmp_path / "report" / "comparison.csv").open(newline="") as fh:
         rows_csv = list(csv.DictReader(fh))
     by_status = {r["status"]: r for r in rows_csv}

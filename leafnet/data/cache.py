@@ -148,7 +148,7 @@ class DiskCache:
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+def main(argv: Sequence[str] | None = None) -> None:
     """`dir=<cache> [clear=true]`: the cache's place, entries and size; clear removes them."""
     from leafnet.config import command_config
 
@@ -164,7 +164,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     if cfg.clear:
         removed = cache.clear()
         print(f"leafnet: removed {removed} entries ({size / 2**30:.2f} GB)")
-    return {"images": images, "entries": len(entries), "bytes": size}
 
 
 if __name__ == "__main__":

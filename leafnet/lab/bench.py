@@ -235,23 +235,25 @@ def run_bench(cfg: Any) -> dict[str, Any]:
     # Enough images that each worker's warm-up and timed steps are full batches of one epoch
     # (the training split is 70% of the folder): a partial last batch or an epoch boundary
     # inside the timing skews the median.
-    needed = cfg.batch * (cfg.warmup + math.ceil(cfg.steps / rounds))
+    needed = cfg.batch_size * (cfg.warmup + math.ceil(cfg.steps / rounds))
     out = Path(str(cfg.out))
     data_dir = _data_dir(cfg, out, needed)
     base = WorkerArgs(
-        image_size=cfg.image_size, batch=cfg.batch, micro=0, micro_fixed=cfg.micro_batch is not None,
+        image_size=cfg.image_size, batch=cfg.batch_size, micro=0, micro_fixed=cfg.micro_batch_size is not None,
         warmup=cfg.warmup, data_dir=str(data_dir),
         # Under out/, not beside the data: a user's folder stays as it was.
         cache_dir=str(out / "cache" / f"{data_dir.resolve().name}_{cfg.image_size}"),
         out_dir=str(out), accelerator=cfg.accelerator, precision=cfg.precision,
         epochs=cfg.command_epochs, predict_images=cfg.predict_images, predict_batch=cfg.predict_batch,
     )  # fmt: skip
-    base.micro = cfg.micro_batch or auto_micro_batch(base, cfg.precision)
+    base.micro = cfg.micro_batch_size or auto_micro_batch(base, cfg.precision)
 
     raw, host = _alternate(contenders, base, cfg, rounds)
     flops = train_flops_per_image(cfg.image_size)
     peak = statistics.median(h["matmul_gflops"] for h in host)
-    results = {name: contender_row(parts, cfg.batch, flops, peak) for name, parts in raw.items()}
+    results = {
+        name: contender_row(parts, cfg.batch_size, flops, peak) for name, parts in raw.items()
+    }
     for keras_name in KERAS_BACKENDS:
         k = results.get(keras_name, {})
         for name, row in results.items():
@@ -269,7 +271,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         },
         "config": {
             "image_size": cfg.image_size,
-            "batch": cfg.batch,
+            "batch": cfg.batch_size,
             "micro_batch": base.micro,
             "steps": cfg.steps,
             "warmup": cfg.warmup,
@@ -290,7 +292,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
 
 
 @cli_errors
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     """`key=value` arguments (conf/bench.yaml): run the bench, write its JSON, print the table."""
     argv = sys.argv[1:] if argv is None else argv
     cfg = command_config("lab.bench", argv, conf="bench")
@@ -303,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text(path, json.dumps(report, indent=2))
     print(format_table(report))
     print(f"\nwritten: {path}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -75,7 +75,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     """`key=value` arguments (conf/calibration.yaml): print the table, and write it to `out`."""
     argv = sys.argv[1:] if argv is None else argv
     cfg = command_config("lab.calibration", argv, required=("runs",), conf="calibration")
@@ -84,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     if cfg.out:
         write_text(Path(str(cfg.out)), table + "\n")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,6 +1,6 @@
 """Compare finished (or still running) runs: loss/accuracy figures and a table per setting.
 
-`python -m leafnet.lab.compare dirs=DIR [out=OUT]` (several: `dirs=[A,B]`) reads every run under the given
+`python -m leafnet.lab.compare runs=DIR [out=OUT]` (several: `runs=[A,B]`) reads every run under the given
 directories (a multirun directory, run directories, or folders holding either), and writes
 
 - `comparison.png`: a panel per optimizer, a colour per learning rate, training (dashed) and
@@ -240,7 +240,7 @@ class ComparisonReport(Callback):
             files = write_report(load_runs([sweep_dir]), [sweep_dir], sweep_dir, overwrite=True)
         except Exception:
             log.exception(
-                "comparison report failed; run: python -m leafnet.lab.compare dirs=%s", sweep_dir
+                "comparison report failed; run: python -m leafnet.lab.compare runs=%s", sweep_dir
             )
             return
         print("comparison: " + ", ".join(str(p) for p in files.values()), flush=True)
@@ -250,8 +250,8 @@ class ComparisonReport(Callback):
 def main(argv: Sequence[str] | None = None) -> None:
     """`key=value` arguments (conf/compare.yaml): write the report, print the table."""
     argv = sys.argv[1:] if argv is None else argv
-    cfg = command_config("lab.compare", argv, required=("dirs",), conf="compare")
-    dirs = [str(d) for d in cfg.dirs] if isinstance(cfg.dirs, ListConfig) else [str(cfg.dirs)]
+    cfg = command_config("lab.compare", argv, required=("runs",), conf="compare")
+    dirs = [str(d) for d in cfg.runs] if isinstance(cfg.runs, ListConfig) else [str(cfg.runs)]
     runs = load_runs(dirs)
     if not cfg.get("all_runs", False):
         kept = [r for r in runs if r.status != "failed" and r.epochs]

@@ -266,7 +266,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 @cli_errors
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: Sequence[str] | None = None) -> None:
+    """`key=value` arguments (conf/scale.yaml): measure, write scale.json and scale.md, print."""
     cfg = command_config("lab.scale", sys.argv[1:] if argv is None else argv, conf="scale")
     if not Path("/proc/self/status").is_file():
         raise LeafnetError("the scale bench reads /proc (Linux); run it on a Linux host")
@@ -278,7 +279,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     table = markdown(rows)
     write_text(out / "scale.md", table + "\n")
     print(table)
-    return rows
 
 
 if __name__ == "__main__":
