@@ -15,7 +15,7 @@ TRAINING = {
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
     "data.duplicates", "data.stream", "data.synthetic", "data.synthetic.field",
     "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
-    "records", "schema", "tables", "train", "training.callbacks", "training.outcome", "training.resume",
+    "records", "schema", "tables", "train", "training.board", "training.callbacks", "training.checkpoint", "training.outcome", "training.resume",
     "training.bookkeeping", "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
 

@@ -16,7 +16,7 @@ from leafnet.data.images import load_for_model, to_float
 from leafnet.explain import explain, main
 from leafnet.figures import feature_maps, gradcam
 from leafnet.runs import load_classifier
-from leafnet.training.callbacks import ExplainImages
+from leafnet.training.board import ExplainImages
 
 PNGS = ("filters", "feature_maps_conv2d", "feature_maps_conv2d_1", "gradcam")
 

@@ -32,7 +32,7 @@ from leafnet.adapters.tensorboard import without_tensorflow
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.perf import peak_rss_bytes, split_threads, tune_process
 from leafnet.training import rundir
-from leafnet.training.callbacks import AtomicCheckpoint
+from leafnet.training.checkpoint import AtomicCheckpoint
 from leafnet.training.outcome import blank_summary, format_result, write_summary
 from leafnet.training.quiet import quiet_third_parties
 from leafnet.training.resume import resume_config

@@ -1,5 +1,6 @@
-"""Training-time side effects: atomic checkpoints, divergence stop, per-epoch metrics file,
-reproducible shuffles across resume, and TensorBoard images.
+"""Training-time side effects: divergence stop, dying-unit warning, the per-epoch metrics file,
+reproducible shuffles across resume, epochs counted from 1 in the progress bar. (Checkpoints are
+`training.checkpoint`'s, TensorBoard images `training.board`'s.)
 
 Every file goes under the run directory, which is `Trainer.default_root_dir`.
 """
@@ -7,10 +8,8 @@ Every file goes under the run directory, which is `Trainer.default_root_dir`.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +17,7 @@ from typing import TYPE_CHECKING, Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
 
-from leafnet.adapters.lightning import CheckpointSteps
-from leafnet.figures import explain_figures, pyplot
 from leafnet.files import atomic_path
 
 if TYPE_CHECKING:
@@ -37,123 +31,8 @@ METRICS_COLUMNS = (
 )  # fmt: skip
 
 
-def _tensorboards(trainer: pl.Trainer) -> list[Any]:
-    """The SummaryWriters of the run's TensorBoard loggers (none when logger=none or csv)."""
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-
-
 def _scalar(value: Any) -> float:
     return float(value) if value is not None else math.nan
-
-
-class AtomicCheckpoint(CheckpointSteps):
-    """ModelCheckpoint that writes `checkpoints/best.ckpt` and `last.ckpt` atomically.
-
-    A checkpoint is written to a temporary file and renamed over the old one, so a killed process
-    never leaves a truncated `last.ckpt` behind. A diverged model (NaN weights) is not saved: the
-    best checkpoint stays the best finite one. Ctrl-C (or SIGTERM) saves the newest weights in
-    `last.ckpt` before the run ends; when that happens inside an epoch, the previous `last.ckpt`
-    (the end of the last whole epoch) is kept as `epoch_end.ckpt`, which `resume=` continues
-    from: Lightning cannot restart its data loaders mid-epoch exactly, so that epoch is redone.
-    Inside the first epoch there is no such end yet, and nothing is saved: the run starts again.
-    """
-
-    EPOCH_END = "epoch_end.ckpt"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._boundary_step: int | None = None  # global step at the last whole-epoch save
-        self._interrupting = False
-
-    @classmethod
-    def resume_path(cls, run_dir: Path) -> Path:
-        """The checkpoint `resume=` continues from: the end of the last whole epoch."""
-        checkpoints = Path(run_dir) / "checkpoints"
-        boundary = checkpoints / cls.EPOCH_END
-        return boundary if boundary.is_file() else checkpoints / "last.ckpt"
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._boundary_step = trainer.global_step  # a fit starts or resumes at an epoch's end
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
-        super().setup(trainer, pl_module, stage)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore only paths inside this run's checkpoint folder. A checkpoint may come from
-        someone else, and the parent deletes the files its `best_k_models` and
-        `last_model_path` name when it saves newer ones."""
-        home = Path(self.dirpath).resolve() if self.dirpath else None
-
-        def inside(path: Any) -> bool:
-            return (
-                home is not None
-                and isinstance(path, str)
-                and bool(path)
-                and (Path(path).resolve().parent == home)
-            )
-
-        clean = dict(state_dict)
-        clean.setdefault("dirpath", None)  # none saved: restore no paths at all
-        clean.setdefault("best_model_score", None)
-        best_k = state_dict.get("best_k_models")
-        clean["best_k_models"] = (
-            {k: v for k, v in best_k.items() if inside(k)} if isinstance(best_k, dict) else {}
-        )
-        for key in ("kth_best_model_path", "last_model_path", "best_model_path"):
-            if not inside(state_dict.get(key)):
-                clean[key] = ""
-        super().load_state_dict(clean)
-
-    def write(self, trainer: pl.Trainer, filepath: str) -> None:
-        weights = [torch.isfinite(w).all() for w in trainer.lightning_module.parameters()]
-        if not bool(torch.stack(weights).all()):  # one host sync per save
-            log.warning("weights are not finite: %s not written", Path(filepath).name)
-            return
-        if trainer.is_global_zero:
-            with atomic_path(filepath) as tmp:
-                super().write(trainer, str(tmp))
-        else:  # Lightning writes nothing on the other ranks; they join its barrier
-            super().write(trainer, filepath)
-        self._last_checkpoint_saved = filepath
-        last = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-        if Path(filepath).name == last and not self._interrupting:
-            self._boundary_step = trainer.global_step
-            (Path(filepath).parent / self.EPOCH_END).unlink(missing_ok=True)
-
-    # Lightning writes last.ckpt only in a step that also wrote a top-k checkpoint; resume needs
-    # it after every epoch, so write it when the parent did not.
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self.saves_on_train_epoch_end(trainer):
-            self.save_last_now(trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self.saves_on_train_epoch_end(trainer):
-            self.save_last_now(trainer)
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        # Only while fitting: an interrupted final test holds the best checkpoint's weights, and
-        # last.ckpt must keep the newest trained ones.
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        if isinstance(exception, KeyboardInterrupt) and fitting and self.dirpath is not None:
-            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
-            boundary = path.parent / self.EPOCH_END
-            mid_epoch = trainer.global_step != self._boundary_step
-            if mid_epoch and not path.is_file() and not boundary.exists():
-                # Inside the first epoch: no epoch's end to resume from exactly; nothing saved.
-                log.warning("interrupted in the first epoch: no checkpoint to resume from")
-                return
-            if mid_epoch and trainer.is_global_zero and path.is_file() and not boundary.exists():
-                os.replace(path, boundary)
-            self._interrupting = True
-            self.write(trainer, str(path))
-            log.warning("interrupted: saved %s", path)
 
 
 class EpochProgressBar(TQDMProgressBar):
@@ -426,116 +305,3 @@ class EpochSeed(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._next_epoch = int(state_dict.get("next_epoch", 0))
-
-
-class ValidationImages(Callback):
-    """A TensorBoard grid of validation images titled with true and predicted class."""
-
-    def __init__(self, num_images: int = 16, every_n_epochs: int = 5) -> None:
-        self.num_images = num_images
-        self.every = max(1, int(every_n_epochs))
-        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def _due(self, trainer: pl.Trainer) -> bool:
-        epoch = trainer.current_epoch + 1
-        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
-        return not trainer.sanity_checking and (
-            epoch % self.every == 0 or last or trainer.should_stop
-        )
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and _tensorboards(trainer) and self._due(trainer):
-            n = self.num_images
-            x, y = batch
-            self._batch = (x[:n].float().cpu(), y[:n].cpu(), outputs["preds"][:n].cpu())
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
-        if self._batch is None or not trainer.is_global_zero:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        x, y, preds = self._batch
-        self._batch = None
-        names = pl_module.hparams.class_names
-        cols = min(4, len(x))
-        rows = math.ceil(len(x) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, img, true, pred in zip(axes.flat, x, y, preds, strict=False):
-            # Stretch each image to [0, 1] for display, whatever the normalisation was.
-            img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
-            ax.imshow(img.permute(1, 2, 0).numpy())
-            ok = bool(true == pred)
-            ax.set_title(
-                f"true: {names[true]}\npred: {names[pred]}",
-                fontsize=7,
-                color="green" if ok else "red",
-            )
-        fig.suptitle(f"validation, epoch {trainer.current_epoch + 1}")
-        fig.tight_layout()
-        for writer in _tensorboards(trainer):
-            writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
-        plt.close(fig)
-
-
-class ConfusionMatrixImage(Callback):
-    """The test confusion matrix as a TensorBoard image (torchmetrics draws it)."""
-
-    def on_test_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
-        if not _tensorboards(trainer) or not trainer.is_global_zero:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, _ = pl_module.test_confmat.plot(labels=pl_module.hparams.class_names)
-        fig.set_size_inches(6, 6)
-        if fig.get_layout_engine() is None:  # torchmetrics may have set one already
-            fig.tight_layout()
-        for writer in _tensorboards(trainer):
-            writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
-        plt.close(fig)
-
-
-class ExplainImages(Callback):
-    """At the end of training, log the explain figures for the first validation image to
-    TensorBoard (tags `explain/filters`, `explain/feature_maps_conv2d`, ..., `explain/gradcam`)."""
-
-    def __init__(self) -> None:
-        self._x: Tensor | None = None
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
-            x = batch[0] if isinstance(batch, list | tuple) else batch
-            self._x = x[0].detach().cpu()  # already scaled by the module's batch transfer
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
-        writers = _tensorboards(trainer)
-        if self._x is None or not writers or not trainer.is_global_zero:
-            return
-        if importlib.util.find_spec("captum") is None:  # a base install trains without it
-            log.warning("no explain figures in TensorBoard: pip install 'leafnet[explain]'")
-            return
-        net = pl_module.net
-        device = next(net.parameters()).device
-        # Cloned outside validation's inference mode, so Grad-CAM can backpropagate through it.
-        x = self._x.clone().to(device)
-        if not x.is_floating_point():
-            from leafnet.data.images import to_float
-
-            x = to_float(x, pl_module.prep)
-        figures = explain_figures(net, x, list(pl_module.hparams.class_names))
-        plt = pyplot()
-        for name, fig in figures.items():
-            for writer in writers:
-                writer.add_figure(f"explain/{name}", fig, global_step=trainer.global_step)
-            plt.close(fig)

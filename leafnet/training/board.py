@@ -1,0 +1,145 @@
+"""TensorBoard images of a run: a grid of validation images with true and predicted classes, the
+test confusion matrix, and what the network learned (filters, feature maps, Grad-CAM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from leafnet.figures import explain_figures, pyplot
+
+if TYPE_CHECKING:
+    from leafnet.module import LeafClassifier
+
+log = logging.getLogger(__name__)
+
+GRID_PX = 160  # the side each validation image is drawn at in the grid
+
+
+def _tensorboards(trainer: pl.Trainer) -> list[Any]:
+    """The SummaryWriters of the run's TensorBoard loggers (none when logger=none or csv)."""
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+class ValidationImages(Callback):
+    """A TensorBoard grid of validation images titled with true and predicted class."""
+
+    def __init__(self, num_images: int = 16, every_n_epochs: int = 5) -> None:
+        self.num_images = num_images
+        self.every = max(1, int(every_n_epochs))
+        self._batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        return not trainer.sanity_checking and (
+            epoch % self.every == 0 or last or trainer.should_stop
+        )
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and _tensorboards(trainer) and self._due(trainer):
+            n = self.num_images
+            x, y = batch
+            x = x[:n].float()
+            if x.shape[-1] > GRID_PX:  # drawn small anyway: matplotlib resampling 640 px is slow
+                x = torch.nn.functional.interpolate(x, size=(GRID_PX, GRID_PX), mode="area")
+            self._batch = (x.cpu(), y[:n].cpu(), outputs["preds"][:n].cpu())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
+        if self._batch is None or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        x, y, preds = self._batch
+        self._batch = None
+        names = pl_module.hparams.class_names
+        cols = min(4, len(x))
+        rows = math.ceil(len(x) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img, true, pred in zip(axes.flat, x, y, preds, strict=False):
+            # Stretch each image to [0, 1] for display, whatever the normalisation was.
+            img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ok = bool(true == pred)
+            ax.set_title(
+                f"true: {names[true]}\npred: {names[pred]}",
+                fontsize=7,
+                color="green" if ok else "red",
+            )
+        fig.suptitle(f"validation, epoch {trainer.current_epoch + 1}")
+        fig.tight_layout()
+        for writer in _tensorboards(trainer):
+            writer.add_figure("val/predictions", fig, global_step=trainer.global_step)
+        plt.close(fig)
+
+
+class ConfusionMatrixImage(Callback):
+    """The test confusion matrix as a TensorBoard image (torchmetrics draws it)."""
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
+        if not _tensorboards(trainer) or not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, _ = pl_module.test_confmat.plot(labels=pl_module.hparams.class_names)
+        fig.set_size_inches(6, 6)
+        if fig.get_layout_engine() is None:  # torchmetrics may have set one already
+            fig.tight_layout()
+        for writer in _tensorboards(trainer):
+            writer.add_figure("test/confusion_matrix", fig, global_step=trainer.global_step)
+        plt.close(fig)
+
+
+class ExplainImages(Callback):
+    """At the end of training, log the explain figures for the first validation image to
+    TensorBoard (tags `explain/filters`, `explain/feature_maps_conv2d`, ..., `explain/gradcam`)."""
+
+    def __init__(self) -> None:
+        self._x: Tensor | None = None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking:
+            x = batch[0] if isinstance(batch, list | tuple) else batch
+            self._x = x[0].detach().cpu()  # already scaled by the module's batch transfer
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: LeafClassifier) -> None:
+        writers = _tensorboards(trainer)
+        if self._x is None or not writers or not trainer.is_global_zero:
+            return
+        if importlib.util.find_spec("captum") is None:  # a base install trains without it
+            log.warning("no explain figures in TensorBoard: pip install 'leafnet[explain]'")
+            return
+        net = pl_module.net
+        device = next(net.parameters()).device
+        # Cloned outside validation's inference mode, so Grad-CAM can backpropagate through it.
+        x = self._x.clone().to(device)
+        if not x.is_floating_point():
+            from leafnet.data.images import to_float
+
+            x = to_float(x, pl_module.prep)
+        figures = explain_figures(net, x, list(pl_module.hparams.class_names))
+        plt = pyplot()
+        for name, fig in figures.items():
+            for writer in writers:
+                writer.add_figure(f"explain/{name}", fig, global_step=trainer.global_step)
+            plt.close(fig)

@@ -1,0 +1,129 @@
+"""Atomic checkpoints: `last.ckpt` after every epoch and `best.ckpt`, each written whole or not
+at all, never with weights that are not finite, and restored only from inside the run's own
+checkpoints folder; Ctrl-C saves where the run stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from leafnet.adapters.lightning import CheckpointSteps
+from leafnet.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpoint(CheckpointSteps):
+    """ModelCheckpoint that writes `checkpoints/best.ckpt` and `last.ckpt` atomically.
+
+    A checkpoint is written to a temporary file and renamed over the old one, so a killed process
+    never leaves a truncated `last.ckpt` behind. A diverged model (NaN weights) is not saved: the
+    best checkpoint stays the best finite one. Ctrl-C (or SIGTERM) saves the newest weights in
+    `last.ckpt` before the run ends; when that happens inside an epoch, the previous `last.ckpt`
+    (the end of the last whole epoch) is kept as `epoch_end.ckpt`, which `resume=` continues
+    from: Lightning cannot restart its data loaders mid-epoch exactly, so that epoch is redone.
+    Inside the first epoch there is no such end yet, and nothing is saved: the run starts again.
+    """
+
+    EPOCH_END = "epoch_end.ckpt"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._boundary_step: int | None = None  # global step at the last whole-epoch save
+        self._interrupting = False
+
+    @classmethod
+    def resume_path(cls, run_dir: Path) -> Path:
+        """The checkpoint `resume=` continues from: the end of the last whole epoch."""
+        checkpoints = Path(run_dir) / "checkpoints"
+        boundary = checkpoints / cls.EPOCH_END
+        return boundary if boundary.is_file() else checkpoints / "last.ckpt"
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._boundary_step = trainer.global_step  # a fit starts or resumes at an epoch's end
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        super().setup(trainer, pl_module, stage)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore only paths inside this run's checkpoint folder. A checkpoint may come from
+        someone else, and the parent deletes the files its `best_k_models` and
+        `last_model_path` name when it saves newer ones."""
+        home = Path(self.dirpath).resolve() if self.dirpath else None
+
+        def inside(path: Any) -> bool:
+            return (
+                home is not None
+                and isinstance(path, str)
+                and bool(path)
+                and (Path(path).resolve().parent == home)
+            )
+
+        clean = dict(state_dict)
+        clean.setdefault("dirpath", None)  # none saved: restore no paths at all
+        clean.setdefault("best_model_score", None)
+        best_k = state_dict.get("best_k_models")
+        clean["best_k_models"] = (
+            {k: v for k, v in best_k.items() if inside(k)} if isinstance(best_k, dict) else {}
+        )
+        for key in ("kth_best_model_path", "last_model_path", "best_model_path"):
+            if not inside(state_dict.get(key)):
+                clean[key] = ""
+        super().load_state_dict(clean)
+
+    def write(self, trainer: pl.Trainer, filepath: str) -> None:
+        weights = [torch.isfinite(w).all() for w in trainer.lightning_module.parameters()]
+        if not bool(torch.stack(weights).all()):  # one host sync per save
+            log.warning("weights are not finite: %s not written", Path(filepath).name)
+            return
+        if trainer.is_global_zero:
+            with atomic_path(filepath) as tmp:
+                super().write(trainer, str(tmp))
+        else:  # Lightning writes nothing on the other ranks; they join its barrier
+            super().write(trainer, filepath)
+        self._last_checkpoint_saved = filepath
+        last = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if Path(filepath).name == last and not self._interrupting:
+            self._boundary_step = trainer.global_step
+            (Path(filepath).parent / self.EPOCH_END).unlink(missing_ok=True)
+
+    # Lightning writes last.ckpt only in a step that also wrote a top-k checkpoint; resume needs
+    # it after every epoch, so write it when the parent did not.
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.saves_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self.saves_on_train_epoch_end(trainer):
+            self.save_last_now(trainer)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Only while fitting: an interrupted final test holds the best checkpoint's weights, and
+        # last.ckpt must keep the newest trained ones.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if isinstance(exception, KeyboardInterrupt) and fitting and self.dirpath is not None:
+            path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+            boundary = path.parent / self.EPOCH_END
+            mid_epoch = trainer.global_step != self._boundary_step
+            if mid_epoch and not path.is_file() and not boundary.exists():
+                # Inside the first epoch: no epoch's end to resume from exactly; nothing saved.
+                log.warning("interrupted in the first epoch: no checkpoint to resume from")
+                return
+            if mid_epoch and trainer.is_global_zero and path.is_file() and not boundary.exists():
+                os.replace(path, boundary)
+            self._interrupting = True
+            self.write(trainer, str(path))
+            log.warning("interrupted: saved %s", path)
