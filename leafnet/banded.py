@@ -20,12 +20,10 @@ rows between calls.
 
 from __future__ import annotations
 
-import itertools
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +38,6 @@ BAND_BYTES = 2 << 20
 # One band per core at a time (see _per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
 PER_CORE = True
-# Shares of the bands per core, handed to cores as they free up (see _per_core).
-SHARES_PER_CORE = 4
 
 
 def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[Band]:
@@ -62,41 +58,27 @@ def _executor(threads: int) -> ThreadPoolExecutor:
 
 
 def _per_core(work: Callable[[Sequence[Band]], T], bands: list[Band]) -> list[T]:
-    """work(share) for `SHARES_PER_CORE` shares of the bands per core (every k-th band), run side
-    by side, each on one core with one intra-op thread, and returned in share order.
+    """work(share) for each core's share of the bands (every k-th band), run side by side, each
+    share on one core with one intra-op thread.
 
     A band is too small a job to split across cores well: one band per core at a time, each in
     its own core's cache, was faster than each band's ops split over the cores and than the plain
-    layers (docs/performance.md). The shares go to whichever core is free: a core another
-    process slows down takes fewer, instead of the step waiting for its fixed half. Which core
-    ran a share does not change its result, so the sums stay the same run to run.
-    torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
+    layers (docs/performance.md). torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
     started later begin with: that one is put back."""
     cores = torch.get_num_threads()
     threads = min(cores, len(bands)) if PER_CORE else 1
     if threads <= 1:
         return [work(bands)]
-    count = min(len(bands), threads * SHARES_PER_CORE)
-    shares = [bands[k::count] for k in range(count)]
-    results: list[Any] = [None] * count
-    handed = itertools.count()
-    lock = threading.Lock()
 
-    def drain(_: int) -> None:
+    def share(k: int) -> T:
         torch.set_num_threads(1)
         with torch.no_grad():  # grad mode is per thread: the worker's would record the ops
-            while True:
-                with lock:
-                    k = next(handed)
-                if k >= count:
-                    return
-                results[k] = work(shares[k])
+            return work(bands[k::threads])
 
     try:
-        list(_executor(threads).map(drain, range(threads)))
+        return list(_executor(threads).map(share, range(threads)))
     finally:
         torch.set_num_threads(cores)
-    return results
 
 
 def _format(x: Tensor) -> torch.memory_format:
@@ -237,8 +219,8 @@ class _ConvPoolReLU(torch.autograd.Function):
                 grad_x_bands.append((i0, i1, image_rows, gx[:, :, own]))
             return grad_w, grad_b, grad_x_bands
 
-        # Each share sums its own bands; the shares are added here in a fixed order, so the
-        # result does not depend on which core ran which share.
+        # Each core sums its own bands; the shares are added here in a fixed order, so the
+        # result does not depend on which core finished first.
         shares = _per_core(run, ctx.bands)
         grad_w = torch.stack([s[0] for s in shares]).sum(0)
         grad_b = torch.stack([s[1] for s in shares]).sum(0)

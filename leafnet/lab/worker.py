@@ -20,7 +20,7 @@ KERAS_BACKENDS = {
     "keras-tf": "tensorflow",
     "keras-torch": "torch",
 }
-TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static")
+TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial")
 
 
 @dataclass
