@@ -1,7 +1,7 @@
 """`python -m leafnet.evaluate ckpt=<checkpoint | run dir> data.dir=<labelled folder> [out=DIR]`.
 
 Measures a trained model on a folder in image-folder layout (`<dir>/<class>/<image>`), scanned as
-training scans it (`data.datamodule.scan_folder`) and read through the checkpoint's own
+training scans it (`data.folder.scan_folder`) and read through the checkpoint's own
 preprocessing (`data.images`). Class folders are matched to the checkpoint's classes by name, so
 their order on disk does not matter. A folder may hold some of the model's classes only: the
 metrics are then over the classes present (the absent ones named in one line); a class folder the
@@ -32,7 +32,7 @@ from torchmetrics.classification import (
 
 from leafnet.baseline import colour_histograms, fit_baseline, histograms_of, verdict
 from leafnet.config import command_config
-from leafnet.data.datamodule import scan_folder
+from leafnet.data.folder import scan_folder
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing, write_text
 from leafnet.inference import load_model, predict_files

@@ -31,7 +31,7 @@ def class_names_from_data(data: Any) -> list[str]:
         from leafnet.data.synthetic import CLASS_NAMES
 
         return list(CLASS_NAMES)
-    from leafnet.data.datamodule import scan_folder
+    from leafnet.data.folder import scan_folder
 
     return scan_folder(data.dir)[0]
 

@@ -120,6 +120,8 @@ TRAIN_KEYS: tuple[Key, ...] = (
         "auto or an integer >= 0",
     ),
     Key("data.limit_per_class", positive_int, "a positive integer", nullable=True),
+    Key("data.augment", one_of("none", "basic"), "none or basic"),
+    Key("data.synthetic_style", one_of("lab", "field"), "lab or field"),
     Key(
         "model.num_classes",
         lambda v: _is_int(v) and 2 <= v <= 100_000,

@@ -39,7 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 from leafnet.adapters.pytorch import cpu_has_bf16
 from leafnet.baseline import colour_baseline, verdict
 from leafnet.config import CONFIG_DIR, command_help, compose, to_primitive
-from leafnet.data.datamodule import LeafDataModule, check_data_dir
+from leafnet.data.datamodule import LeafDataModule
+from leafnet.data.folder import check_data_dir
 from leafnet.errors import LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import runs_on_cpu

@@ -13,7 +13,7 @@ PACKAGE = REPO / "leafnet"
 TRAINING = {
     "adapters", "adapters.lightning", "adapters.pytorch", "adapters.tensorboard",
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
-    "data.duplicates", "data.stream", "data.synthetic", "data.synthetic.field",
+    "data.duplicates", "data.folder", "data.stream", "data.synthetic", "data.synthetic.field",
     "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "records", "schema", "tables", "train", "training.board", "training.callbacks", "training.checkpoint", "training.outcome", "training.resume",
     "training.bookkeeping", "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,88 +26,14 @@ from torch.utils.data import DataLoader
 
 from leafnet.data import duplicates, splits
 from leafnet.data.cache import DiskCache
-from leafnet.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, Preprocessing
+from leafnet.data.folder import scan_folder
+from leafnet.data.images import DEFAULT_MAX_PIXELS, Preprocessing
 from leafnet.data.stream import CachedImages, EpochIndices, basic_augmentation, collate, prepare
-from leafnet.data.synthetic import STYLES, ensure_synthetic
+from leafnet.data.synthetic import ensure_synthetic
 from leafnet.errors import LeafnetError
 from leafnet.files import write_text
 
 log = logging.getLogger("leafnet.data")
-
-AUGMENT_MODES = ("none", "basic")
-DUPLICATE_MODES = ("near", "exact", "off")
-
-
-def check_data_dir(root: str | Path) -> list[str]:
-    """The class folders of `root`, or one line saying what is wrong with it."""
-    root = Path(root)
-    if not root.exists():
-        raise LeafnetError(
-            f"data.dir={root} does not exist; point data.dir at a folder with one sub-folder per class"
-        )
-    if not root.is_dir():
-        raise LeafnetError(f"data.dir={root} is a file, not a folder of class sub-folders")
-    try:
-        classes = sorted(
-            p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
-    except OSError as err:
-        raise LeafnetError(f"data.dir={root} cannot be read ({err.strerror})") from None
-    if not classes:
-        raise LeafnetError(
-            f"no class sub-folders in {root}; expected image-folder layout {root}/<class>/<image>"
-        )
-    if len(classes) < 2:
-        raise LeafnetError(
-            f"only one class sub-folder in {root} ({classes[0]}); a classifier needs at least two"
-        )
-    return classes
-
-
-def _image_files(folder: Path, skipped: list[dict[str, str]]) -> list[Path]:
-    """Image files under `folder`, walked without recursion (a tree of any depth); hidden
-    entries ignored; what cannot be read or is not a regular file (a FIFO, a device, which would
-    block or never end) noted in `skipped` with the reason."""
-    found: list[Path] = []
-    stack = [folder]
-    while stack:
-        here = stack.pop()
-        try:
-            entries = list(os.scandir(here))
-        except OSError as err:
-            skipped.append({"file": str(here), "reason": f"folder not readable ({err.strerror})"})
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                    continue
-                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                if not stat.S_ISREG(entry.stat().st_mode):
-                    skipped.append({"file": entry.path, "reason": "not a regular file"})
-                    continue
-            except OSError as err:
-                skipped.append({"file": entry.path, "reason": f"cannot read ({err.strerror})"})
-                continue
-            found.append(Path(entry.path))
-    return sorted(found)
-
-
-def scan_folder(
-    root: str | Path, skipped: list[dict[str, str]] | None = None
-) -> tuple[list[str], list[list[Path]]]:
-    """Class names (sorted) and each class's image files (sorted), in image-folder layout.
-
-    Hidden files and folders and files without an image extension are ignored; sub-folders
-    inside a class folder are searched too, as Keras does. What cannot be read, or is not a
-    regular file, is appended to `skipped` with the reason.
-    """
-    classes = check_data_dir(root)
-    noted: list[dict[str, str]] = [] if skipped is None else skipped
-    return classes, [_image_files(Path(root) / name, noted) for name in classes]
 
 
 class LeafDataModule(L.LightningDataModule):
@@ -165,32 +90,15 @@ class LeafDataModule(L.LightningDataModule):
         self.strict = bool(strict)
         self.min_size, self.max_pixels = int(min_size), int(max_pixels)
         self.cache = DiskCache(cache_dir if cache and cache_dir not in (None, "") else None)
-        if str(num_workers) != "auto" and (not str(num_workers).isdigit()):
-            raise LeafnetError(f"data.num_workers={num_workers!r}: use auto or a number >= 0")
+        # The values' types and ranges were checked with the config's (`leafnet.schema`).
         self.num_workers_setting = str(num_workers)
-        if augment not in AUGMENT_MODES:
-            raise LeafnetError(
-                f"data.augment={augment!r} is unknown; use one of {', '.join(AUGMENT_MODES)}"
-            )
         self.augment = str(augment)
-        if limit_per_class is not None and int(limit_per_class) < 1:
-            raise LeafnetError(f"data.limit_per_class={limit_per_class}: use a number >= 1 or null")
         self.limit_per_class = None if limit_per_class is None else int(limit_per_class)
         self.synthetic_seed = int(synthetic_seed)
-        if synthetic_style not in STYLES:
-            raise LeafnetError(
-                f"data.synthetic_style={synthetic_style!r} is unknown; use one of {', '.join(STYLES)}"
-            )
         self.synthetic_style = str(synthetic_style)
         self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise LeafnetError(f"batch_size={batch_size}: use a number >= 1")
         self.seed = int(seed)
         self.split_seed = self.seed if split_seed is None else int(split_seed)
-        if duplicates not in DUPLICATE_MODES:
-            raise LeafnetError(
-                f"data.duplicates={duplicates!r}: use one of {', '.join(DUPLICATE_MODES)}"
-            )
         self.duplicates = str(duplicates)
         self.group_pattern = None if group_pattern in (None, "") else str(group_pattern)
         self.run_dir = None if run_dir is None else Path(run_dir)
