@@ -213,7 +213,9 @@ OVERWRITE = Key("overwrite", _is_bool, "true or false")
 BATCH_SIZE = Key("batch_size", positive_int, "a positive integer")
 WORKERS = Key("workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 DEVICE = Key("device", _is_str, "auto, cpu, cuda, cuda:N or mps")
-PROGRESS = Key("progress", _is_bool, "true or false (null: when there are many files)", True)
+PROGRESS = Key(
+    "progress", _is_bool, "true or false (null: when there are many files)", nullable=True
+)
 IMAGE_SIZE = Key("image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192")
 TIMEOUT = Key("timeout", lambda v: _is_number(v) and v > 0, "a positive number of seconds")
 
@@ -261,7 +263,7 @@ COMMAND_KEYS: dict[str, tuple[Key, ...]] = {
     ),
     "bench": (
         IMAGE_SIZE, BATCH_SIZE,
-        Key("micro_batch_size", positive_int, "a positive integer (null: automatic)", True),
+        Key("micro_batch_size", positive_int, "a positive integer (null: automatic)", nullable=True),
         Key("steps", positive_int, "a positive integer"),
         Key("warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         Key("rounds", positive_int, "a positive integer"),
@@ -272,7 +274,7 @@ COMMAND_KEYS: dict[str, tuple[Key, ...]] = {
         Key("accelerator", one_of("cpu", "gpu"), "cpu or gpu"),
         Key("precision", one_of("32-true", "16-mixed", "bf16-mixed"),
             "32-true, 16-mixed or bf16-mixed"),
-        Key("threads", positive_int, "a positive integer (null: physical cores)", True),
+        Key("threads", positive_int, "a positive integer (null: physical cores)", nullable=True),
         Key("data_dir", _is_path, "a folder of images", nullable=True),
         Key("data_pipeline", _is_bool, "true or false"),
         Key("predict_images", positive_int, "a positive integer"),

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from fixtures_cli import run_error
@@ -145,3 +147,43 @@ def test_a_worker_killed_by_an_unnamed_signal_is_reported_by_number(
 
     monkeypatch.setattr(bench_module.subprocess, "run", killed)
     assert bench_module.spawn("keras-tf", ARGS, timeout=10) == {"error": "killed by signal 36"}
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _SlowFirstEpoch(pl.Callback):
+    """Costs 0.3 s at the start of the first epoch only: a warm-up the steady epochs leave out."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 0:
+            time.sleep(0.3)
+
+
+def test_the_commands_epoch_parts_count_only_its_steady_epochs(tmp_path: Path) -> None:
+    from leafnet.lab.contenders import EpochProfiler, epoch_breakdown
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)), 2)
+    trainer = pl.Trainer(
+        max_epochs=3, profiler=EpochProfiler(dirpath=tmp_path, filename="profile"),
+        callbacks=[_SlowFirstEpoch()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(_Tiny(), data)
+    report = json.loads((tmp_path / "fit-profile.txt").read_text())
+    starts, ends = report["epoch_starts"], report["epoch_ends"]
+    assert len(starts) == len(ends) == 3
+    batches = report["durations"]["run_training_batch"]
+    assert len(batches[starts[1]["run_training_batch"] : ends[-1]["run_training_batch"]]) == 8
+    parts = epoch_breakdown(report, images=8)
+    assert parts["step"] > 0
+    assert parts["callback _SlowFirstEpoch"] < 1.0  # ms per image: the first epoch's 0.3 s is out

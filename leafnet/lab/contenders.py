@@ -26,8 +26,9 @@ from lightning.pytorch.profilers import SimpleProfiler
 from leafnet.adapters.pytorch import profiler
 from leafnet.config import compose, to_primitive
 from leafnet.data.datamodule import LeafDataModule
-from leafnet.lab.worker import WorkerArgs, timed
+from leafnet.lab.worker import WorkerArgs, jpegs, timed
 from leafnet.perf import allocator_state, physical_cores, tune_process
+from leafnet.runs import read_run
 
 
 def steps_trainer(
@@ -245,8 +246,6 @@ def work_command(a: WorkerArgs) -> dict[str, Any]:
     )
     if done.returncode != 0:
         return {"error": " | ".join(done.stderr.strip().splitlines()[-2:])}
-    from leafnet.runs import read_run
-
     rows = read_run(run_dir).metrics[1:]  # the first epoch is the warm-up
     classes = json.loads((run_dir / "data_report.json").read_text())["classes"]
     images = sum(c["train"] for c in classes.values())
@@ -300,12 +299,6 @@ def work_torch(a: WorkerArgs, options: set[str], micro: int) -> dict[str, Any]:
 
     allocator = allocator_state()  # before the first step, as for leafnet
     return {"times": timed(step, a), "allocator": allocator, "micro_batch": micro}
-
-
-def jpegs(a: WorkerArgs) -> list[Path]:
-    """The first `predict_images` JPEG files of the bench's folder, in a fixed order."""
-    files = sorted(p for p in Path(a.data_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-    return files[: a.predict_images]
 
 
 def work_predict(a: WorkerArgs) -> dict[str, Any]:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 from typing import Any
 
-from leafnet.lab.worker import WorkerArgs, timed
+from leafnet.lab.worker import WorkerArgs, jpegs, timed
 
 
 def seed_model(size: int) -> Any:
@@ -76,9 +75,7 @@ def _predict(a: WorkerArgs) -> dict[str, Any]:
     import tensorflow as tf
 
     s = a.image_size
-    files = sorted(
-        str(p) for p in Path(a.data_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg")
-    )[: a.predict_images]
+    files = [str(p) for p in jpegs(a)]
     model = seed_model(s)
 
     def load(path: Any) -> Any:

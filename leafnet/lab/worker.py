@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 # Keras contenders and the backend each runs on.
@@ -110,6 +111,12 @@ def timed(step: Callable[[], Any], a: WorkerArgs) -> list[float]:
         step()
         times.append(time.perf_counter() - t)
     return times
+
+
+def jpegs(a: WorkerArgs) -> list[Path]:
+    """The first `predict_images` JPEG files of the bench's folder, in a fixed order."""
+    files = sorted(p for p in Path(a.data_dir).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    return files[: a.predict_images]
 
 
 def main(name: str, args_json: str) -> None:

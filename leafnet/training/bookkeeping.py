@@ -61,8 +61,10 @@ class Run:
     summary: dict[str, Any]
     started: float  # perf_counter() at the start, less a resumed run's earlier time
     rank0: bool
+    stamped: bool = False  # time and memory taken: the printed result and summary.json agree
 
     def stamp(self) -> None:
+        self.stamped = True
         self.summary["wall_time_s"] = round(time.perf_counter() - self.started, 2)
         self.summary["peak_rss_gb"] = round(peak_rss_bytes() / 2**30, 3)
 
@@ -133,7 +135,8 @@ def open_run(
             run.summary["error"] = " ".join(str(err).split()) or type(err).__name__
             raise
         finally:
-            run.stamp()
+            if not run.stamped:
+                run.stamp()
             if rank0:
                 write_summary(run_dir, run.summary)
 
