@@ -7,16 +7,18 @@ PY := $(VENV)/bin/python
 
 ## Each target installs what it needs, once: leafnet alone (train), with Grad-CAM (demo), or with
 ## every extra and the test tools (test). `make install EXTRAS=app,onnx` installs chosen extras.
+## --no-compile: Python compiles what it imports on first use; compiling all of torch up front
+## was a third of a fresh `make demo`.
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[$*]'
+	$(PY) -m pip install --quiet --no-compile -e '.[$*]'
 	touch $@
 
 EXTRAS ?= dev
 install: $(VENV)/.installed-$(EXTRAS)
 
-## A one-minute look: a short training run, predictions, Grad-CAM, and where everything is.
+## A two-minute look from a fresh clone (one minute once installed): a short training run, predictions, Grad-CAM, and where everything is.
 demo: $(VENV)/.installed-explain
 	$(PY) -m leafnet.demo $(ARGS)
 

@@ -1,4 +1,4 @@
-"""`python -m leafnet.demo` (`make demo`): a one-minute look at what leafnet does.
+"""`python -m leafnet.demo` (`make demo`): a one-minute look at what leafnet does (two from a fresh clone).
 
 It trains the seed's network briefly on the embedded synthetic leaf set at a small size, predicts
 a few test photos, explains one (filters, feature maps, Grad-CAM), and prints where everything is
