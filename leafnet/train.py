@@ -46,7 +46,7 @@ from leafnet.module import LeafClassifier
 from leafnet.perf import runs_on_cpu
 from leafnet.runs import read_run
 from leafnet.schema import check_train_config
-from leafnet.training import rundir
+from leafnet.training import logs, rundir
 from leafnet.training.bookkeeping import Run, is_rank0, open_run, run_job
 from leafnet.training.callbacks import DivergenceStop
 from leafnet.training.outcome import final_metrics, fit_outcome, test_outcome
@@ -260,8 +260,10 @@ def _is_multirun() -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _task(cfg: DictConfig) -> float | None:
-    """Hydra's task function."""
-    return run_job(train, cfg, multirun=_is_multirun())
+    """Hydra's task function: one run, logging into its directory's train.log."""
+    logs.to_console()
+    with logs.to_file(Path(HydraConfig.get().runtime.output_dir) / "train.log"):
+        return run_job(train, cfg, multirun=_is_multirun())
 
 
 _HYDRA_FLAGS_THAT_RUN_NOTHING = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i")
@@ -335,6 +337,7 @@ def main() -> None:
     """Check the command line and take the run directory before Hydra writes anything there: a
     start that would fail, or a directory another process is training in, is left untouched."""
     argv = sys.argv[1:]
+    logs.to_console()
     if any(a in ("-h", "--help") for a in argv):
         print(command_help("train", "train", "train a model (Hydra: key=value, -m for sweeps)"))
         return

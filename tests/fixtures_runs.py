@@ -95,10 +95,6 @@ def train_main(*args: str) -> subprocess.CompletedProcess:
         mock.patch.object(sys, "argv", ["leafnet.train", *args]),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
-        # Hydra configures logging with dictConfig, which closes every handler in the process
-        # (pytest's own among them) before adding its own; a new process has none to close.
-        # logging offers no public way to keep a handler open through dictConfig.
-        mock.patch("logging.config._clearExistingHandlers", lambda: None),
     ):
         try:
             main()

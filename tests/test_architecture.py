@@ -16,7 +16,7 @@ TRAINING = {
     "data.duplicates", "data.folder", "data.stream", "data.synthetic", "data.synthetic.field",
     "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "model", "module", "optim", "perf", "runs",
     "records", "schema", "tables", "train", "training.board", "training.callbacks", "training.checkpoint", "training.outcome", "training.resume",
-    "training.bookkeeping", "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
+    "training.bookkeeping", "training.logs", "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -101,6 +103,38 @@ def test_divergence_ends_cleanly(tmp_path: Path, tiny_train_images: Path) -> Non
     s = summary(run_dir)
     assert s["status"] == "diverged"
     assert {"epoch", "step", "reason"} <= set(s["diverged_at"]) and s["diverged_at"]["epoch"] == 1
+
+
+class _Watched(logging.StreamHandler):
+    """A handler that remembers being closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+def test_a_run_in_this_process_leaves_the_callers_logging_alone(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    """A notebook's or a test runner's handler is neither closed nor detached by a run (Hydra's
+    job logging would do both), and the run's lines still reach its train.log and the console."""
+    mine = io.StringIO()
+    handler = _Watched(mine)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        run_dir = tmp_path / "run"
+        args = tiny_args(tiny_train_images, tmp_path, "epochs=1")
+        result = train_main(*args, f"hydra.run.dir={run_dir}")
+        assert result.returncode == 0, result.stderr[-2000:]
+    finally:
+        root.removeHandler(handler)
+    assert not handler.closed
+    assert "leafnet: completed" in mine.getvalue()  # it saw the run's lines as they came
+    assert "leafnet: completed" in (run_dir / "train.log").read_text()
+    assert "leafnet: completed" in result.stdout  # the console, as a new process shows it
 
 
 def test_a_bad_value_exits_2_with_one_line(tmp_path: Path) -> None:
