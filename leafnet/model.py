@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from leafnet.adapters.pytorch import is_hooked
 from leafnet.banded import conv_pool_relu
-from leafnet.errors import LeafnetError
 
 
 class KerasFlatten(nn.Module):
@@ -89,29 +88,6 @@ class LeafNet(nn.Module):
         global_pool: bool = False,
     ) -> None:
         super().__init__()
-        for name, value in {
-            "image_size": image_size,
-            "in_channels": in_channels,
-            "conv1_filters": conv1_filters,
-            "conv2_filters": conv2_filters,
-            "dense_units": dense_units,
-            "num_classes": num_classes,
-        }.items():
-            # These come from command-line overrides (model.dense_units=..., data.image_size=...),
-            # so a bad value is a user error, and a float such as 8.5 must not be truncated.
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise LeafnetError(f"LeafNet: {name} must be a positive integer, got {value!r}")
-        if (
-            isinstance(dropout, bool)
-            or not isinstance(dropout, int | float)
-            or not 0 <= dropout < 1
-        ):
-            raise LeafnetError(f"LeafNet: dropout must be a number in [0, 1), got {dropout!r}")
-        if not isinstance(global_pool, bool):
-            raise LeafnetError(f"LeafNet: global_pool must be true or false, got {global_pool!r}")
-        if _pooled(_pooled(image_size, 3), 2) < 1:
-            raise LeafnetError(f"LeafNet: image_size={image_size} is too small; use 6 or more")
-
         self.image_size = image_size
         self.global_pool = global_pool
         self.in_channels = in_channels

@@ -49,10 +49,6 @@ def build_optimizer(
             f"optimizer {name!r} is unknown; choose one of {', '.join(OPTIMIZERS)} "
             "(e.g. optimizer=adam)"
         )
-    if not lr > 0:
-        raise LeafnetError(f"lr must be positive, got {lr}; e.g. lr=1e-4")
-    if weight_decay < 0:
-        raise LeafnetError(f"weight_decay must be 0 or more, got {weight_decay}")
     if "betas" in kwargs:  # yaml gives a list (or an OmegaConf ListConfig); torch wants a tuple
         kwargs["betas"] = tuple(float(b) for b in kwargs["betas"])
     try:

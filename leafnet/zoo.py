@@ -133,8 +133,6 @@ class TorchvisionNet(WrappedNet):
                 f"model.name={name!r} is not a torchvision classifier; try resnet18, "
                 "mobilenet_v3_small or efficientnet_b0"
             )
-        if not isinstance(pretrained, bool):
-            raise LeafnetError(f"model.pretrained must be true or false, got {pretrained!r}")
         self.name = name
         self.image_size = image_size
         self.num_classes = num_classes

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet, glorot_bound
 
 # (LeafNet kwargs, expected rows (name, kind, output shape, params)), the numbers worked by hand:
@@ -138,20 +137,6 @@ def test_logits_and_keras_flatten_order() -> None:
     x = torch.arange(2 * 2 * 3, dtype=torch.float32).reshape(1, 2, 2, 3)  # N, C, H, W
     flat = model.flatten(x)
     assert flat[0, :4].tolist() == [x[0, 0, 0, 0], x[0, 1, 0, 0], x[0, 0, 0, 1], x[0, 1, 0, 1]]
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "needle"),
-    [
-        ({"dense_units": 0}, "dense_units"),
-        ({"num_classes": 2.5}, "num_classes"),
-        ({"image_size": 5}, "too small"),
-        ({"conv1_filters": True}, "conv1_filters"),
-    ],
-)
-def test_bad_arguments_are_user_errors(kwargs: dict, needle: str) -> None:
-    with pytest.raises(LeafnetError, match=needle):
-        LeafNet(**kwargs)
 
 
 def test_forward_flops_seed() -> None:

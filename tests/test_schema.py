@@ -54,6 +54,10 @@ def checked(*overrides: str) -> None:
         ("model.dropout=1", "model.dropout"),
         ("model.global_pool=maybe", "model.global_pool"),
         ("model.num_classes=1", "model.num_classes"),
+        ("model.dense_units=0", "model.dense_units"),
+        ("model.conv1_filters=true", "model.conv1_filters"),
+        ("data.image_size=5", "data.image_size"),  # too small for the seed's two poolings
+        ("weight_decay=-0.1", "weight_decay"),
     ],
 )
 def test_a_wrong_value_names_the_key_and_what_it_takes(override: str, key: str) -> None:

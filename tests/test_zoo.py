@@ -154,8 +154,6 @@ def test_unknown_names_get_one_line() -> None:
         )
     with pytest.raises(LeafnetError, match=r"model\.arch='vgg'"):
         build_model({"arch": "vgg", "image_size": 32, "num_classes": 3})
-    with pytest.raises(LeafnetError, match="dropout"):
-        build_model({"arch": "leafnet", "dropout": 1.5, "image_size": 32, "num_classes": 3})
 
 
 def _hub_file(name: str, hub: Path) -> Path:
