@@ -143,8 +143,6 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if output is not None and output.suffix.lower() not in OUTPUT_FORMATS:
         raise LeafnetError(f"out={output}: use a name ending in .csv or .json")
     overwrite, resume = cfg.get("overwrite", False), cfg.get("resume", False)
-    if not isinstance(resume, bool):
-        raise LeafnetError(f"resume={resume!r}: use true or false")
     streaming = output is not None and output.suffix.lower() == ".csv"
     if output is not None:
         refuse_existing(output, overwrite, "out")
@@ -156,8 +154,6 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                 "finish it, or overwrite=true to start again"
             )
     batch_size = cfg.batch_size
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LeafnetError(f"batch_size={batch_size} must be a positive integer")
     classifier, device = load_model(cfg)
     names = list(classifier.hparams.class_names)
     files = expand_inputs(cfg.input)
