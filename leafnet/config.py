@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from leafnet.errors import LeafnetError
+from leafnet.rank import is_rank0
 
 # The top-level conf/ in a source checkout (and an editable install); leafnet/conf/ in a wheel.
 _PACKAGE = Path(__file__).resolve().parent
@@ -38,7 +39,10 @@ def _run_dir(resume: object, new_dir: str) -> str:
 def _config_subdir(resume: object, output_dir: str) -> str | None:
     """`hydra.output_subdir`, where Hydra saves this invocation's config. A resumed run keeps its
     own `.hydra/` (this one goes to `.hydra/resume/`); in a directory that already holds a run,
-    which `train` then refuses, Hydra saves nothing rather than replace that run's config."""
+    which `train` then refuses, Hydra saves nothing rather than replace that run's config; nor
+    does any process of a multi-process run but the first (they share its directory)."""
+    if not is_rank0():
+        return None
     if _resuming(resume):
         return ".hydra/resume"
     out = Path(output_dir)

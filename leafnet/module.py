@@ -329,7 +329,7 @@ class LeafClassifier(pl.LightningModule):
         # First step with a non-finite loss, kept on the device (-1 while all is well).
         bad = ~torch.isfinite(loss) & (self.nonfinite_step < 0)
         self.nonfinite_step = torch.where(bad, step, self.nonfinite_step)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
@@ -355,7 +355,9 @@ class LeafClassifier(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
         logits = self._logits(x)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
+        self.log(
+            "val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True
+        )
         self.val_acc.update(logits, y)
         self.log("val_acc", self.val_acc, on_epoch=True)
         return {"preds": logits.argmax(dim=-1)}
@@ -363,7 +365,13 @@ class LeafClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self._logits(x)
-        self.log("test_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0])
+        self.log(
+            "test_loss",
+            F.cross_entropy(logits, y),
+            on_epoch=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         metrics = (
             self.test_acc, self.test_f1, self.test_balanced_acc, self.test_precision,
             self.test_recall,
@@ -380,7 +388,7 @@ class LeafClassifier(pl.LightningModule):
         names = self.hparams.class_names
         for label, metric in (("precision", self.test_precision), ("recall", self.test_recall)):
             for name, value in zip(names, metric.compute(), strict=True):
-                self.log(f"test_{label}/{name}", value)
+                self.log(f"test_{label}/{name}", value, sync_dist=True)  # equal in every process
             metric.reset()
 
     def first_nonfinite_step(self) -> int:

@@ -121,6 +121,7 @@ TRAIN_KEYS: tuple[Key, ...] = (
     ),
     Key("data.limit_per_class", positive_int, "a positive integer", nullable=True),
     Key("data.augment", one_of("none", "basic"), "none or basic"),
+    Key("data.sampler", one_of("shuffle", "balanced"), "shuffle or balanced"),
     Key("data.synthetic_style", one_of("lab", "field"), "lab or field"),
     Key(
         "model.num_classes",

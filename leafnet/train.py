@@ -16,6 +16,7 @@ and the TensorBoard events. At the end the best checkpoint is tested and a resul
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
@@ -44,10 +45,11 @@ from leafnet.data.folder import check_data_dir
 from leafnet.errors import LeafnetError, fail
 from leafnet.module import LeafClassifier
 from leafnet.perf import runs_on_cpu
+from leafnet.rank import is_rank0, started_by_launcher
 from leafnet.runs import read_run
 from leafnet.schema import check_train_config
 from leafnet.training import logs, rundir
-from leafnet.training.bookkeeping import Run, is_rank0, open_run, run_job
+from leafnet.training.bookkeeping import Run, open_run, run_job
 from leafnet.training.callbacks import DivergenceStop
 from leafnet.training.outcome import final_metrics, fit_outcome, test_outcome
 from leafnet.training.resume import resume_config
@@ -262,7 +264,8 @@ def _is_multirun() -> bool:
 def _task(cfg: DictConfig) -> float | None:
     """Hydra's task function: one run, logging into its directory's train.log."""
     logs.to_console()
-    with logs.to_file(Path(HydraConfig.get().runtime.output_dir) / "train.log"):
+    run_log = Path(HydraConfig.get().runtime.output_dir) / "train.log"
+    with logs.to_file(run_log) if is_rank0() else contextlib.nullcontext():
         return run_job(train, cfg, multirun=_is_multirun())
 
 
@@ -345,6 +348,12 @@ def main() -> None:
         _task()
         return
     overrides = [a for a in argv if not a.startswith("-")]
+    if started_by_launcher() and not any(a.startswith("hydra.run.dir=") for a in overrides):
+        fail(
+            "a run that torchrun or srun starts in several processes needs hydra.run.dir=<a "
+            "folder every process reaches>, the same in each (docs/training.md, 'Several "
+            "processes and machines')"
+        )
     try:
         cfg = _composed(overrides)
     except LeafnetError as err:

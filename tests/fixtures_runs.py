@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -120,6 +121,23 @@ class KillAt(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ShardLog(pl.Callback):
+    """Write the training images this process reads in each epoch to
+    `<out>/<epoch>_<rank>.json`, read from the loader's own sampler after Lightning set its
+    epoch (a sampler Lightning had wrapped in its own would show here by its type)."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sampler = trainer.train_dataloader.sampler
+        assert type(sampler).__name__ == "EpochIndices", type(sampler)
+        self.out.mkdir(parents=True, exist_ok=True)
+        seen = [int(i) for _, i in sampler]
+        name = f"{trainer.current_epoch}_{trainer.global_rank}.json"
+        (self.out / name).write_text(json.dumps(seen))
 
 
 def _made_once(

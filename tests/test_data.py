@@ -379,3 +379,20 @@ def test_a_mistyped_data_dir_is_not_filled_with_generated_images(tmp_path):
     with pytest.raises(LeafnetError, match=r"my_leaves_typo does not exist; .*data=folder"):
         make(typo, synthetic=True).setup("fit")
     assert not typo.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_balanced_sampler_trains_on_every_class_equally_often(own_dir: Path) -> None:
+    first = sorted(p for p in own_dir.iterdir() if p.is_dir())[0]
+    for extra in sorted(first.iterdir())[3:]:  # 3 photos of this class against 12 of the others
+        extra.unlink()
+    counts = {"shuffle": torch.zeros(3), "balanced": torch.zeros(3)}
+    for sampler in counts:
+        dm = make(own_dir, sampler=sampler)
+        loader = dm.train_dataloader()
+        for epoch in range(40):
+            loader.sampler.set_epoch(epoch)
+            for _, y in loader:
+                counts[sampler] += torch.bincount(y, minlength=3)
+    shares = {k: v / v.sum() for k, v in counts.items()}
+    assert shares["shuffle"][0] < 0.15  # about 2 of 19 training photos
+    assert shares["balanced"].min() > 0.25 and shares["balanced"].max() < 0.42

@@ -239,17 +239,41 @@ def test_ctrl_c_or_sigterm_saves_last_and_ends_interrupted(
 
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes(tmp_path: Path, tiny_train_images: Path) -> None:
+    """Two gloo processes: each reads its own shard (ShardLog records them), the test metrics
+    count each image once, and the run resumes exactly as it would have gone on."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    shards = tmp_path / "shards"
+    odd = ["data.limit_per_class=11", "data.val_fraction=0.1", "data.test_fraction=0.1"]
+    args = [*tiny_args(tiny_train_images, tmp_path, "epochs=2", *odd), *ddp]  # odd subsets
+    logged = [
+        "+callbacks.shards._target_=fixtures_runs.ShardLog",
+        f"+callbacks.shards.out={shards}",
+    ]
     run_dir = tmp_path / "run"
-    result = train_cli(
-        *tiny_args(tiny_train_images, tmp_path, "epochs=1"),
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        f"hydra.run.dir={run_dir}",
-        timeout=600,
-    )
+    result = train_cli(*args, *logged, f"hydra.run.dir={run_dir}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert summary(run_dir)["status"] == "completed"
+    s = summary(run_dir)
+    assert s["status"] == "completed"
+    counts = s["class_counts"]
+    for epoch in (0, 1):
+        seen = [json.loads((shards / f"{epoch}_{rank}.json").read_text()) for rank in (0, 1)]
+        assert len(seen[0]) == len(seen[1])  # as many steps in each process
+        assert not set(seen[0]) & set(seen[1]) or len(seen[0]) * 2 > sum(
+            c["train"] for c in counts.values()
+        )  # disjoint, but for the one image that evens odd shards
+        assert len(set(seen[0]) | set(seen[1])) == sum(c["train"] for c in counts.values())
+    assert sum(map(sum, s["confusion_matrix"])) == sum(c["test"] for c in counts.values())
+
+    # Stopped after epoch 1 and resumed for epoch 2: the same weights as the straight run.
+    short = tmp_path / "short"
+    first = train_cli(*args[:-3], "epochs=1", *ddp, f"hydra.run.dir={short}", timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = train_cli(f"resume={short}", "epochs=2", timeout=600)  # its own trainer=ddp
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    again = torch.load(short / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][name]), name
 
 
 @pytest.mark.parametrize("logger", ["csv", "none"])

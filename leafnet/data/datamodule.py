@@ -28,7 +28,8 @@ from leafnet.data import duplicates, splits
 from leafnet.data.cache import DiskCache
 from leafnet.data.folder import scan_folder
 from leafnet.data.images import DEFAULT_MAX_PIXELS, Preprocessing
-from leafnet.data.stream import CachedImages, EpochIndices, basic_augmentation, collate, prepare
+from leafnet.data.sampling import EpochIndices, EvalShard, balanced_weights
+from leafnet.data.stream import CachedImages, basic_augmentation, collate, prepare
 from leafnet.data.synthetic import ensure_synthetic
 from leafnet.errors import LeafnetError
 from leafnet.files import write_text
@@ -61,6 +62,7 @@ class LeafDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         num_workers: int | str = "auto",
         augment: str = "none",
+        sampler: str = "shuffle",
         limit_per_class: int | None = None,
         synthetic_seed: int = 0,
         synthetic_style: str = "lab",
@@ -93,6 +95,7 @@ class LeafDataModule(L.LightningDataModule):
         # The values' types and ranges were checked with the config's (`leafnet.schema`).
         self.num_workers_setting = str(num_workers)
         self.augment = str(augment)
+        self.sampler = str(sampler)
         self.limit_per_class = None if limit_per_class is None else int(limit_per_class)
         self.synthetic_seed = int(synthetic_seed)
         self.synthetic_style = str(synthetic_style)
@@ -408,13 +411,26 @@ class LeafDataModule(L.LightningDataModule):
             return 0
         return self.trainer.fit_loop.epoch_progress.current.processed
 
+    def _shard(self) -> tuple[int, int]:
+        """(processes, this one's rank): under DDP each reads its own shard of every subset."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _sampler(self, ds: CachedImages, shuffle: bool) -> EpochIndices | EvalShard:
+        world, rank = self._shard()
+        if not shuffle:
+            return EvalShard(len(ds), world, rank)
+        weights = balanced_weights(ds.labels) if self.sampler == "balanced" else None
+        return EpochIndices(len(ds), self.seed, self._first_epoch(), world, rank, weights)
+
     def _loader(self, subset: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(subset)
         workers = self.workers_for(ds.transform is not None)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochIndices(len(ds), self.seed, self._first_epoch()) if shuffle else None,
+            sampler=self._sampler(ds, shuffle),
             # Its own generator for the workers' base seed, which the DataLoader would otherwise
             # draw from the global RNG (and so shift what a step draws, e.g. dropout masks).
             generator=self._loader_gen if shuffle else None,

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Sampler, default_collate
+from torch.utils.data import Dataset, default_collate
 
 from leafnet.data.cache import DiskCache, cache_key
 from leafnet.data.duplicates import fingerprint
@@ -126,31 +126,6 @@ def _decode_missing(
                     results[i] = result
                     bar.update()
     return results
-
-
-class EpochIndices(Sampler):
-    """The training order, each index paired with the epoch: `(epoch, i)`.
-
-    The order is drawn from `seed + epoch` alone (as DataLoader(shuffle=True) draws it from a
-    generator seeded so: one int64 for the workers' base seed, then a permutation), so it is the
-    same with or without persistent workers, straight or resumed. The dataset seeds a sample's
-    augmentation by (seed, epoch, image). Lightning calls `set_epoch` before each epoch.
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        generator = torch.Generator().manual_seed(self.seed + epoch)
-        torch.empty((), dtype=torch.int64).random_(generator=generator)  # DataLoader's draw
-        return ((epoch, i) for i in torch.randperm(self.n, generator=generator).tolist())
 
 
 def _split_keys(keys: Sequence[Any]) -> tuple[list[int], list[int]]:

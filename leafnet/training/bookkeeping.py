@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from leafnet.adapters.tensorboard import without_tensorflow
 from leafnet.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, LeafnetError, fail
 from leafnet.perf import peak_rss_bytes, split_threads, tune_process
+from leafnet.rank import is_rank0
 from leafnet.training import rundir
 from leafnet.training.checkpoint import AtomicCheckpoint
 from leafnet.training.outcome import blank_summary, format_result, write_summary
@@ -42,11 +43,6 @@ log = logging.getLogger(__name__)
 
 class Diverged(LeafnetError):
     """The loss became NaN or infinite, or exploded; the run was saved with status diverged."""
-
-
-def is_rank0() -> bool:
-    """Whether this process is the first of a run (DDP's other ranks run `train()` too)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 @dataclass

@@ -161,7 +161,7 @@ class DeadUnits(Callback):
         if trainer.sanity_checking or self._alive is None:
             return
         alive, total = int(self._alive.sum()), self._alive.numel()
-        pl_module.log("val_alive_units", float(alive), sync_dist=False)
+        pl_module.log("val_alive_units", float(alive), sync_dist=True, reduce_fx="max")
         if alive == 0 and not self._warned:
             self._warned = True
             log.warning(
@@ -232,10 +232,11 @@ class EpochMetrics(Callback):
         epoch_time = time.perf_counter() - self._start
         train_time = self._train_time or epoch_time
         images_per_s = self._images * trainer.world_size / max(train_time, 1e-9)
-        pl_module.log("epoch_time_s", epoch_time, on_epoch=True, sync_dist=False)
-        pl_module.log("images_per_s", images_per_s, on_epoch=True, sync_dist=False)
+        # Under DDP: the mean over the processes (each logs its own part of the epoch).
+        pl_module.log("epoch_time_s", epoch_time, on_epoch=True, sync_dist=True)
+        pl_module.log("images_per_s", images_per_s, on_epoch=True, sync_dist=True)
         wait_share = self._wait / max(self._wait + self._busy, 1e-9)
-        pl_module.log("data_wait_share", wait_share, on_epoch=True, sync_dist=False)
+        pl_module.log("data_wait_share", wait_share, on_epoch=True, sync_dist=True)
         m = trainer.callback_metrics
         row = {
             "epoch": trainer.current_epoch + 1,
@@ -250,14 +251,15 @@ class EpochMetrics(Callback):
             "data_wait_share": round(wait_share, 4),
         }
         self.rows.append(row)
+        if not trainer.is_global_zero:
+            return
         log.info(
             "epoch %d: train_loss %.4f acc %.3f | val_loss %.4f acc %.3f | %.1fs, %.1f img/s, "
             "data wait %.1f%%",
             row["epoch"], row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
             epoch_time, images_per_s, 100 * wait_share,
         )  # fmt: skip
-        if trainer.is_global_zero:
-            self._write(self._path(trainer))
+        self._write(self._path(trainer))
 
     def _write(self, path: Path) -> None:
         with atomic_path(path) as tmp, tmp.open("w", newline="") as f:

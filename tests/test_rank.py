@@ -1,0 +1,60 @@
+"""Which process of a multi-process run is the first, however the processes were started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_runs import REPO, tiny_args, train_main
+
+from leafnet.rank import RANK_VARIABLES, is_rank0
+
+
+@pytest.mark.parametrize(
+    ("env", "first"),
+    [
+        ({}, True),  # one process
+        ({"LOCAL_RANK": "1", "NODE_RANK": "0"}, False),  # started by Lightning
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),  # Lightning, the second machine
+        ({"RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"}, False),  # torchrun
+        ({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, True),
+        ({"LOCAL_RANK": "0", "GROUP_RANK": "1"}, False),  # torchrun, the second machine
+        ({"SLURM_PROCID": "2"}, False),  # srun
+    ],
+)
+def test_only_the_first_process_is_rank0(monkeypatch, env: dict, first: bool) -> None:
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert is_rank0() is first
+
+
+def test_a_launched_run_without_a_shared_directory_is_refused(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = train_main(f"paths.output_dir={tmp_path}", "trainer=ddp")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "hydra.run.dir" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_share_one_run(tmp_path: Path, tiny_train_images: Path) -> None:
+    run_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--nproc-per-node=2", "-m", "leafnet.train",
+         *tiny_args(tiny_train_images, tmp_path / "out", "epochs=1"),
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert log.count("epoch 1:") == 1 and "leafnet: completed" in log  # the first process's
+    assert result.stdout.count("epoch 1:") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]  # no stray run folders
+    assert not (tmp_path / "out" / "runs").exists()
