@@ -12,7 +12,6 @@ warns in one line when the model is not clearly better.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,12 +49,10 @@ def histograms_of(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(labels)
 
 
-def fit_baseline(
-    x: dict[str, np.ndarray], y: dict[str, np.ndarray], classes: Sequence[int] | None = None
-) -> dict[str, Any]:
-    """Logistic regression on `x["train"]`, C chosen on `x["val"]`, scored on `x["test"]`."""
+def fit_colour(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
+    """Logistic regression on `x["train"]`, C chosen on `x["val"]`: the fitted model and
+    `{"val_acc", "C"}`."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -65,14 +62,23 @@ def fit_baseline(
 
     scores = {c: fit(c).score(x["val"], y["val"]) for c in C_GRID}
     best_c = max(C_GRID, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-    model = fit(best_c)
-    predicted = model.predict(x["test"])
+    return fit(best_c), {"val_acc": round(float(scores[best_c]), 4), "C": best_c}
+
+
+def scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy and balanced accuracy of class predictions."""
+    from sklearn.metrics import balanced_accuracy_score
+
     return {
-        "val_acc": round(float(scores[best_c]), 4),
-        "test_acc": round(float((predicted == y["test"]).mean()), 4),
-        "test_balanced_acc": round(float(balanced_accuracy_score(y["test"], predicted)), 4),
-        "C": best_c,
+        "test_acc": round(float((predicted == truth).mean()), 4),
+        "test_balanced_acc": round(float(balanced_accuracy_score(truth, predicted)), 4),
     }
+
+
+def fit_baseline(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Logistic regression on `x["train"]`, C chosen on `x["val"]`, scored on `x["test"]`."""
+    model, fitted = fit_colour(x, y)
+    return {**fitted, **scores(model.predict(x["test"]), y["test"])}
 
 
 def colour_baseline(datasets: dict[str, Any]) -> dict[str, Any]:

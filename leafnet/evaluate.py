@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,12 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from leafnet.baseline import colour_histograms, fit_baseline, histograms_of, verdict
+from leafnet.baseline import colour_histograms, fit_colour, histograms_of, scores, verdict
 from leafnet.config import command_config
 from leafnet.data.folder import scan_folder
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing, write_text
-from leafnet.inference import load_model, predict_files
+from leafnet.inference import iter_predictions, load_model
 from leafnet.runs import run_datamodule
 
 
@@ -135,29 +136,43 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     files = [Path(f) for f in truth]
     if not files:
         raise LeafnetError(f"data.dir={root}: the class folders hold no image files")
-    results, skipped = predict_files(
+    colour_model, colour = _colour_model(cfg.ckpt, classifier)
+    # One pass, a batch at a time: per photo only its classes are kept (memory flat in the
+    # folder's size), and the misclassified ones by name.
+    preds, target, colour_preds = array("h"), array("h"), array("h")
+    skipped: list[dict[str, str]] = []
+    misclassified: list[dict[str, str]] = []
+    for done, bad in iter_predictions(
         classifier, files, device=device, batch_size=cfg.batch_size, workers=cfg.workers,
         progress=cfg.get("progress"),
-    )  # fmt: skip
-    if not results:
+    ):  # fmt: skip
+        skipped += bad
+        for r in done:
+            p, t = names.index(r["predicted"]), truth[r["file"]]
+            preds.append(p)
+            target.append(t)
+            if p != t:
+                misclassified.append({"file": r["file"], "true": names[t], "predicted": names[p]})
+        if colour_model is not None and done:
+            colour_preds.extend(
+                _colour_classes(colour_model, [r["file"] for r in done], classifier)
+            )
+    if not preds:
         raise LeafnetError(f"data.dir={root}: none of the {len(files)} images could be read")
-    preds = torch.tensor([names.index(r["predicted"]) for r in results])
-    target = torch.tensor([truth[r["file"]] for r in results])
-    metrics = compute_metrics(preds, target, names)
+    metrics = compute_metrics(torch.tensor(preds), torch.tensor(target), names)
     metrics.update(
         checkpoint=str(cfg.ckpt),
         data_dir=str(root),
-        images=len(results),
+        images=len(preds),
         classes_absent=absent,
         skipped=skipped,
-        misclassified=[
-            {"file": r["file"], "true": names[t], "predicted": r["predicted"]}
-            for r, t in zip(results, target.tolist(), strict=True)
-            if r["predicted"] != names[t]
-        ],
+        misclassified=misclassified,
     )
-
-    metrics["colour_baseline"] = _colour_baseline(cfg.ckpt, results, target, classifier)
+    if colour_model is not None:
+        got = scores(np.array(colour_preds), np.array(target))
+        colour = {"accuracy": got["test_acc"], "balanced_accuracy": got["test_balanced_acc"],
+                  "C": colour["C"]}  # fmt: skip
+    metrics["colour_baseline"] = colour
 
     out = Path(str(cfg.out))
     for name in ("confusion_matrix.png", "metrics.json"):
@@ -166,7 +181,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     save_confusion_png(metrics["confusion_matrix"], names, out / "confusion_matrix.png", overwrite)
     write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n", replace=overwrite)
 
-    print(f"{len(results)} images in {len(names) - len(absent)} classes from {root}")
+    print(f"{len(preds)} images in {len(names) - len(absent)} classes from {root}")
     if absent:
         print(
             f"leafnet: {root} holds no {', '.join(absent)}: macro F1 and balanced accuracy are "
@@ -191,35 +206,31 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _colour_baseline(
-    ckpt: Any, results: list[dict[str, Any]], target: torch.Tensor, classifier: Any
-) -> dict[str, Any]:
-    """The colour baseline trained on the checkpoint's run (its training photos, C chosen on its
-    validation photos) and scored on this folder; `{"skipped": reason}` when the run's photos are
-    not at hand (a bare .ckpt, a moved data folder)."""
-    from leafnet.data.images import load_for_model, to_display
-
+def _colour_model(ckpt: Any, classifier: Any) -> tuple[Any, dict[str, Any]]:
+    """The colour baseline fitted on the checkpoint's run (its training photos, C chosen on its
+    validation photos), with `{"C"}`; `(None, {"skipped": reason})` when the run's photos are not
+    at hand (a bare .ckpt, a moved data folder)."""
     run_dir = Path(str(ckpt))
     if run_dir.is_file():
         run_dir = run_dir.parent.parent  # <run>/checkpoints/best.ckpt
     try:
         dm = run_datamodule(run_dir)
     except LeafnetError as err:
-        return {"skipped": f"the training run's photos are not at hand ({err})"}
-    train, val = (histograms_of(dm.dataset(s)) for s in ("train", "val"))
+        return None, {"skipped": f"the training run's photos are not at hand ({err})"}
+    (xt, yt), (xv, yv) = (histograms_of(dm.dataset(s)) for s in ("train", "val"))
+    model, fitted = fit_colour({"train": xt, "val": xv}, {"train": yt, "val": yv})
+    return model, fitted
+
+
+def _colour_classes(model: Any, files: list[str], classifier: Any) -> list[int]:
+    """The colour baseline's classes for `files`, each read as the model reads it."""
+    from leafnet.data.images import load_for_model, to_display
+
     prep = classifier.prep
-    here = np.concatenate(
-        [
-            colour_histograms(to_display(load_for_model(Path(r["file"]), prep), prep)[None])
-            for r in results
-        ]
-    )  # one photo at a time: memory flat in the folder's size
-    fitted = fit_baseline(
-        {"train": train[0], "val": val[0], "test": here},
-        {"train": train[1], "val": val[1], "test": target.numpy()},
+    hists = np.concatenate(
+        [colour_histograms(to_display(load_for_model(Path(f), prep), prep)[None]) for f in files]
     )
-    return {"accuracy": fitted["test_acc"], "balanced_accuracy": fitted["test_balanced_acc"],
-            "C": fitted["C"]}  # fmt: skip
+    return [int(c) for c in model.predict(hists)]
 
 
 @cli_errors

@@ -160,16 +160,3 @@ def iter_predictions(
                     )
             bar.update(len(chunk))
             yield results, skipped
-
-
-def predict_files(
-    classifier: LeafClassifier, files: Sequence[Path], **options: Any
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Every prediction and every skipped file at once: `iter_predictions` (same options),
-    collected."""
-    results: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    for done, bad in iter_predictions(classifier, files, **options):
-        results += done
-        skipped += bad
-    return results, skipped
