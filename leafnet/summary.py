@@ -138,12 +138,15 @@ def format_summary(
 def model_from_config(cfg: Any) -> nn.Module:
     """The network a composed training config describes (num_classes null -> the seed's 3)."""
     from leafnet.config import to_primitive
+    from leafnet.schema import check_train_config
     from leafnet.zoo import build_model
 
     model = to_primitive(cfg.model)
     if model.get("num_classes") is None:
         model["num_classes"] = SEED_NUM_CLASSES
-    return build_model({**model, "image_size": cfg.data.image_size})
+    image_size = cfg.data.image_size
+    check_train_config({"model": model, "data": {"image_size": image_size}})  # the overrides'
+    return build_model({**model, "image_size": image_size})
 
 
 @cli_errors
