@@ -27,6 +27,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from leafnet.adapters.lightning import FINDER_SCHEDULES
 from leafnet.config import to_primitive
 from leafnet.data.images import Preprocessing, to_float
 from leafnet.errors import LeafnetError
@@ -342,6 +343,8 @@ class LeafClassifier(pl.LightningModule):
         # Schedules step once per epoch; plateau watches the validation loss of this epoch.
         scheduler = self.lr_schedulers()
         if scheduler is None or self.trainer.should_stop:  # the run ends here (e.g. diverged)
+            return
+        if isinstance(scheduler, FINDER_SCHEDULES):  # stepped per optimizer step (training.tune)
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             val_loss = self.trainer.callback_metrics.get("val_loss")

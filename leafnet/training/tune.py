@@ -8,8 +8,8 @@ Manual optimization: `LeafClassifier` steps its optimizer itself (micro-batching
 steps LR schedulers only under automatic optimization, so the finder's schedule would never move:
 every step would run at `min_lr` and the curve would be flat. While the finder runs, a global
 optimizer-step hook steps the finder's schedule once per optimizer step instead, exactly where
-the automatic loop would, and the module's own once-per-epoch `scheduler.step()` is made a no-op
-for the finder's schedule (it would advance it irregularly at epoch ends).
+the automatic loop would; the module's own once-per-epoch `scheduler.step()` leaves the finder's
+schedules alone (it would advance them irregularly at epoch ends).
 """
 
 from __future__ import annotations
@@ -37,14 +37,8 @@ def _manual_schedule_stepper(trainer: pl.Trainer) -> Any:
         if not configs or not isinstance(configs[0].scheduler, FINDER_SCHEDULES):
             return
         schedule = configs[0].scheduler
-        if optimizer is not schedule.optimizer:
-            return
-        real_step = schedule.__dict__.get("_leafnet_step")
-        if real_step is None:
-            real_step = schedule.step
-            schedule._leafnet_step = real_step  # type: ignore[attr-defined]
-            schedule.step = lambda *a, **k: None  # the module's per-epoch call: ignored
-        real_step()
+        if optimizer is schedule.optimizer:
+            schedule.step()
 
     return hook
 
