@@ -17,9 +17,11 @@ from leafnet.config import compose, training_args
 from leafnet.errors import cli_errors
 
 # Small enough for about a minute on two cores; large enough for the leaves' lesions to show.
+# 40 photos per class: the embedded set's first 40, written in a third of the full set's time.
 DEMO_OVERRIDES = (
-    "data.image_size=128", "epochs=12", "lr=1e-3", "trainer=cpu", "logger=tensorboard",
-    "callbacks.val_images.every_n_epochs=12",
+    "data.image_size=128", "epochs=30", "lr=1e-3", "trainer=cpu", "logger=tensorboard",
+    "callbacks.val_images.every_n_epochs=30", "++data.synthetic_per_class=40",
+    "data.dir=${paths.data_dir}/synthetic-${data.synthetic_style}-40",
 )  # fmt: skip
 
 
@@ -34,7 +36,7 @@ def demo(argv: Sequence[str] = ()) -> Path:
     out = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     run_dir = out / "run"
     started = time.perf_counter()
-    print("leafnet demo: training the seed's network for 12 epochs at 128 px ...", flush=True)
+    print("leafnet demo: training the seed's network, 30 epochs at 128 px ...", flush=True)
     cfg = compose("train", [*DEMO_OVERRIDES, f"paths.output_dir={out}", *argv])
     train(cfg, run_dir)
 

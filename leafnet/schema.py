@@ -99,6 +99,11 @@ TRAIN_KEYS: tuple[Key, ...] = (
     Key("data.dir", _is_path, "a folder with one sub-folder per class"),
     Key("data.synthetic", _is_bool, "true or false"),
     Key("data.synthetic_seed", _is_int, "an integer"),
+    Key(
+        "data.synthetic_per_class",
+        lambda v: positive_int(v) and v <= 10000,
+        "an integer from 1 to 10000",
+    ),
     Key("data.image_size", lambda v: _is_int(v) and 6 <= v <= 8192, "an integer from 6 to 8192"),
     Key("data.pad_color", _three(0, 255, ints=True), "three integers 0-255, e.g. [0,0,0]"),
     Key("data.mean", _three(-1e3, 1e3, ints=False), "three numbers"),

@@ -365,11 +365,11 @@ def test_accepts_every_key_of_the_data_configs(tmp_path):
 
 
 def test_synthetic_set_is_generated_on_first_use(tmp_path, monkeypatch):
-    small = functools.partial(ensure_synthetic, n_per_class=4, size=48)
+    small = functools.partial(ensure_synthetic, size=48)
     monkeypatch.setattr(dm_module, "ensure_synthetic", small)
     target = tmp_path / "synthetic"
     target.mkdir()  # present but empty counts as missing
-    dm = make(target, synthetic=True, val_fraction=0.25, test_fraction=0.25)
+    dm = make(target, synthetic=True, synthetic_per_class=4, val_fraction=0.25, test_fraction=0.25)
     assert dm.class_names == list(CLASS_NAMES) and len(dm.labels) == 12
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
 
@@ -396,3 +396,17 @@ def test_a_balanced_sampler_trains_on_every_class_equally_often(own_dir: Path) -
     shares = {k: v / v.sum() for k, v in counts.items()}
     assert shares["shuffle"][0] < 0.15  # about 2 of 19 training photos
     assert shares["balanced"].min() > 0.25 and shares["balanced"].max() < 0.42
+
+
+def test_a_part_of_the_synthetic_set_is_its_first_images(tmp_path: Path) -> None:
+    """`data.synthetic_per_class=n` (make demo's 40) writes the full set's first n per class, in
+    a folder of its own name."""
+    part, whole = tmp_path / "synthetic-lab-2", tmp_path / "synthetic-lab-3"
+    ensure_synthetic(part, n_per_class=2, size=48)
+    ensure_synthetic(whole, n_per_class=3, size=48)
+    for name in CLASS_NAMES:
+        assert sorted(p.name for p in (part / name).iterdir()) == ["000.jpg", "001.jpg"]
+        for p in (part / name).iterdir():
+            assert p.read_bytes() == (whole / name / p.name).read_bytes()
+    with pytest.raises(LeafnetError, match="synthetic-lab-40"):
+        make(tmp_path / "synthetic-lab", synthetic=True, synthetic_per_class=40)

@@ -66,6 +66,7 @@ class LeafDataModule(L.LightningDataModule):
         limit_per_class: int | None = None,
         synthetic_seed: int = 0,
         synthetic_style: str = "lab",
+        synthetic_per_class: int = 100,
         split_seed: int | None = None,
         duplicates: str = "near",
         group_pattern: str | None = None,
@@ -97,8 +98,8 @@ class LeafDataModule(L.LightningDataModule):
         self.augment = str(augment)
         self.sampler = str(sampler)
         self.limit_per_class = None if limit_per_class is None else int(limit_per_class)
-        self.synthetic_seed = int(synthetic_seed)
-        self.synthetic_style = str(synthetic_style)
+        self.synthetic_seed, self.synthetic_style = int(synthetic_seed), str(synthetic_style)
+        self.synthetic_per_class = int(synthetic_per_class)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.split_seed = self.seed if split_seed is None else int(split_seed)
@@ -139,14 +140,17 @@ class LeafDataModule(L.LightningDataModule):
     def _ensure_synthetic(self) -> None:
         # A missing folder is written into only under the set's own name: a mistyped data.dir
         # must not quietly become 300 generated images.
-        own_name = f"synthetic-{self.synthetic_style}"
+        n, own_name = self.synthetic_per_class, f"synthetic-{self.synthetic_style}"
+        own_name += "" if n == 100 else f"-{n}"  # a part of the set has a folder of its own
         if not self.dir.exists() and self.dir.name != own_name:
             raise LeafnetError(
                 f"data.dir={self.dir} does not exist; for your own photos use data=folder "
                 f"data.dir=<your folder>; the synthetic set is written only into a folder named "
                 f"{own_name}"
             )
-        if ensure_synthetic(self.dir, seed=self.synthetic_seed, style=self.synthetic_style):
+        if ensure_synthetic(
+            self.dir, n_per_class=n, seed=self.synthetic_seed, style=self.synthetic_style
+        ):
             log.info("wrote the synthetic leaf set to %s (first use)", self.dir)
 
     def _scan(self) -> None:
@@ -411,14 +415,9 @@ class LeafDataModule(L.LightningDataModule):
             return 0
         return self.trainer.fit_loop.epoch_progress.current.processed
 
-    def _shard(self) -> tuple[int, int]:
-        """(processes, this one's rank): under DDP each reads its own shard of every subset."""
-        if self.trainer is None:
-            return 1, 0
-        return self.trainer.world_size, self.trainer.global_rank
-
     def _sampler(self, ds: CachedImages, shuffle: bool) -> EpochIndices | EvalShard:
-        world, rank = self._shard()
+        trainer = self.trainer  # under DDP each process reads its own shard of every subset
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         if not shuffle:
             return EvalShard(len(ds), world, rank)
         weights = balanced_weights(ds.labels) if self.sampler == "balanced" else None
