@@ -15,11 +15,16 @@ RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID
 
 def is_rank0() -> bool:
     """Whether this process is the first of its run (a run of one process always is)."""
-    return all(int(os.environ.get(name) or 0) == 0 for name in RANK_VARIABLES)
+    return all(_number(name, 0) == 0 for name in RANK_VARIABLES)
 
 
 def started_by_launcher() -> bool:
     """Whether `torchrun` or `srun` started this process as one of several (each process then
     composes its own config, so all must be given the same `hydra.run.dir`)."""
-    world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1
-    return int(world) > 1
+    return max(_number("WORLD_SIZE", 1), _number("SLURM_STEP_NUM_TASKS", 1)) > 1
+
+
+def _number(name: str, default: int) -> int:
+    """An integer variable; unset, empty or not a number (a launcher's, not the user's): default."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else default

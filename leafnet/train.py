@@ -24,7 +24,6 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +182,7 @@ def diverged_at(callbacks: list[pl.Callback]) -> dict[str, Any] | None:
     return stops[0].diverged_at if stops else None
 
 
-@contextmanager
+@contextlib.contextmanager
 def interruptible(trainer: pl.Trainer) -> Iterator[None]:
     """Lightning turns Ctrl-C (and SIGTERM, see `run_job`) into sys.exit(1) after the callbacks'
     on_exception; raise it again as the interruption it was."""
