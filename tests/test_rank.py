@@ -23,6 +23,7 @@ from leafnet.rank import RANK_VARIABLES, is_rank0
         ({"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}, True),
         ({"LOCAL_RANK": "0", "GROUP_RANK": "1"}, False),  # torchrun, the second machine
         ({"SLURM_PROCID": "2"}, False),  # srun
+        ({"RANK": "", "LOCAL_RANK": "x"}, True),  # not numbers: read as unset, no traceback
     ],
 )
 def test_only_the_first_process_is_rank0(monkeypatch, env: dict, first: bool) -> None:
