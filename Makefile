@@ -8,10 +8,9 @@ PY := $(VENV)/bin/python
 ## Each target installs what it needs, once: leafnet alone (train), with Grad-CAM (demo), or with
 ## every extra and the test tools (test). `make install EXTRAS=app,onnx` installs chosen extras.
 ## --no-compile: Python compiles what it imports on first use; compiling all of torch up front
-## was a third of a fresh `make demo`.
+## was a third of a fresh `make demo`. The venv's own pip is new enough (editable installs need 21.3).
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet --no-compile -e '.[$*]'
 	touch $@
 

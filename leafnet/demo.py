@@ -9,9 +9,13 @@ and what to run next. The demo's model is a sketch: the seed recipe proper (640 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 from leafnet.config import compose, training_args
 from leafnet.errors import cli_errors
@@ -25,19 +29,38 @@ DEMO_OVERRIDES = (
 )  # fmt: skip
 
 
+def start_writing_photos(data: DictConfig) -> subprocess.Popen | None:
+    """Start writing the synthetic set in another process, so that it runs while this one imports
+    torch and Lightning; training waits for it. Only a head start: the data module still checks
+    (and if need be writes) the set, and reports any problem with the folder itself."""
+    if not data.get("synthetic") or Path(str(data.dir)).is_dir():
+        return None
+    args = [f"out={data.dir}", f"n_per_class={data.synthetic_per_class}"]
+    args += [f"seed={data.synthetic_seed}", f"style={data.synthetic_style}"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "leafnet.data.synthetic", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def demo(argv: Sequence[str] = ()) -> Path:
     """Train, predict, explain; returns the run directory. `argv`: extra training overrides."""
+    out = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    run_dir = out / "run"
+    started = time.perf_counter()
+    print("leafnet demo: training the seed's network, 30 epochs at 128 px ...", flush=True)
+    cfg = compose("train", [*DEMO_OVERRIDES, f"paths.output_dir={out}", *argv])
+    writer = start_writing_photos(cfg.data)
+
     from leafnet.data.splits import read_split
     from leafnet.explain import explain
     from leafnet.predict import predict
     from leafnet.runs import read_run
     from leafnet.train import train
 
-    out = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    run_dir = out / "run"
-    started = time.perf_counter()
-    print("leafnet demo: training the seed's network, 30 epochs at 128 px ...", flush=True)
-    cfg = compose("train", [*DEMO_OVERRIDES, f"paths.output_dir={out}", *argv])
+    if writer is not None:
+        writer.wait()
     train(cfg, run_dir)
 
     split = read_split(run_dir / "split.csv")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from leafnet.demo import demo
+from leafnet.demo import demo, start_writing_photos
 
 
 def test_the_demo_trains_predicts_explains_and_says_where(
@@ -28,3 +28,19 @@ def test_the_demo_trains_predicts_explains_and_says_where(
     for line in ("leafnet demo: done in", f"run            {run_dir}", "next:", "make train"):
         assert line in out
     assert len(list((run_dir.parent / "explain").glob("*.png"))) == 4
+
+
+def test_the_head_start_writes_the_set_the_data_module_then_takes(tmp_path: Path) -> None:
+    from leafnet.config import compose
+    from leafnet.data.synthetic.writer import ensure_synthetic
+
+    folder = tmp_path / "synthetic-lab-2"
+    cfg = compose(
+        "train", [f"data.dir={folder}", "++data.synthetic_per_class=2", "data.synthetic_seed=3"]
+    )
+    writer = start_writing_photos(cfg.data)
+    assert writer is not None and writer.wait() == 0
+    assert len(list(folder.glob("*/*.jpg"))) == 6
+    # the data module's own check finds this very set (a different one would be refused)
+    assert not ensure_synthetic(folder, n_per_class=2, seed=3, style="lab")
+    assert start_writing_photos(cfg.data) is None  # nothing to start once it is there

@@ -70,8 +70,9 @@ def jittered(
     rgb: Color, jitter: float, rng: np.random.Generator, alpha: float = 1.0
 ) -> tuple[int, ...]:
     """An RGBA fill: `rgb` (0-255) with per-channel jitter, and an alpha in 0-1."""
-    out = [int(np.clip(c + rng.normal(0, jitter), 0, 255)) for c in rgb]
-    return (*out, int(np.clip(alpha, 0, 1) * 255))
+    # min/max on Python floats: the same values as np.clip, without its per-call overhead
+    out = [int(min(max(c + rng.normal(0, jitter), 0.0), 255.0)) for c in rgb]
+    return (*out, int(min(max(alpha, 0.0), 1.0) * 255))
 
 
 def blob(rng: np.random.Generator, x: float, y: float, r: float, n: int, rough: float) -> list:
