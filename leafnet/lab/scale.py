@@ -33,31 +33,41 @@ from typing import Any
 from leafnet import tables
 from leafnet.config import command_config
 from leafnet.errors import LeafnetError, cli_errors
-from leafnet.files import write_text
+from leafnet.files import atomic_path, write_text
 
 CLASSES = ("healthy", "spotted", "blighted")
 
 
-def write_photos(folder: Path, n: int, size: Sequence[int], seed: int = 0) -> None:
-    """`n` JPEGs of `size` (width, height) in three class folders; kept when already there."""
+def _write_photo(job: tuple[Path, int, int, int, int]) -> None:
     import numpy as np
     from PIL import Image
+
+    folder, i, width, height, seed = job
+    path = folder / CLASSES[i % 3] / f"{i:06d}.jpg"
+    if path.is_file():
+        return
+    rng = np.random.default_rng([seed, i])  # per photo: the same set in any order, any process
+    base = np.array([[40, 120, 40], [120, 110, 40], [90, 60, 30]][i % 3], dtype=np.float32)
+    small = base + rng.normal(0, 35, (height // 16, width // 16, 3))
+    image = Image.fromarray(small.clip(0, 255).astype(np.uint8)).resize((width, height))
+    with atomic_path(path) as tmp:  # an interrupted write leaves no half photo to be kept
+        image.save(tmp, format="JPEG", quality=85)
+
+
+def write_photos(folder: Path, n: int, size: Sequence[int], seed: int = 0) -> None:
+    """`n` JPEGs of `size` (width, height) in three class folders, one process per core; kept
+    when already there."""
+    from concurrent.futures import ProcessPoolExecutor
 
     done = folder / f".complete-{n}"
     if done.is_file():
         return
-    rng = np.random.default_rng(seed)
-    width, height = int(size[0]), int(size[1])
-    for i in range(n):
-        cls = CLASSES[i % 3]
-        path = folder / cls / f"{i:06d}.jpg"
-        if path.is_file():
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        base = np.array([[40, 120, 40], [120, 110, 40], [90, 60, 30]][i % 3], dtype=np.float32)
-        small = base + rng.normal(0, 35, (height // 16, width // 16, 3))
-        image = Image.fromarray(small.clip(0, 255).astype(np.uint8)).resize((width, height))
-        image.save(path, quality=85)
+    for cls in CLASSES:
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+    jobs = [(folder, i, int(size[0]), int(size[1]), seed) for i in range(n)]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        for _ in pool.map(_write_photo, jobs, chunksize=64):
+            pass
     done.write_text("")
 
 
