@@ -30,7 +30,7 @@ from leafnet.data.folder import scan_folder
 from leafnet.data.images import DEFAULT_MAX_PIXELS, Preprocessing
 from leafnet.data.sampling import EpochIndices, EvalShard, balanced_weights
 from leafnet.data.stream import CachedImages, basic_augmentation, collate, prepare
-from leafnet.data.synthetic import ensure_synthetic
+from leafnet.data.synthetic import PER_CLASS, ensure_synthetic, folder_name
 from leafnet.errors import LeafnetError
 from leafnet.files import write_text
 
@@ -66,7 +66,7 @@ class LeafDataModule(L.LightningDataModule):
         limit_per_class: int | None = None,
         synthetic_seed: int = 0,
         synthetic_style: str = "lab",
-        synthetic_per_class: int = 100,
+        synthetic_per_class: int = PER_CLASS,
         split_seed: int | None = None,
         duplicates: str = "near",
         group_pattern: str | None = None,
@@ -140,8 +140,8 @@ class LeafDataModule(L.LightningDataModule):
     def _ensure_synthetic(self) -> None:
         # A missing folder is written into only under the set's own name: a mistyped data.dir
         # must not quietly become 300 generated images.
-        n, own_name = self.synthetic_per_class, f"synthetic-{self.synthetic_style}"
-        own_name += "" if n == 100 else f"-{n}"  # a part of the set has a folder of its own
+        n = self.synthetic_per_class
+        own_name = folder_name(self.synthetic_style, n)
         if not self.dir.exists() and self.dir.name != own_name:
             raise LeafnetError(
                 f"data.dir={self.dir} does not exist; for your own photos use data=folder "

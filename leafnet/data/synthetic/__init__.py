@@ -30,9 +30,11 @@ from leafnet.data.synthetic.paint import (
 from leafnet.data.synthetic.render import render
 from leafnet.data.synthetic.writer import (
     MARKER,
+    PER_CLASS,
     VERSIONS,
     contact_sheet,
     ensure_synthetic,
+    folder_name,
     generate,
     main,
 )
@@ -43,10 +45,12 @@ __all__ = [
     "CLASS_NAMES",
     "MARKER",
     "MINER",
+    "PER_CLASS",
     "STYLES",
     "VERSIONS",
     "contact_sheet",
     "ensure_synthetic",
+    "folder_name",
     "generate",
     "image_rng",
     "main",

@@ -19,6 +19,14 @@ from leafnet.data.synthetic.render import render
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing
 
+# Images per class in the embedded set; a smaller set is its first n, in a folder of its own.
+PER_CLASS = 100
+
+
+def folder_name(style: str, n_per_class: int = PER_CLASS) -> str:
+    """The folder the set (or its first `n_per_class` per class) is written into by name."""
+    return f"synthetic-{style}" + ("" if n_per_class == PER_CLASS else f"-{n_per_class}")
+
 
 def _write_one(args: tuple[Path, int, int, int, int, str]) -> Path:
     out_dir, label, index, size, seed, style = args
@@ -30,7 +38,7 @@ def _write_one(args: tuple[Path, int, int, int, int, str]) -> Path:
 
 def generate(
     out_dir: str | Path,
-    n_per_class: int = 100,
+    n_per_class: int = PER_CLASS,
     size: int = 640,
     seed: int = 0,
     workers: int = 1,
@@ -72,7 +80,11 @@ def _marker(n_per_class: int, size: int, seed: int, style: str) -> dict:
 
 
 def ensure_synthetic(
-    out_dir: str | Path, n_per_class: int = 100, size: int = 640, seed: int = 0, style: str = "lab"
+    out_dir: str | Path,
+    n_per_class: int = PER_CLASS,
+    size: int = 640,
+    seed: int = 0,
+    style: str = "lab",
 ) -> bool:
     """Generate the set into `out_dir` unless it is already there; True if it was written.
 
@@ -153,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             raise LeafnetError(f"preview={cfg.preview}: the contact sheet is a PNG; end it in .png")
         refuse_existing(str(cfg.preview), cfg.overwrite, "preview")
     root = Path(os.environ.get("LEAFNET_ROOT", "."))
-    out = Path(str(cfg.out)) if cfg.out else root / "data" / f"synthetic-{cfg.style}"
+    out = Path(str(cfg.out)) if cfg.out else root / "data" / folder_name(cfg.style, cfg.n_per_class)
     start = time.perf_counter()
     if ensure_synthetic(out, cfg.n_per_class, cfg.size, cfg.seed, cfg.style):
         print(f"wrote the {cfg.style} set to {out} in {time.perf_counter() - start:.1f} s")
