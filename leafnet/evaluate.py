@@ -144,7 +144,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     misclassified: list[dict[str, str]] = []
     for done, bad in iter_predictions(
         classifier, files, device=device, batch_size=cfg.batch_size, workers=cfg.workers,
-        progress=cfg.get("progress"),
+        progress=cfg.get("progress"), keep_inputs=colour_model is not None,
     ):  # fmt: skip
         skipped += bad
         for r in done:
@@ -155,7 +155,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 misclassified.append({"file": r["file"], "true": names[t], "predicted": names[p]})
         if colour_model is not None and done:
             colour_preds.extend(
-                _colour_classes(colour_model, [r["file"] for r in done], classifier)
+                _colour_classes(colour_model, [r["input"] for r in done], classifier.prep)
             )
     if not preds:
         raise LeafnetError(f"data.dir={root}: none of the {len(files)} images could be read")
@@ -222,14 +222,11 @@ def _colour_model(ckpt: Any, classifier: Any) -> tuple[Any, dict[str, Any]]:
     return model, fitted
 
 
-def _colour_classes(model: Any, files: list[str], classifier: Any) -> list[int]:
-    """The colour baseline's classes for `files`, each read as the model reads it."""
-    from leafnet.data.images import load_for_model, to_display
+def _colour_classes(model: Any, inputs: list[torch.Tensor], prep: Any) -> list[int]:
+    """The colour baseline's classes for photos as the network read them (`inputs`)."""
+    from leafnet.data.images import to_display
 
-    prep = classifier.prep
-    hists = np.concatenate(
-        [colour_histograms(to_display(load_for_model(Path(f), prep), prep)[None]) for f in files]
-    )
+    hists = np.concatenate([colour_histograms(to_display(x, prep)[None]) for x in inputs])
     return [int(c) for c in model.predict(hists)]
 
 

@@ -117,9 +117,12 @@ def iter_predictions(
     batch_size: int = 32,
     workers: int = 4,
     progress: bool | None = None,
+    keep_inputs: bool = False,
 ) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, str]]]]:
     """Per batch of files: predictions `{file, predicted, probabilities}` for the readable ones
-    and `{file, reason}` for the rest. Memory stays that of one batch, however many files."""
+    and `{file, reason}` for the rest. Memory stays that of one batch, however many files.
+    `keep_inputs`: each prediction also holds `input`, the image as the network read it (for a
+    caller that needs the photo again, without decoding it twice)."""
     from tqdm.auto import tqdm
 
     names = list(classifier.hparams.class_names)
@@ -150,7 +153,7 @@ def iter_predictions(
                 x = torch.stack([t for _, t in good]).to(device)
                 with torch.inference_mode():
                     probs = classifier.predict_proba(x).float().cpu()
-                for (path, _), p in zip(good, probs, strict=True):
+                for (path, image), p in zip(good, probs, strict=True):
                     results.append(
                         {
                             "file": str(path),
@@ -158,5 +161,7 @@ def iter_predictions(
                             "probabilities": {n: float(v) for n, v in zip(names, p, strict=True)},
                         }
                     )
+                    if keep_inputs:
+                        results[-1]["input"] = image
             bar.update(len(chunk))
             yield results, skipped

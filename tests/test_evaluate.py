@@ -142,6 +142,21 @@ def test_evaluate_reports_the_colour_baseline_of_the_checkpoints_run(
     colour = metrics["colour_baseline"]
     assert 0 <= colour["accuracy"] <= 1 and colour["C"] in (0.01, 0.1, 1.0, 10.0, 100.0)
     assert f"colour baseline accuracy {colour['accuracy']:.4f}" in out
+    # On the run's own test photos it scores what the run's closing block said it scored
+    from leafnet.data.splits import read_split
+
+    test_dir = tmp_path / "test-split"
+    for rel, (cls, subset) in read_split(tiny_run / "split.csv").items():
+        if subset == "test":
+            (test_dir / cls).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tiny_train_images / rel, test_dir / cls / Path(rel).name)
+    on_test = evaluate(
+        command_config(
+            "evaluate", [f"ckpt={tiny_run}", f"data.dir={test_dir}", f"out={tmp_path / 't'}"]
+        )
+    )
+    in_run = json.loads((tiny_run / "summary.json").read_text())["colour_baseline"]
+    assert on_test["colour_baseline"]["accuracy"] == pytest.approx(in_run["test_acc"])
     alone = tmp_path / "alone.ckpt"  # a checkpoint without its run: nothing to train colour on
     shutil.copy(tiny_run / "checkpoints" / "best.ckpt", alone)
     bare = evaluate(
