@@ -100,3 +100,34 @@ def test_an_error_naming_a_file_that_is_not_utf8_is_still_one_line(
     assert capsys.readouterr().err == (
         "leafnet: error: /photos/leaf_\\udcff.jpg is the same photo in two classes\n"
     )
+
+
+def test_the_blockwise_search_finds_every_near_pair_and_only_those(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Against the definition checked pair by pair: photo i and a later photo j are near when
+    i's upright hash is within NEAR_BITS of one of j's 8; planted pairs sit at the threshold."""
+    from leafnet.data import duplicates
+
+    rng = np.random.default_rng(0)
+    n = 90
+    words = rng.integers(0, 2**63, (n, 8, 4), dtype=np.int64).astype(np.uint64)
+    planted = {(3, 40): 0, (3, 41): 40, (10, 11): 41, (20, 89): 12, (50, 60): 39}
+    for (i, j), bits in planted.items():  # j's turn k = i's upright hash with `bits` flipped
+        k = int(rng.integers(0, 8))
+        flipped = np.unpackbits(words[i, 0].view(np.uint8))
+        flipped[rng.choice(256, bits, replace=False)] ^= 1
+        words[j, k] = np.packbits(flipped).view(np.uint64)
+    hexes = [["".join(f"{int(w):016x}" for w in words[i, k]) for k in range(8)] for i in range(n)]
+    expected = [
+        (i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+        if min(int(np.bitwise_count(words[i, 0] ^ words[j, k]).sum()) for k in range(8))
+        <= duplicates.NEAR_BITS
+    ]
+    assert expected == [(3, 40), (3, 41), (20, 89), (50, 60)]  # 41 bits is one too many
+    for columns, rows in ((1024, 1024), (7, 5), (1, 1)):  # one block; several; a photo a block
+        monkeypatch.setattr(duplicates, "_COLUMNS", columns)
+        monkeypatch.setattr(duplicates, "_ROWS", rows)
+        assert duplicates._near_pairs(hexes) == expected

@@ -35,7 +35,10 @@ from leafnet.errors import LeafnetError
 
 HASH_SIZE = 16  # 16 x 16 = 256 bits
 NEAR_BITS = 40
-_BLOCK_BYTES = 32 << 20  # the XOR table of one block of rows against all: block x N x 8 x 4 words
+# The blocks of the pair search: 1,024 later photos' 8 hashes against 1,024 photos' upright hashes
+# (a 32 MB block of dot products).
+_COLUMNS = 1024
+_ROWS = 1024
 
 
 def file_sha1(path: Path) -> str:
@@ -68,29 +71,37 @@ def fingerprint(path: Path, max_pixels: int) -> dict[str, Any]:
     return {"sha1": file_sha1(path), "dhash": dihedral_dhashes(photo)}
 
 
-def _words(hexes: Sequence[str]) -> np.ndarray:
-    """256-bit hex hashes as uint64 words [n, 4]."""
-    return np.array([[int(h[i : i + 16], 16) for i in range(0, 64, 16)] for h in hexes], np.uint64)
+def _signs(hexes: Sequence[str]) -> np.ndarray:
+    """256-bit hex hashes as rows of +-1 [n, 256], float32."""
+    packed = np.frombuffer(bytes.fromhex("".join(hexes)), np.uint8).reshape(len(hexes), 32)
+    return np.unpackbits(packed, axis=1).astype(np.float32) * 2 - 1
 
 
 def _near_pairs(dhashes: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
-    """Pairs (i < j) whose hashes are within NEAR_BITS bits in some flip or turn."""
+    """Pairs (i < j) whose hashes are within NEAR_BITS bits in some flip or turn: photo i's
+    upright hash against each later photo's 8.
+
+    As +-1 vectors two 256-bit hashes at Hamming distance d have the dot product 256 - 2d, so
+    every distance comes out of one matrix product (exact in float32), a block at a time: the
+    search is quadratic in the photos, and a BLAS product does it at the CPU's arithmetic speed."""
     n = len(dhashes)
     if n < 2:
         return []
-    upright = _words([h[0] for h in dhashes])  # [n, 4]
-    every = np.stack([_words([h[k] for h in dhashes]) for k in range(8)], axis=1)  # [n, 8, 4]
-    pairs = []
-    block = max(1, _BLOCK_BYTES // (n * 8 * 4 * 8))
-    for start in range(0, n, block):
-        rows = upright[start : start + block]  # [b, 4]
-        xor = rows[:, None, None, :] ^ every[None, :, :, :]  # [b, n, 8, 4]
-        distance = np.bitwise_count(xor).sum(axis=-1).min(axis=-1)  # [b, n]
-        for i, j in zip(*np.nonzero(distance <= NEAR_BITS), strict=True):
-            a, b = start + int(i), int(j)
-            if a < b:
-                pairs.append((a, b))
-    return pairs
+    upright = _signs([h[0] for h in dhashes])  # [n, 256]
+    least_dot = 256 - 2 * NEAR_BITS
+    pairs: list[tuple[int, int]] = []
+    for c0 in range(1, n, _COLUMNS):  # later photos, 8 hashes each
+        c1 = min(c0 + _COLUMNS, n)
+        turns = _signs([h[k] for k in range(8) for h in dhashes[c0:c1]])  # [8 * (c1 - c0), 256]
+        turns = np.ascontiguousarray(turns.T)
+        for r0 in range(0, c1 - 1, _ROWS):
+            r1 = min(r0 + _ROWS, c1 - 1)
+            dots = (upright[r0:r1] @ turns).reshape(r1 - r0, 8, c1 - c0).max(axis=1)
+            i, j = np.nonzero(dots >= least_dot)
+            a, b = r0 + i, c0 + j
+            keep = a < b
+            pairs += zip(a[keep].tolist(), b[keep].tolist(), strict=True)
+    return sorted(pairs)
 
 
 def _union_find(n: int, pairs: Sequence[tuple[int, int]]) -> list[int]:
