@@ -41,12 +41,17 @@ def colour_histograms(images: Tensor, bins: int = BINS) -> np.ndarray:
 def histograms_of(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     """Histograms and labels of every image of a dataset with `batch(positions)` (read in
     batches, so memory stays flat)."""
-    features, labels = [], []
-    for start in range(0, len(dataset), _BATCH):
-        x, y = dataset.batch(range(start, min(start + _BATCH, len(dataset))))
-        features.append(colour_histograms(x))
-        labels.append(y.numpy())
-    return np.concatenate(features), np.concatenate(labels)
+    n = len(dataset)
+    # One array for all rows, allocated before the first batch: rows kept batch by batch land
+    # between the batches' freed buffers and, under the training process's allocator settings,
+    # pinned the heap (2.3 GB at 21,000 images).
+    features, labels = np.empty((n, BINS**3)), np.empty(n, np.int64)
+    for start in range(0, n, _BATCH):
+        stop = min(start + _BATCH, n)
+        x, y = dataset.batch(range(start, stop))
+        features[start:stop] = colour_histograms(x)
+        labels[start:stop] = y.numpy()
+    return features, labels
 
 
 def fit_colour(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
