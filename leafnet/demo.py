@@ -18,14 +18,16 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from leafnet.config import compose, training_args
+from leafnet.data.synthetic import folder_name
 from leafnet.errors import cli_errors
 
 # Small enough for about a minute on two cores; large enough for the leaves' lesions to show.
-# 40 photos per class: the embedded set's first 40, written in a third of the full set's time.
+# The embedded set's first 40 photos per class, written in a third of the full set's time.
+PER_CLASS = 40
 DEMO_OVERRIDES = (
     "data.image_size=128", "epochs=30", "lr=1e-3", "trainer=cpu", "logger=tensorboard",
-    "callbacks.val_images.every_n_epochs=30", "++data.synthetic_per_class=40",
-    "data.dir=${paths.data_dir}/synthetic-${data.synthetic_style}-40",
+    "callbacks.val_images.every_n_epochs=30", f"++data.synthetic_per_class={PER_CLASS}",
+    f"data.dir=${{paths.data_dir}}/{folder_name('${data.synthetic_style}', PER_CLASS)}",
 )  # fmt: skip
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from leafnet.demo import demo, start_writing_photos
+from leafnet.data.splits import read_split
+from leafnet.demo import DEMO_OVERRIDES, demo, start_writing_photos
 
 
 def test_the_demo_trains_predicts_explains_and_says_where(
@@ -23,11 +24,20 @@ def test_the_demo_trains_predicts_explains_and_says_where(
     out = capsys.readouterr().out
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
     photos = sorted((run_dir.parent / "photos").iterdir())
-    assert 1 <= len(photos) <= 6
+    split = read_split(run_dir / "split.csv")  # the photos to try are test photos, six at most
+    test_names = [Path(rel).name for rel, (_cls, subset) in split.items() if subset == "test"]
+    assert [p.name for p in photos] == sorted(test_names[:6]) and photos
     assert sum(p.name in out for p in photos) == len(photos)  # the prediction table
     for line in ("leafnet demo: done in", f"run            {run_dir}", "next:", "make train"):
         assert line in out
     assert len(list((run_dir.parent / "explain").glob("*.png"))) == 4
+
+
+def test_the_demo_trains_on_the_sets_first_40_per_class_in_their_own_folder() -> None:
+    from leafnet.config import compose
+
+    data = compose("train", list(DEMO_OVERRIDES)).data
+    assert data.synthetic_per_class == 40 and Path(str(data.dir)).name == "synthetic-lab-40"
 
 
 def test_the_head_start_writes_the_set_the_data_module_then_takes(tmp_path: Path) -> None:
