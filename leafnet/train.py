@@ -184,14 +184,16 @@ def diverged_at(callbacks: list[pl.Callback]) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def interruptible(trainer: pl.Trainer) -> Iterator[None]:
-    """Lightning turns Ctrl-C (and SIGTERM, see `run_job`) into sys.exit(1) after the callbacks'
-    on_exception; raise it again as the interruption it was."""
+    """Lightning turns Ctrl-C into sys.exit(1), and SIGTERM into its SIGTERMException at a batch's
+    end, after the callbacks' on_exception; raise either again as the interruption it was."""
     try:
         yield
     except SystemExit:
         if trainer.interrupted:
             raise KeyboardInterrupt from None
         raise
+    if trainer.received_sigterm:  # in the last batch, after Lightning's last look
+        raise KeyboardInterrupt
 
 
 def against_colour(datamodule: LeafDataModule, summary: dict[str, Any]) -> dict[str, Any]:

@@ -410,6 +410,32 @@ def _square(x: int) -> int:
     return x * x
 
 
+def test_sigterm_interrupts_at_once_outside_a_trainer_and_waits_for_lightning_inside() -> None:
+    """Outside a trainer (scanning the data, say) SIGTERM interrupts where it lands. While
+    Lightning's handler wraps leafnet's, as it does while a trainer runs, SIGTERM is only noted:
+    Lightning stops at the next batch's end, and an exception raised mid-line could leave a
+    library's queue (TensorBoard's writer) waiting for a wake-up that never comes."""
+    with sigterm_as_ctrl_c() as terminated:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs between two bytecodes, well before this ends
+        assert terminated == [signal.SIGTERM]
+
+        ours = signal.getsignal(signal.SIGTERM)
+        seen: list[int] = []
+
+        def lightnings(signum: int, frame: object) -> None:  # as Lightning's _HandlersCompose
+            seen.append(signum)
+            ours(signum, frame)
+
+        signal.signal(signal.SIGTERM, lightnings)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # no KeyboardInterrupt
+        assert seen == [signal.SIGTERM] and terminated == [signal.SIGTERM] * 2
+        signal.signal(signal.SIGTERM, ours)
+    assert signal.getsignal(signal.SIGTERM) is not ours  # the handler before it, put back
+
+
 def test_sigterm_handler_lets_forked_helpers_end_quietly(capfd: pytest.CaptureFixture) -> None:
     """A process pool forked while training (the synthetic set's writers) is ended by its parent
     with SIGTERM: the helpers must exit, not print a KeyboardInterrupt traceback each."""

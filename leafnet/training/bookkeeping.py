@@ -140,8 +140,9 @@ def open_run(
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[list[int]]:
     """SIGTERM handled as Ctrl-C is: last.ckpt, status interrupted. Yields the list the signal
-    number is appended to, so the caller can tell the two apart. Outside the main thread (signals
-    need it) nothing changes."""
+    number is appended to, so the caller can tell the two apart. While Lightning trains or tests,
+    it is Lightning's graceful stop at a batch's end. Outside the main thread (signals need it)
+    nothing changes."""
     terminated: list[int] = []
     trainer_pid = os.getpid()
 
@@ -151,6 +152,12 @@ def sigterm_as_ctrl_c() -> Iterator[list[int]]:
             # inherits this handler; its parent ends it with SIGTERM, which must just end it.
             os._exit(128 + signum)
         terminated.append(signum)
+        if signal.getsignal(signal.SIGTERM) is not on_sigterm:
+            # While a trainer runs, Lightning's handler calls this one and stops the loop itself
+            # at the next batch's end (`train.interruptible` makes that this interruption).
+            # Raising here would stop whatever line runs, TensorBoard's writer queue among them,
+            # whose close then waits up to two minutes for a wake-up that was lost.
+            return
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():

@@ -12,6 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from leafnet.adapters.lightning import CheckpointSteps
 from leafnet.files import atomic_path
@@ -114,7 +115,8 @@ class AtomicCheckpoint(CheckpointSteps):
         # Only while fitting: an interrupted final test holds the best checkpoint's weights, and
         # last.ckpt must keep the newest trained ones.
         fitting = trainer.state.fn == TrainerFn.FITTING
-        if isinstance(exception, KeyboardInterrupt) and fitting and self.dirpath is not None:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        if interrupted and fitting and self.dirpath is not None:
             path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
             boundary = path.parent / self.EPOCH_END
             mid_epoch = trainer.global_step != self._boundary_step
