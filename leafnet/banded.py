@@ -10,8 +10,10 @@ and backward keeps only the input, the pooled output and max-pool's indices (at 
 per image instead of 89). Backward gathers the weight gradient at those indices, band by band:
 max-pool passes each window's gradient to one position, so the conv output's dense gradient is
 never built (see `_weight_grad_at`; with the input's gradient wanted too, it is, and the
-convolution's backward gives both). Each core works through its own share of the bands, one
-band at a time. The CPU micro-batch can grow from 8 images at 640 px to 73.
+convolution's backward gives both). Each core takes the next band as it finishes one, so a core
+slowed by another process does less of the work instead of holding up the step; each band's
+gradients are kept apart and added in band order, so the result is the same however the bands
+fell to the cores. The CPU micro-batch can grow from 8 images at 640 px to 73.
 
 The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), pool))` (tested to 1e-5 in outputs
 and gradients, ties included): the same windows meet the same maximum, band edges only split
@@ -20,17 +22,17 @@ rows between calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-T = TypeVar("T")
 Band = tuple[int, int, int, int]
+Claims = Iterator[tuple[int, Band]]  # (band number, band), as a core takes them
 
 # The conv output a band may hold: 2 MiB, 8 pooled rows of one 640 px image; the fastest budget
 # measured (docs/performance.md, "Why the code is as it is").
@@ -38,6 +40,9 @@ BAND_BYTES = 2 << 20
 # One band per core at a time (see _per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
 PER_CORE = True
+# Bands to whichever core is free; False: each core takes every k-th band, which the bench's
+# `+static` option measures against (the sums are the same either way).
+HAND_OUT = True
 
 
 def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[Band]:
@@ -57,26 +62,33 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="leafnet-band")
 
 
-def _per_core(work: Callable[[Sequence[Band]], T], bands: list[Band]) -> list[T]:
-    """work(share) for each core's share of the bands (every k-th band), run side by side, each
-    share on one core with one intra-op thread.
+def _per_core(work: Callable[[Claims], None], bands: list[Band]) -> None:
+    """work(claims) on each core side by side, each with one intra-op thread: `claims` yields the
+    next band no core has taken yet, so a core that another process slows simply takes fewer.
 
     A band is too small a job to split across cores well: one band per core at a time, each in
     its own core's cache, was faster than each band's ops split over the cores and than the plain
-    layers (docs/performance.md). torch.set_num_threads(1) in a worker sets that thread's count, and also the count threads
-    started later begin with: that one is put back."""
+    layers (docs/performance.md). torch.set_num_threads(1) in a worker sets that thread's count,
+    and also the count threads started later begin with: that one is put back."""
     cores = torch.get_num_threads()
     threads = min(cores, len(bands)) if PER_CORE else 1
-    if threads <= 1:
-        return [work(bands)]
+    taken = itertools.count()  # next() is one C call under the GIL: no band is taken twice
 
-    def share(k: int) -> T:
+    def claims() -> Claims:
+        while (i := next(taken)) < len(bands):
+            yield i, bands[i]
+
+    if threads <= 1:
+        work(claims())
+        return
+
+    def share(k: int) -> None:
         torch.set_num_threads(1)
         with torch.no_grad():  # grad mode is per thread: the worker's would record the ops
-            return work(bands[k::threads])
+            work(claims() if HAND_OUT else ((i, bands[i]) for i in range(k, len(bands), threads)))
 
     try:
-        return list(_executor(threads).map(share, range(threads)))
+        list(_executor(threads).map(share, range(threads)))
     finally:
         torch.set_num_threads(cores)
 
@@ -160,8 +172,8 @@ class _ConvPoolReLU(torch.autograd.Function):
         bands = _bands(n, h // pool, weight.shape[0] * pool * w * x.element_size(), budget)
         k = [pool, pool]
 
-        def run(share: Sequence[Band]) -> None:
-            for i0, i1, r0, r1 in share:
+        def run(claims: Claims) -> None:
+            for _, (i0, i1, r0, r1) in claims:
                 rows = _band_input(x, (i0, i1, r0, r1), pool)[0]
                 band = F.conv2d(rows, weight, bias, padding=(0, 1))
                 # Pooled straight into the output, then ReLU there while it is still in cache.
@@ -183,24 +195,27 @@ class _ConvPoolReLU(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         w = x.shape[-1]
 
-        def run(
-            share: Sequence[Band],
-        ) -> tuple[Tensor, Tensor, list[tuple[int, int, slice, Tensor]]]:
-            grad_w = torch.zeros_like(weight)
-            grad_b = torch.zeros(weight.shape[0], dtype=x.dtype, device=x.device)
-            grad_x_bands = []
-            for i0, i1, r0, r1 in share:
+        # Each band's gradients in a slot of their own, added in band order after: the same sums
+        # whichever core took which band.
+        n = len(ctx.bands)
+        grad_w_bands = weight.new_empty((n, *weight.shape)) if need_w else None
+        grad_b_bands = x.new_empty((n, weight.shape[0])) if need_b else None
+        grad_x_bands: list[tuple[int, int, slice, Tensor] | None] = [None] * n
+
+        def run(claims: Claims) -> None:
+            for j, (i0, i1, r0, r1) in claims:
                 # ReLU's backward, on this band's share of the output.
                 g = torch.ops.aten.threshold_backward(
                     grad_out[i0:i1, :, r0:r1], out[i0:i1, :, r0:r1], 0
                 )
-                if need_b:
-                    grad_b += g.sum((0, 2, 3))
+                if grad_b_bands is not None:
+                    grad_b_bands[j] = g.sum((0, 2, 3))
                 if not (need_x or need_w):
                     continue
                 rows, image_rows, own = _band_input(x, (i0, i1, r0, r1), pool)
                 if not need_x:  # a first layer: no dense gradient needed
-                    grad_w += _weight_grad_at(where[i0:i1, :, r0:r1], g, rows)
+                    assert grad_w_bands is not None
+                    grad_w_bands[j] = _weight_grad_at(where[i0:i1, :, r0:r1], g, rows)
                     continue
                 # max-pool's backward reads only the shape and layout of its input: an empty band.
                 band = torch.empty(
@@ -214,23 +229,22 @@ class _ConvPoolReLU(torch.autograd.Function):
                     gy, rows, weight, [weight.shape[0]], [1, 1], [0, 1], [1, 1], False, [0, 0], 1,
                     [True, need_w, False],
                 )  # fmt: skip
-                if need_w:
-                    grad_w += gw
-                grad_x_bands.append((i0, i1, image_rows, gx[:, :, own]))
-            return grad_w, grad_b, grad_x_bands
+                if grad_w_bands is not None:
+                    grad_w_bands[j] = gw
+                grad_x_bands[j] = (i0, i1, image_rows, gx[:, :, own])
 
-        # Each core sums its own bands; the shares are added here in a fixed order, so the
-        # result does not depend on which core finished first.
-        shares = _per_core(run, ctx.bands)
-        grad_w = torch.stack([s[0] for s in shares]).sum(0)
-        grad_b = torch.stack([s[1] for s in shares]).sum(0)
+        _per_core(run, ctx.bands)
         grad_x = None
         if need_x:
             grad_x = torch.zeros_like(x, memory_format=ctx.fmt)
-            for i0, i1, image_rows, gx in (b for s in shares for b in s[2]):
+            for band in grad_x_bands:
+                assert band is not None
+                i0, i1, image_rows, gx = band
                 # Neighbouring bands share their halo rows: added one by one, never at once.
                 grad_x[i0:i1, :, image_rows] += gx
-        return grad_x, grad_w if need_w else None, grad_b if need_b else None, None, None
+        grad_w = grad_w_bands.sum(0) if grad_w_bands is not None else None
+        grad_b = grad_b_bands.sum(0) if grad_b_bands is not None else None
+        return grad_x, grad_w, grad_b, None, None
 
 
 # Left to eager mode under torch.compile: a loop over bands handed to worker threads is nothing a

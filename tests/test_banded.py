@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from leafnet import banded
 from leafnet.banded import conv_pool_relu
 from leafnet.model import LeafNet
 
@@ -123,31 +125,64 @@ def test_autocast_runs_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert largest == 2 * 32 * 120 * 120 * 2  # conv1's whole output, in bfloat16
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_cores_share_the_bands_and_get_their_thread_count_back(threads: int) -> None:
-    """Each core takes every k-th band: the same numbers with any number of cores (weight
-    gradients summed per core, then added in a fixed order), and threads started afterwards get
-    the caller's intra-op thread count, not the workers' one."""
+def _banded_grads(
+    threads: int, slow_band: int | None = None, hand_out: bool = True
+) -> tuple[torch.Tensor, ...]:
+    """Outputs and gradients of a 15-band layer (3 images, 5 bands each) computed on `threads`
+    cores; `slow_band`: the core that takes the first image's band at that pooled row is held up
+    in forward, so the others take the bands after it; `hand_out=False`: each core takes every
+    k-th band (the bench's `+static`)."""
     torch.manual_seed(0)
     x = torch.randn(3, 3, 30, 31, requires_grad=True)
     w = torch.randn(8, 3, 3, 3, requires_grad=True)
     b = torch.randn(8, requires_grad=True)
     grad = torch.randn(3, 8, 10, 10)
-    want = torch.autograd.grad(plain(x, w, b, 3), (x, w, b), grad)
+    taken: list[tuple[str, banded.Band]] = []  # forward's 15 bands, then backward's
+    band_input = banded._band_input
+
+    def noted(x: torch.Tensor, band: banded.Band, pool: int) -> tuple[torch.Tensor, slice, slice]:
+        taken.append((threading.current_thread().name, band))
+        if slow_band is not None and (band[0], band[2]) == (0, slow_band) and len(taken) <= 15:
+            time.sleep(0.5)
+        return band_input(x, band, pool)
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = conv_pool_relu(x, w, b, 3, 8 * 3 * 31 * 4 * 2)  # two pooled rows a band: 15 bands
-        have = torch.autograd.grad(got, (x, w, b), grad)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(banded, "_band_input", noted)
+            mp.setattr(banded, "HAND_OUT", hand_out)
+            got = conv_pool_relu(x, w, b, 3, 8 * 3 * 31 * 4 * 2)  # two pooled rows a band
+            have = torch.autograd.grad(got, (x, w, b), grad)
         seen: list[int] = []
         later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
         later.start()
         later.join()
-        assert seen == [threads]
+        assert seen == [threads]  # threads started afterwards get the caller's count back
     finally:
         torch.set_num_threads(before)
+    want = torch.autograd.grad(plain(x, w, b, 3), (x, w, b), grad)
     for h, e in zip(have, want, strict=True):
         torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-5)
+    forward = taken[:15]
+    bands = [(i, i + 1, r, r + 2) for i in range(3) for r in range(0, 10, 2)]
+    assert sorted(band for _, band in forward) == bands  # each band once
+    if slow_band is not None and hand_out:
+        slow = next(name for name, band in forward if (band[0], band[2]) == (0, slow_band))
+        assert sum(name == slow for name, _ in forward) < 15 // 2
+    return (got.detach(), *have)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_cores_take_bands_as_they_finish_and_the_sums_never_depend_on_which(threads: int) -> None:
+    """Each core takes the next band when it finishes one: a core held up takes fewer, and the
+    outputs and gradients are bitwise those of one core (each band's gradient kept apart and
+    added in band order), with a core held up or not."""
+    one = _banded_grads(1)
+    runs = [_banded_grads(threads), _banded_grads(threads, 2), _banded_grads(threads, None, False)]
+    for got in runs:
+        for g, o in zip(got, one, strict=True):
+            assert torch.equal(g, o)
 
 
 @pytest.mark.parametrize("input_grad", [False, True])

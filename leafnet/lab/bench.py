@@ -22,7 +22,8 @@ Contenders:
   torch[+opts]         a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
                        allocator/threads), +cl (channels_last), +compile (torch.compile),
                        +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch),
-                       +serial (leafnet.banded's bands one at a time over all cores, not one per core)
+                       +serial (leafnet.banded's bands one at a time over all cores, not one per core),
+                       +static (each core takes every k-th band, not whichever band is next)
   keras-tf-fit         the seed's Keras model as its users train it: `model.fit` on
                        `image_dataset_from_directory` over the same JPEG files (TensorFlow)
   keras-tf-fit-numpy   `model.fit` on numpy arrays already in memory (TensorFlow)

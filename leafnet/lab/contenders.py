@@ -279,6 +279,8 @@ def work_torch(a: WorkerArgs, options: set[str], micro: int) -> dict[str, Any]:
     fmt = torch.channels_last if "cl" in options else torch.contiguous_format
     if "serial" in options:
         banded.PER_CORE = False
+    if "static" in options:
+        banded.HAND_OUT = False
     if "unbanded" in options:  # conv1 layer by layer, as before leafnet.banded
         LeafNet.banded = False
     net = LeafNet(a.image_size).to(device=device, memory_format=fmt)

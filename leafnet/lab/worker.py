@@ -21,7 +21,7 @@ KERAS_BACKENDS = {
     "keras-tf": "tensorflow",
     "keras-torch": "torch",
 }
-TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial")
+TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static")
 
 
 @dataclass
