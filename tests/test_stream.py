@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fixtures_data import tiny_data_cfg, write_odd_image
@@ -75,6 +76,25 @@ def test_the_cold_pass_in_worker_processes_gives_the_same_images(
     in_workers = make(own_dir, tmp_path / "b")
     assert in_workers.report["decoded"]["images"] == 36
     assert torch.equal(every_image(in_workers), in_process)
+
+
+def test_cache_entries_are_channels_last_and_older_ones_are_still_read(tmp_path: Path) -> None:
+    """An entry is stored [S, S, 3], the batches' layout, and read back as the [3, S, S] image it
+    was given; an entry written [3, S, S] by an earlier version reads the same; another size or
+    type is a miss."""
+    cache, new, old, small = DiskCache(tmp_path), "a" * 40, "b" * 40, "c" * 40
+    x = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
+    assert cache.put(new, x)
+    assert np.load(tmp_path / "aa" / f"{new}.npy").shape == (12, 12, 3)
+    got = cache.get(new, 12)
+    assert got is not None and torch.equal(got, x) and got.stride() == (1, 36, 3)
+    (tmp_path / "bb").mkdir()
+    np.save(tmp_path / "bb" / f"{old}.npy", x.numpy())
+    assert torch.equal(cache.get(old, 12), x)
+    assert cache.get(new, 13) is None and cache.get(old, 11) is None
+    (tmp_path / "cc").mkdir()
+    np.save(tmp_path / "cc" / f"{small}.npy", x.numpy().astype(np.int16))
+    assert cache.get(small, 12) is None
 
 
 def test_an_interrupted_cold_pass_continues_where_it_stopped(own_dir: Path, tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""The on-disk cache of resized images: one `.npy` (uint8 [3, S, S], no pickle) per file.
+"""The on-disk cache of resized images: one `.npy` (uint8 [S, S, 3], no pickle) per file.
+
+Entries are channels-last, the layout of the batches the step reads: a batch row is then one
+contiguous copy of the entry, where a [3, S, S] entry cost a transposing copy seven times as
+long (docs/performance.md). Entries written as [3, S, S] before are still read.
 
 The key hashes the file's absolute path, size and mtime with every setting that changes the
 pixels (side, resize mode, pad colour), so a changed file or a different setting is simply a miss
@@ -70,22 +74,27 @@ class DiskCache:
         return self.root is not None and self._file(key).is_file()
 
     def get(self, key: str, side: int) -> Tensor | None:
+        """The entry as uint8 [3, S, S] (channels-last strides), or None for a miss."""
         if self.root is None:
             return None
         try:
             arr = np.load(self._file(key), allow_pickle=False)
         except (OSError, ValueError):  # missing, or half-written by a killed process
             return None
-        if arr.dtype != np.uint8 or arr.shape != (3, side, side):
+        if arr.dtype != np.uint8:
             return None
-        return torch.from_numpy(arr)
+        if arr.shape == (side, side, 3):
+            return torch.from_numpy(arr).permute(2, 0, 1)
+        if arr.shape == (3, side, side):  # written before entries were channels-last
+            return torch.from_numpy(arr)
+        return None
 
     def put(self, key: str, x: Tensor) -> bool:
         if self.root is None:
             return False
         try:
             with atomic_path(self._file(key)) as tmp, tmp.open("wb") as fh:
-                np.save(fh, x.numpy(), allow_pickle=False)
+                np.save(fh, x.permute(1, 2, 0).contiguous().numpy(), allow_pickle=False)
         except (LeafnetError, OSError):
             return False
         return True
