@@ -100,6 +100,11 @@ TRAIN_KEYS: tuple[Key, ...] = (
     Key("data.synthetic", _is_bool, "true or false"),
     Key("data.synthetic_seed", _is_int, "an integer"),
     Key(
+        "data.synthetic_size",
+        lambda v: _is_int(v) and 32 <= v <= 4096,
+        "an integer from 32 to 4096",
+    ),
+    Key(
         "data.synthetic_per_class",
         lambda v: positive_int(v) and v <= 10000,
         "an integer from 1 to 10000",

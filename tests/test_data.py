@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import inspect
 import json
 import logging
@@ -18,7 +17,6 @@ import yaml
 from fixtures_data import TINY_PER_CLASS, tiny_data_cfg, tiny_leaf, write_odd_image, write_tiny_dir
 from PIL import Image
 
-from leafnet.data import datamodule as dm_module
 from leafnet.data import stream as stream_module
 from leafnet.data.datamodule import LeafDataModule
 from leafnet.data.folder import scan_folder
@@ -364,12 +362,11 @@ def test_accepts_every_key_of_the_data_configs(tmp_path):
     assert keys <= params, keys - params
 
 
-def test_synthetic_set_is_generated_on_first_use(tmp_path, monkeypatch):
-    small = functools.partial(ensure_synthetic, size=48)
-    monkeypatch.setattr(dm_module, "ensure_synthetic", small)
+def test_synthetic_set_is_generated_on_first_use(tmp_path):
     target = tmp_path / "synthetic"
     target.mkdir()  # present but empty counts as missing
-    dm = make(target, synthetic=True, synthetic_per_class=4, val_fraction=0.25, test_fraction=0.25)
+    split = {"val_fraction": 0.25, "test_fraction": 0.25}
+    dm = make(target, synthetic=True, synthetic_per_class=4, synthetic_size=48, **split)
     assert dm.class_names == list(CLASS_NAMES) and len(dm.labels) == 12
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
 
@@ -410,3 +407,16 @@ def test_a_part_of_the_synthetic_set_is_its_first_images(tmp_path: Path) -> None
             assert p.read_bytes() == (whole / name / p.name).read_bytes()
     with pytest.raises(LeafnetError, match="synthetic-lab-40"):
         make(tmp_path / "synthetic-lab", synthetic=True, synthetic_per_class=40)
+
+
+def test_the_synthetic_set_painted_at_another_size_has_a_folder_of_its_own(tmp_path: Path) -> None:
+    """`data.synthetic_size` (make demo's 256) paints the same scenes at that side, into
+    synthetic-<style>[-<n>]-<size>px; the set's own folder name is refused for it."""
+    part = {"synthetic": True, "synthetic_per_class": 4, "synthetic_size": 48}
+    split = {"val_fraction": 0.25, "test_fraction": 0.25}
+    with pytest.raises(LeafnetError, match="synthetic-lab-4-48px"):
+        make(tmp_path / "synthetic-lab-4", **part, **split)
+    own = tmp_path / "synthetic-lab-4-48px"
+    make(own, **part, **split)
+    sizes = {Image.open(p).size for p in own.glob("*/*.jpg")}
+    assert len(list(own.glob("*/*.jpg"))) == 12 and sizes == {(48, 48)}

@@ -37,20 +37,20 @@ def test_the_demo_trains_on_the_sets_first_40_per_class_in_their_own_folder() ->
     from leafnet.config import compose
 
     data = compose("train", list(DEMO_OVERRIDES)).data
-    assert data.synthetic_per_class == 40 and Path(str(data.dir)).name == "synthetic-lab-40"
+    assert (data.synthetic_per_class, data.synthetic_size) == (40, 256)
+    assert Path(str(data.dir)).name == "synthetic-lab-40-256px"
 
 
 def test_the_head_start_writes_the_set_the_data_module_then_takes(tmp_path: Path) -> None:
     from leafnet.config import compose
     from leafnet.data.synthetic.writer import ensure_synthetic
 
-    folder = tmp_path / "synthetic-lab-2"
-    cfg = compose(
-        "train", [f"data.dir={folder}", "++data.synthetic_per_class=2", "data.synthetic_seed=3"]
-    )
+    folder = tmp_path / "synthetic-lab-2-64px"
+    overrides = ["++data.synthetic_per_class=2", "data.synthetic_size=64", "data.synthetic_seed=3"]
+    cfg = compose("train", [f"data.dir={folder}", *overrides])
     writer = start_writing_photos(cfg.data)
     assert writer is not None and writer.wait() == 0
     assert len(list(folder.glob("*/*.jpg"))) == 6
     # the data module's own check finds this very set (a different one would be refused)
-    assert not ensure_synthetic(folder, n_per_class=2, seed=3, style="lab")
+    assert not ensure_synthetic(folder, n_per_class=2, size=64, seed=3, style="lab")
     assert start_writing_photos(cfg.data) is None  # nothing to start once it is there

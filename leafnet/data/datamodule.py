@@ -30,7 +30,7 @@ from leafnet.data.folder import scan_folder
 from leafnet.data.images import DEFAULT_MAX_PIXELS, Preprocessing
 from leafnet.data.sampling import EpochIndices, EvalShard, balanced_weights
 from leafnet.data.stream import CachedImages, basic_augmentation, collate, prepare
-from leafnet.data.synthetic import PER_CLASS, ensure_synthetic, folder_name
+from leafnet.data.synthetic import PER_CLASS, SIZE, ensure_synthetic, folder_name
 from leafnet.errors import LeafnetError
 from leafnet.files import write_text
 
@@ -67,6 +67,7 @@ class LeafDataModule(L.LightningDataModule):
         synthetic_seed: int = 0,
         synthetic_style: str = "lab",
         synthetic_per_class: int = PER_CLASS,
+        synthetic_size: int = SIZE,
         split_seed: int | None = None,
         duplicates: str = "near",
         group_pattern: str | None = None,
@@ -99,7 +100,10 @@ class LeafDataModule(L.LightningDataModule):
         self.sampler = str(sampler)
         self.limit_per_class = None if limit_per_class is None else int(limit_per_class)
         self.synthetic_seed, self.synthetic_style = int(synthetic_seed), str(synthetic_style)
-        self.synthetic_per_class = int(synthetic_per_class)
+        self.synthetic_per_class, self.synthetic_size = (
+            int(synthetic_per_class),
+            int(synthetic_size),
+        )
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.split_seed = self.seed if split_seed is None else int(split_seed)
@@ -140,17 +144,15 @@ class LeafDataModule(L.LightningDataModule):
     def _ensure_synthetic(self) -> None:
         # A missing folder is written into only under the set's own name: a mistyped data.dir
         # must not quietly become 300 generated images.
-        n = self.synthetic_per_class
-        own_name = folder_name(self.synthetic_style, n)
+        n, size = self.synthetic_per_class, self.synthetic_size
+        own_name = folder_name(self.synthetic_style, n, size)
         if not self.dir.exists() and self.dir.name != own_name:
             raise LeafnetError(
                 f"data.dir={self.dir} does not exist; for your own photos use data=folder "
                 f"data.dir=<your folder>; the synthetic set is written only into a folder named "
                 f"{own_name}"
             )
-        if ensure_synthetic(
-            self.dir, n_per_class=n, seed=self.synthetic_seed, style=self.synthetic_style
-        ):
+        if ensure_synthetic(self.dir, n, size, self.synthetic_seed, self.synthetic_style):
             log.info("wrote the synthetic leaf set to %s (first use)", self.dir)
 
     def _scan(self) -> None:

@@ -31,6 +31,7 @@ from leafnet.data.synthetic.render import render
 from leafnet.data.synthetic.writer import (
     MARKER,
     PER_CLASS,
+    SIZE,
     VERSIONS,
     contact_sheet,
     ensure_synthetic,
@@ -46,6 +47,7 @@ __all__ = [
     "MARKER",
     "MINER",
     "PER_CLASS",
+    "SIZE",
     "STYLES",
     "VERSIONS",
     "contact_sheet",

@@ -19,13 +19,16 @@ from leafnet.data.synthetic.render import render
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import atomic_path, refuse_existing
 
-# Images per class in the embedded set; a smaller set is its first n, in a folder of its own.
+# Images per class in the embedded set, and their side in pixels; a smaller set is its first n,
+# a set painted at another size the same scenes, each in a folder of its own.
 PER_CLASS = 100
+SIZE = 640
 
 
-def folder_name(style: str, n_per_class: int = PER_CLASS) -> str:
-    """The folder the set (or its first `n_per_class` per class) is written into by name."""
-    return f"synthetic-{style}" + ("" if n_per_class == PER_CLASS else f"-{n_per_class}")
+def folder_name(style: str, n_per_class: int = PER_CLASS, size: int = SIZE) -> str:
+    """The folder the set (its first `n_per_class` per class, painted `size` px) is written into."""
+    name = f"synthetic-{style}" + ("" if n_per_class == PER_CLASS else f"-{n_per_class}")
+    return name + ("" if size == SIZE else f"-{size}px")
 
 
 def _write_one(args: tuple[Path, int, int, int, int, str]) -> Path:
@@ -82,7 +85,7 @@ def _marker(n_per_class: int, size: int, seed: int, style: str) -> dict:
 def ensure_synthetic(
     out_dir: str | Path,
     n_per_class: int = PER_CLASS,
-    size: int = 640,
+    size: int = SIZE,
     seed: int = 0,
     style: str = "lab",
 ) -> bool:
@@ -165,7 +168,11 @@ def main(argv: list[str] | None = None) -> None:
             raise LeafnetError(f"preview={cfg.preview}: the contact sheet is a PNG; end it in .png")
         refuse_existing(str(cfg.preview), cfg.overwrite, "preview")
     root = Path(os.environ.get("LEAFNET_ROOT", "."))
-    out = Path(str(cfg.out)) if cfg.out else root / "data" / folder_name(cfg.style, cfg.n_per_class)
+    out = (
+        Path(str(cfg.out))
+        if cfg.out
+        else root / "data" / folder_name(cfg.style, cfg.n_per_class, cfg.size)
+    )
     start = time.perf_counter()
     if ensure_synthetic(out, cfg.n_per_class, cfg.size, cfg.seed, cfg.style):
         print(f"wrote the {cfg.style} set to {out} in {time.perf_counter() - start:.1f} s")
