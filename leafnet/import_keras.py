@@ -19,7 +19,7 @@ from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import refuse_existing
 
 USAGE = (
-    "usage: python -m leafnet.import_keras input=<keras file> out=<file.ckpt> [overwrite=true] "
+    "usage: leafnet import-keras input=<keras file> out=<file.ckpt> [overwrite=true] "
     "[training overrides, e.g. data.image_size=320 data.resize=keras]"
 )
 OWN_KEYS = ("input", "out", "overwrite")

@@ -299,7 +299,7 @@ def _composed(overrides: list[str]) -> DictConfig:
             hint = _closest_key(compose("train", []), key.group(1))
             raise LeafnetError(
                 f"{key.group(1)} is not a leafnet setting{hint} "
-                "(python -m leafnet.train --help lists them)"
+                "(leafnet train --help lists them)"
             ) from None
         option = re.search(
             r"Could not find '(\w+)/([^']+)' Available options in '\w+': (.*?) Config", text

@@ -265,7 +265,7 @@ def test_a_misspelt_key_names_the_nearest_ones(tmp_path: Path) -> None:
     result = train_main(f"paths.output_dir={tmp_path}", "data.imagesize=64")
     assert result.stderr.strip() == (
         "leafnet: error: data.imagesize is not a leafnet setting; did you mean data.image_size "
-        "or data.resize? (python -m leafnet.train --help lists them)"
+        "or data.resize? (leafnet train --help lists them)"
     )
 
 

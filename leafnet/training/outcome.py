@@ -150,9 +150,8 @@ def format_result(summary: dict[str, Any], run_dir: Path) -> str:
     if summary.get("hidden_units_alive") == 0:
         lines += [
             "  hidden units     all dead (dying ReLU): the network answers one class for every image",
-            "  try next         python -m leafnet.train model=leafnet_gap   (position-free features)",
-            "                   python -m leafnet.train model=torchvision model.name=resnet18 "
-            "data.image_size=224",
+            "  try next         leafnet train experiment=finetune   (ImageNet features, fine-tuned)",
+            "                   leafnet train model=leafnet_gap   (position-free features)",
             "                   (why: docs/dying_relu.md)",
         ]
     if summary.get("diverged_at"):
