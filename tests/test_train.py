@@ -361,6 +361,9 @@ def test_tensorboard_hparams_view_lists_each_run_with_its_final_metrics(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "sweep"),
          "--port", str(port), "--host", "127.0.0.1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # With TensorFlow installed (the bench extra), TensorBoard imports it, and Keras under
+        # the suite's KERAS_BACKEND=torch then never lets TensorBoard start.
+        env={k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"},
     )  # fmt: skip
     try:
         with sync_api.sync_playwright() as p:
