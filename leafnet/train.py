@@ -298,8 +298,7 @@ def _composed(overrides: list[str]) -> DictConfig:
         if key:
             hint = _closest_key(compose("train", []), key.group(1))
             raise LeafnetError(
-                f"{key.group(1)} is not a leafnet setting{hint} "
-                "(leafnet train --help lists them)"
+                f"{key.group(1)} is not a leafnet setting{hint} (leafnet train --help lists them)"
             ) from None
         option = re.search(
             r"Could not find '(\w+)/([^']+)' Available options in '\w+': (.*?) Config", text
