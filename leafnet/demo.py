@@ -43,8 +43,9 @@ def start_writing_photos(data: DictConfig) -> subprocess.Popen | None:
         f"out={data.dir}",
         f"n_per_class={data.synthetic_per_class}",
         f"size={data.synthetic_size}",
+        f"seed={data.synthetic_seed}",
+        f"style={data.synthetic_style}",
     ]
-    args += [f"seed={data.synthetic_seed}", f"style={data.synthetic_style}"]
     return subprocess.Popen(
         [sys.executable, "-m", "leafnet.data.synthetic", *args],
         stdout=subprocess.DEVNULL,

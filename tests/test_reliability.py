@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from leafnet.config import compose
 from leafnet.errors import LeafnetError
 from leafnet.train import train
 from leafnet.training import rundir
+from leafnet.training.bookkeeping import sigterm_as_ctrl_c
 from leafnet.training.resume import resume_config
 
 
@@ -278,6 +280,46 @@ class InterruptMidEpoch(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             raise KeyboardInterrupt
+
+
+class SigtermAt(pl.Callback):
+    """SIGTERM to this process after training batch `batch` of epoch `epoch`, or (epoch None)
+    after the final test's last batch, where Lightning no longer looks for it."""
+
+    def __init__(self, epoch: int | None, batch: int = 0) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        if self.epoch is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("epoch", [1, None], ids=["mid-epoch", "last-test-batch"])
+def test_sigterm_while_a_trainer_runs_ends_the_run_as_ctrl_c_would(
+    tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch, epoch: int | None
+) -> None:
+    """SIGTERM inside training stops at that batch's end with the mid-epoch checkpoint Ctrl-C
+    leaves (last.ckpt, the epoch's end kept beside it); in the final test's last batch, after
+    Lightning's last look, it still ends the run as interrupted."""
+    monkeypatch.setattr(sys.modules[__name__], "_INTERRUPT", SigtermAt(epoch, 1), raising=False)
+    hook = f"+callbacks.interrupt._target_={__name__}.interrupt_at_test"
+    cfg = compose("train", [*tiny_args(tiny_train_images, tmp_path, "logger=none"), hook])
+    run_dir = tmp_path / "run"
+    with sigterm_as_ctrl_c() as terminated, pytest.raises(KeyboardInterrupt):
+        train(cfg, run_dir)
+    assert terminated == [signal.SIGTERM]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    ckpts = run_dir / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    if epoch is not None:  # 3 batches an epoch: stopped after epoch 2's second
+        assert last["global_step"] == 5
+        assert torch.load(ckpts / "epoch_end.ckpt", weights_only=True)["global_step"] == 3
+    else:
+        assert last["epoch"] == 3 and not (ckpts / "epoch_end.ckpt").exists()  # all 4 epochs
 
 
 def interrupted_then_resumed(

@@ -100,10 +100,8 @@ class LeafDataModule(L.LightningDataModule):
         self.sampler = str(sampler)
         self.limit_per_class = None if limit_per_class is None else int(limit_per_class)
         self.synthetic_seed, self.synthetic_style = int(synthetic_seed), str(synthetic_style)
-        self.synthetic_per_class, self.synthetic_size = (
-            int(synthetic_per_class),
-            int(synthetic_size),
-        )
+        self.synthetic_per_class = int(synthetic_per_class)
+        self.synthetic_size = int(synthetic_size)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.split_seed = self.seed if split_seed is None else int(split_seed)
