@@ -278,6 +278,7 @@ COMMAND_KEYS: dict[str, tuple[Key, ...]] = {
         Key("steps", positive_int, "a positive integer"),
         Key("warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         Key("rounds", positive_int, "a positive integer"),
+        Key("lockstep", _is_bool, "true or false"),
         Key("command_epochs", lambda v: _is_int(v) and v >= 2,
             "an integer of at least 2 (the first epoch is the warm-up)"),
         Key("contenders", lambda v: _is_str(v) or isinstance(v, list),

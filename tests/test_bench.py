@@ -16,6 +16,7 @@ from fixtures_cli import run_error
 
 from leafnet.lab.bench import main as bench_main
 from leafnet.lab.host import train_flops_per_image
+from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockstep
 from leafnet.lab.worker import WorkerArgs
 
 
@@ -96,6 +97,7 @@ def test_bench_refuses_a_gpu_it_does_not_have(
         ("precision=8-bit", "use 32-true, 16-mixed or bf16-mixed"),
         ("contenders=[leafnet,tf2]", "contenders: 'tf2' is unknown"),
         ("data_dir=no/such/folder", "data_dir=no/such/folder is not a folder"),
+        ("lockstep=yes", "lockstep='yes' is not valid: use true or false"),
     ],
 )
 def test_bench_refuses_bad_keys_in_one_line(
@@ -187,3 +189,68 @@ def test_the_commands_epoch_parts_count_only_its_steady_epochs(tmp_path: Path) -
     parts = epoch_breakdown(report, images=8)
     assert parts["step"] > 0
     assert parts["callback _SlowFirstEpoch"] < 1.0  # ms per image: the first epoch's 0.3 s is out
+
+
+def test_lockstep_refuses_contenders_that_cannot_take_one_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = run_error(capsys, ["lockstep=true", "contenders=[torch,command,leafnet]"], bench_main)
+    assert "lockstep=true: command, leafnet cannot be timed a step at a time" in err
+    assert not (tmp_path / "outputs").exists()  # refused before any data is generated
+
+
+# A stand-in worker: notes each step it takes in a shared file; "broken" ends at its second step.
+FAKE_WORKER = """
+import json, sys
+from leafnet.lab.worker import LOCKSTEP_READY, LOCKSTEP_STEP
+name, steps_file = sys.argv[1:]
+print("warming up", flush=True)
+print(LOCKSTEP_READY, flush=True)
+times = []
+for line in sys.stdin:
+    if name == "broken" and times:
+        sys.exit(1)
+    with open(steps_file, "a") as f:
+        f.write(name + "\\n")
+    times.append(0.1 * len(times) + (0.05 if name == "b" else 0.1))
+    print(LOCKSTEP_STEP + str(times[-1]), flush=True)
+print("BENCH_RESULT " + json.dumps({"times": times}), flush=True)
+"""
+
+
+def test_lockstep_hands_out_single_steps_in_turn(tmp_path: Path) -> None:
+    """Each worker warms up alone, then takes one step when asked, the order reversed every
+    cycle; a worker that ends early is reported and the others go on."""
+    steps_file = tmp_path / "steps.txt"
+
+    def popen(name: str, args: WorkerArgs, stderr) -> subprocess.Popen:
+        assert args.lockstep
+        return subprocess.Popen(
+            [sys.executable, "-c", FAKE_WORKER, name, str(steps_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )  # fmt: skip
+
+    base = WorkerArgs(
+        image_size=32, batch=4, micro=4, micro_fixed=False, warmup=1,
+        data_dir="", cache_dir="", out_dir=str(tmp_path),
+    )  # fmt: skip
+    host = iter([300.0, 150.0, 100.0])  # the host slows as the steps do
+    sampled: list[str] = []
+
+    def sample() -> dict[str, float]:
+        sampled.append(steps_file.read_text().split()[-1])  # after each cycle's last step
+        return {"matmul_gflops": next(host)}
+
+    raw, samples = run_lockstep(["a", "broken", "b"], base, 3, popen, sample)
+    assert steps_file.read_text().split() == ["a", "broken", "b", "b", "a", "a", "b"]
+    assert sampled == ["b", "a", "b"] and len(samples) == 3
+    assert raw["a"] == [{"times": pytest.approx([0.1, 0.2, 0.3])}]
+    assert raw["broken"] == [{"error": "the worker ended in cycle 2"}]
+    rounds = as_rounds(raw["b"][0], 2)
+    assert [r["times"] for r in rounds] == [pytest.approx([0.05, 0.15]), pytest.approx([0.25])]
+    pairs = paired({"a": raw["a"][0]["times"], "b": raw["b"][0]["times"]}, "a")
+    assert pairs["b"]["ratio_median"] == pytest.approx(0.2 / 0.15)  # b is faster than a
+    assert pairs["b"]["correlation"] == pytest.approx(1.0)  # they slow down together
+    assert host_correlation(raw["a"][0]["times"], samples) > 0.9  # and with the host
+    assert host_correlation(raw["a"][0]["times"], samples[:2]) is None  # not the same cycles

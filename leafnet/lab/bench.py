@@ -8,7 +8,9 @@ Every contender runs in its own subprocess (a process can hold one Keras backend
 contender's peak RSS and allocator state must be its own). Contenders alternate: the timed steps
 are spread over `rounds` rounds and each round visits every contender, so a noisy neighbour on
 a shared CPU hits all of them alike; the table gives the median and the per-round spread. Each
-process warms up first.
+process warms up first. With `lockstep=true` the contenders that time a step function take turns
+a single step at a time instead (`lab.lockstep`), so that each step's neighbours meet the same
+host, and the table adds each one's step-by-step ratio to Keras and how the two move together.
 
 Contenders:
   command              what users run: `python -m leafnet.train` for `command_epochs` epochs on the
@@ -52,24 +54,37 @@ import sys
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from leafnet.config import command_config, to_primitive
 from leafnet.errors import LeafnetError, cli_errors
 from leafnet.files import write_text
 from leafnet.lab.bench_report import format_table
 from leafnet.lab.host import cpu_name, host_sample, train_flops_per_image
+from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockstep, stepped
 from leafnet.lab.worker import KERAS_BACKENDS, TORCH_OPTIONS, WorkerArgs, auto_micro_batch
 
 
-def spawn(name: str, a: WorkerArgs, timeout: float) -> dict[str, Any]:
-    """Run contender `name` in a fresh worker process; its figures, or {"error": why}."""
+def _worker(name: str, a: WorkerArgs) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of contender `name`'s worker process."""
     env = dict(os.environ)
     if name in KERAS_BACKENDS or name == "predict-keras":
         env["KERAS_BACKEND"] = KERAS_BACKENDS.get(name, "tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     code = "import sys; from leafnet.lab.worker import main; main(*sys.argv[1:])"
-    cmd = [sys.executable, "-c", code, name, a.to_json()]
+    return [sys.executable, "-c", code, name, a.to_json()], env
+
+
+def _popen(name: str, a: WorkerArgs, stderr: IO[str]) -> subprocess.Popen:
+    """Contender `name`'s worker with pipes to its stdin and stdout, for `lab.lockstep`."""
+    cmd, env = _worker(name, a)
+    pipe = subprocess.PIPE
+    return subprocess.Popen(cmd, env=env, stdin=pipe, stdout=pipe, stderr=stderr, text=True)
+
+
+def spawn(name: str, a: WorkerArgs, timeout: float) -> dict[str, Any]:
+    """Run contender `name` in a fresh worker process; its figures, or {"error": why}."""
+    cmd, env = _worker(name, a)
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -230,6 +245,12 @@ def run_bench(cfg: Any) -> dict[str, Any]:
     contenders = contender_names(cfg.contenders)
     skipped = {c: why for c in contenders if (why := available(c))}
     contenders = [c for c in contenders if c not in skipped]
+    unstepped = [c for c in contenders if not stepped(c)]
+    if cfg.lockstep and unstepped:
+        raise LeafnetError(
+            f"lockstep=true: {', '.join(unstepped)} cannot be timed a step at a time; "
+            "use torch[+options], keras-tf or keras-torch, or lockstep=false"
+        )
     if cfg.accelerator == "gpu" and not torch.cuda.is_available():
         raise LeafnetError("accelerator=gpu: no CUDA GPU is visible here; use accelerator=cpu")
     rounds = max(1, min(cfg.rounds, cfg.steps))
@@ -249,7 +270,13 @@ def run_bench(cfg: Any) -> dict[str, Any]:
     )  # fmt: skip
     base.micro = cfg.micro_batch_size or auto_micro_batch(base, cfg.precision)
 
-    raw, host = _alternate(contenders, base, cfg, rounds)
+    if cfg.lockstep:  # the host sampled before the first cycle and after each
+        first = host_sample()
+        lock, host = run_lockstep(contenders, base, cfg.steps, _popen, host_sample)
+        raw = {name: as_rounds(parts[0], rounds) for name, parts in lock.items()}
+        host.insert(0, first)
+    else:
+        raw, host = _alternate(contenders, base, cfg, rounds)
     flops = train_flops_per_image(cfg.image_size)
     peak = statistics.median(h["matmul_gflops"] for h in host)
     results = {
@@ -260,6 +287,13 @@ def run_bench(cfg: Any) -> dict[str, Any]:
         for name, row in results.items():
             if "ms_per_image" in row and "ms_per_image" in k and name not in KERAS_BACKENDS:
                 row[f"speedup_vs_{keras_name}"] = k["ms_per_image"] / row["ms_per_image"]
+    if cfg.lockstep:  # each step against the first Keras contender's, else the first one's
+        steps = {name: row["step_s"] for name, row in results.items() if "step_s" in row}
+        reference = next((k for k in [*KERAS_BACKENDS, *steps] if k in steps), None)
+        for name, pairs in paired(steps, reference).items() if reference else ():
+            results[name]["lockstep"] = {"reference": reference, **pairs}
+        for name, times in steps.items():
+            results[name]["host_correlation"] = host_correlation(times, host[1:])
     return {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {
@@ -277,6 +311,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
             "steps": cfg.steps,
             "warmup": cfg.warmup,
             "rounds": rounds,
+            "lockstep": bool(cfg.lockstep),
             "command_epochs": cfg.command_epochs,
             "accelerator": cfg.accelerator,
             "precision": cfg.precision,

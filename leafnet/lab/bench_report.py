@@ -3,6 +3,7 @@ speed against Keras), the training command's epoch part by part, then the side m
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from leafnet.lab.worker import KERAS_BACKENDS
@@ -11,17 +12,23 @@ from leafnet.tables import markdown_table
 
 def _header(report: dict[str, Any]) -> list[str]:
     c, m = report["config"], report["machine"]
+    # In lockstep the rounds are blocks of consecutive cycles (lab.lockstep.as_rounds).
+    rounds, between = (
+        (f"steps in lockstep, cut into {c['rounds']} rounds", "cycle")
+        if c.get("lockstep")
+        else (f"{c['rounds']} alternating rounds", "round")
+    )
     return [
         f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, "
         f"torch {m['torch']}, load {m['load_avg_1m']:.1f}",
         f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
         f"{c.get('accelerator', 'cpu')}{' ' + c['gpu'] if c.get('gpu') else ''}, "
         f"leafnet precision {c.get('precision', '32-true')}, "
-        f"median of {c['steps']} steps after {c['warmup']} warm-up, {c['rounds']} alternating rounds; "
+        f"median of {c['steps']} steps after {c['warmup']} warm-up, {rounds}; "
         f"{report['train_gflop_per_image']:.2f} GFLOP/image",
         f"host: fp32 4096² matmul {report['roofline_gflops']:.0f} GFLOP/s, memory copy "
         f"{report.get('copy_gbs', float('nan')):.1f} GB/s (medians of {len(report.get('host_samples', []))} "
-        "samples, one before the first round and one after each)",
+        f"samples, one before the first {between} and one after each)",
     ]
 
 
@@ -81,6 +88,39 @@ def _breakdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _lockstep_lines(report: dict[str, Any]) -> list[str]:
+    """In lockstep: each contender's steps against the reference's in the same cycle, and how
+    they move with the host's own matmul time."""
+    if not report["config"].get("lockstep"):
+        return []
+    rows, reference = [], None
+    for name, row in report["contenders"].items():
+        if "step_s" not in row:
+            continue
+        pair = row.get("lockstep")
+        reference = pair["reference"] if pair else reference
+        q = statistics.quantiles(row["step_s"], n=10) if len(row["step_s"]) > 1 else [0, 0]
+        host = row.get("host_correlation")
+        rows.append([
+            name,
+            f"{(q[-1] - q[0]) / statistics.median(row['step_s']):.0%}",
+            f"{pair['ratio_median']:.2f}x ({pair['ratio_p10']:.2f}-{pair['ratio_p90']:.2f})"
+            if pair else "-",
+            f"{pair['correlation']:+.2f}" if pair else "-",
+            f"{host:+.2f}" if host is not None else "-",
+        ])  # fmt: skip
+    header = [
+        "contender", "steps' 10th-90th percentile spread", f"speed against {reference} (10th-90th)",
+        "correlation with it", "correlation with the host's matmul time",
+    ]  # fmt: skip
+    return [
+        "",
+        "lockstep: one step of each contender in turn, each cycle's steps side by side (a "
+        "correlation near +1: they slow down together, so the host moves them, not their code):",
+        markdown_table(header, rows, right=[False, True, True, True, True]),
+    ]
+
+
 def _data_lines(report: dict[str, Any]) -> list[str]:
     data = report.get("data")
     if not data:
@@ -131,5 +171,6 @@ def _profile_lines(report: dict[str, Any]) -> list[str]:
 def format_table(report: dict[str, Any]) -> str:
     """The terminal (and README) table: one row per contender, then the side measurements."""
     lines = [*_header(report), "", _contender_table(report)]
-    lines += _breakdown(report) + _data_lines(report) + _profile_lines(report)
+    lines += _breakdown(report) + _lockstep_lines(report) + _data_lines(report)
+    lines += _profile_lines(report)
     return "\n".join(lines)

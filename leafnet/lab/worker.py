@@ -8,6 +8,7 @@ as Keras'), so each contender's module is imported only in the worker that runs 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +23,9 @@ KERAS_BACKENDS = {
     "keras-torch": "torch",
 }
 TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static")
+# What a lockstep worker prints once warm, and after each step (`lab.lockstep`).
+LOCKSTEP_READY = "LOCKSTEP_READY"
+LOCKSTEP_STEP = "LOCKSTEP_STEP "
 
 
 @dataclass
@@ -43,6 +47,7 @@ class WorkerArgs:
     profile: bool = False
     predict_images: int = 64
     predict_batch: int = 16
+    lockstep: bool = False  # one step per line on stdin until it closes (`lab.lockstep`)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -102,14 +107,19 @@ def auto_micro_batch(a: WorkerArgs, precision: str, banded: bool = True) -> int:
 
 
 def timed(step: Callable[[], Any], a: WorkerArgs) -> list[float]:
-    """Seconds of each of `a.steps` calls of `step`, after `a.warmup` untimed ones."""
+    """Seconds of each of `a.steps` calls of `step`, after `a.warmup` untimed ones; in lockstep,
+    one call per line on stdin, each one's seconds printed back, until stdin closes."""
     for _ in range(a.warmup):
         step()
+    if a.lockstep:
+        print(LOCKSTEP_READY, flush=True)
     times = []
-    for _ in range(a.steps):
+    for _ in sys.stdin if a.lockstep else range(a.steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
+        if a.lockstep:
+            print(f"{LOCKSTEP_STEP}{times[-1]}", flush=True)
     return times
 
 
