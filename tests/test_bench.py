@@ -79,6 +79,34 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert report["command"] == "python -m leafnet.lab.bench " + " ".join(args)
 
 
+@pytest.mark.slow  # a benchmark run, ~40 s on 2 cores
+def test_lockstep_bench_pairs_each_step_with_the_references(tmp_path: Path) -> None:
+    args = (
+        *("lockstep=true", "image_size=32", "batch_size=4", "steps=4", "warmup=1", "rounds=2"),
+        *("contenders=[torch+tuned+cl,torch+tuned+cl+static]", "data_pipeline=false"),
+    )
+    result = bench(tmp_path, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(next((tmp_path / "outputs" / "bench").glob("*.json")).read_text())
+    assert report["config"]["lockstep"] is True
+    assert len(report["host_samples"]) == 5  # before the first cycle and after each of four
+    first, second = (report["contenders"][n] for n in ("torch+tuned+cl", "torch+tuned+cl+static"))
+    for row in (first, second):
+        assert row["steps_timed"] == 4 and len(row["round_ms_per_image"]) == 2
+        assert -1 <= row["host_correlation"] <= 1
+    assert "lockstep" not in first  # the reference
+    pair = second["lockstep"]
+    assert pair["reference"] == "torch+tuned+cl"
+    ratios = [a / b for a, b in zip(first["step_s"], second["step_s"], strict=True)]
+    assert pair["ratio_p10"] <= pair["ratio_median"] <= pair["ratio_p90"]
+    assert min(ratios) <= pair["ratio_median"] <= max(ratios)
+    assert "steps in lockstep, cut into 2 rounds" in result.stdout
+    assert (
+        "| torch+tuned+cl+static |" in result.stdout
+        and "speed against torch+tuned+cl" in result.stdout
+    )
+
+
 def test_bench_refuses_a_gpu_it_does_not_have(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
