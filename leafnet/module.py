@@ -228,6 +228,8 @@ class LeafClassifier(pl.LightningModule):
         self.test_precision = MulticlassPrecision(n, average=None)
         self.test_recall = MulticlassRecall(n, average=None)
         self.test_confmat = MulticlassConfusionMatrix(n)
+        # The epoch whose validation last ran: plateau steps only on a validated epoch.
+        self.validated_epoch = -1
         # Divergence is tracked on the device (no host sync per step); DivergenceStop reads it.
         self.register_buffer("nonfinite_step", torch.tensor(-1), persistent=False)
         # Keras' fit(class_weight=...): each sample's loss times its class's weight, summed and
@@ -347,13 +349,19 @@ class LeafClassifier(pl.LightningModule):
         if isinstance(scheduler, FINDER_SCHEDULES):  # stepped per optimizer step (training.tune)
             return
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            # Not on an epoch without validation (check_val_every_n_epoch): Lightning still holds
+            # an earlier epoch's loss, which would count against the patience twice.
             val_loss = self.trainer.callback_metrics.get("val_loss")
-            if val_loss is not None:
+            if val_loss is not None and self.validated_epoch == self.current_epoch:
                 scheduler.step(val_loss)
         else:
             scheduler.step()
 
     # -- validation and test ---------------------------------------------------------------------
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validated_epoch = self.current_epoch
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from fixtures_runs import REPO, tiny_args, train_cli, train_main
 import leafnet.errors
 import leafnet.train  # (also: TensorBoard without TensorFlow, see leafnet/train.py)
 from leafnet.config import compose
+from leafnet.runs import read_run
 from leafnet.train import make_logger, train
 from leafnet.training.bookkeeping import Diverged, Run, run_job, sigterm_as_ctrl_c
 
@@ -451,3 +453,25 @@ def test_sigterm_handler_lets_forked_helpers_end_quietly(capfd: pytest.CaptureFi
     assert terminated == []
     err = capfd.readouterr().err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_epochs_without_validation_have_no_validation_figures(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    """With check_val_every_n_epoch=2 epochs 1 and 3 run no validation: their rows leave the
+    validation figures empty (Lightning still holds epoch 2's), the log says so, and plateau
+    steps on validated epochs only (epoch 2's loss seen again in epoch 3 would have counted as
+    no improvement and halved the learning rate at patience 0)."""
+    run_dir = tmp_path / "run"
+    extra = ("epochs=4", "+trainer.check_val_every_n_epoch=2", "scheduler=plateau")
+    result = train_main(
+        *tiny_args(tiny_train_images, tmp_path, *extra, "scheduler.patience=0", "logger=none"),
+        f"hydra.run.dir={run_dir}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_run(run_dir).metrics
+    validated = [not math.isnan(r["val_loss"]) and not math.isnan(r["val_acc"]) for r in rows]
+    assert validated == [False, True, False, True]
+    assert rows[3]["lr"] == rows[0]["lr"]  # epoch 4 starts at the first rate: no stale step
+    log = (run_dir / "train.log").read_text()
+    assert log.count("not validated this epoch") == 2

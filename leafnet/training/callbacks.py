@@ -195,6 +195,7 @@ class EpochMetrics(Callback):
         self._batch_start = 0.0
         self._wait = 0.0
         self._busy = 0.0
+        self._validated = False  # whether this epoch ran validation (check_val_every_n_epoch)
 
     def _path(self, trainer: pl.Trainer) -> Path:
         return Path(trainer.default_root_dir) / self.filename
@@ -212,6 +213,7 @@ class EpochMetrics(Callback):
         self._train_time = None
         self._images = 0
         self._wait = self._busy = 0.0
+        self._validated = False
         optimizers = trainer.optimizers
         self._lr = optimizers[0].param_groups[0]["lr"] if optimizers else math.nan
 
@@ -228,6 +230,9 @@ class EpochMetrics(Callback):
         if not trainer.sanity_checking and self._train_time is None:
             self._train_time = time.perf_counter() - self._start
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch_time = time.perf_counter() - self._start
         train_time = self._train_time or epoch_time
@@ -238,13 +243,17 @@ class EpochMetrics(Callback):
         wait_share = self._wait / max(self._wait + self._busy, 1e-9)
         pl_module.log("data_wait_share", wait_share, on_epoch=True, sync_dist=True)
         m = trainer.callback_metrics
+        # An epoch without validation (check_val_every_n_epoch) has no validation figures: the
+        # ones Lightning still holds are an earlier epoch's.
+        val = {
+            k: _scalar(m.get(k)) if self._validated else math.nan for k in ("val_loss", "val_acc")
+        }
         row = {
             "epoch": trainer.current_epoch + 1,
             "step": trainer.global_step,
             "train_loss": _scalar(m.get("train_loss")),
             "train_acc": _scalar(m.get("train_acc")),
-            "val_loss": _scalar(m.get("val_loss")),
-            "val_acc": _scalar(m.get("val_acc")),
+            **val,
             "lr": self._lr,
             "epoch_time_s": round(epoch_time, 3),
             "images_per_s": round(images_per_s, 2),
@@ -253,10 +262,14 @@ class EpochMetrics(Callback):
         self.rows.append(row)
         if not trainer.is_global_zero:
             return
+        validation = (
+            f"val_loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
+            if self._validated
+            else "not validated this epoch"
+        )
         log.info(
-            "epoch %d: train_loss %.4f acc %.3f | val_loss %.4f acc %.3f | %.1fs, %.1f img/s, "
-            "data wait %.1f%%",
-            row["epoch"], row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+            "epoch %d: train_loss %.4f acc %.3f | %s | %.1fs, %.1f img/s, data wait %.1f%%",
+            row["epoch"], row["train_loss"], row["train_acc"], validation,
             epoch_time, images_per_s, 100 * wait_share,
         )  # fmt: skip
         self._write(self._path(trainer))
