@@ -73,7 +73,8 @@ def _pooled(size: int, pool: int) -> int:
 class LeafNet(nn.Module):
     """The seed's CNN. Widths and input size are arguments; the flatten width is derived."""
 
-    # Train the first conv block on the CPU in row bands (leafnet.banded); False: layer by layer.
+    # Train the first conv block on the CPU in row bands (leafnet.banded); False: layer by layer
+    # everywhere (the bench's `+unbanded`). One network's own choice: `conv1_in_bands`.
     banded: bool = True
 
     def __init__(
@@ -86,9 +87,11 @@ class LeafNet(nn.Module):
         num_classes: int = 3,
         dropout: float = 0.0,
         global_pool: bool = False,
+        conv1_in_bands: bool = True,
     ) -> None:
         super().__init__()
         self.image_size = image_size
+        self.conv1_in_bands = conv1_in_bands
         self.global_pool = global_pool
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -146,6 +149,7 @@ class LeafNet(nn.Module):
         hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
         return (
             self.banded
+            and self.conv1_in_bands
             and self.training
             and torch.is_grad_enabled()
             and x.device.type == "cpu"

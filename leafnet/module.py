@@ -47,7 +47,7 @@ def _output_sizes(net: nn.Module, banded: bool) -> list[tuple[int, bool]]:
             (math.prod(d for d in r.output_shape if d is not None), r.kind == "MaxPooling2D")
             for r in net.layer_table()
         ]
-        if banded and net.banded:
+        if banded and net.banded and net.conv1_in_bands:
             # leafnet.banded: conv1's output exists a band at a time; backward keeps the pooled
             # output and its max-pool indices (and the input, counted by the caller).
             return rows[1:]

@@ -150,6 +150,7 @@ TRAIN_KEYS: tuple[Key, ...] = (
     ),
     Key("model.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     Key("model.global_pool", _is_bool, "true or false"),
+    Key("model.conv1_in_bands", _is_bool, "true or false"),
     # conf/optimizer/*.yaml and conf/scheduler/*.yaml: each file has some of these keys.
     Key(
         "optimizer.betas",

@@ -36,7 +36,9 @@ from leafnet.model import LayerInfo, LeafNet
 
 ARCHS = ("leafnet", "torchvision", "efficientnet_lite")
 LITE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-LEAFNET_KEYS = ("conv1_filters", "conv2_filters", "dense_units", "dropout", "global_pool")
+LEAFNET_KEYS = (
+    "conv1_filters", "conv2_filters", "dense_units", "dropout", "global_pool", "conv1_in_bands",
+)  # fmt: skip
 
 
 def _replace_last_linear(model: nn.Module, num_classes: int) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from leafnet import banded
 from leafnet.banded import conv_pool_relu
 from leafnet.model import LeafNet
+from leafnet.zoo import build_model
 
 
 def plain(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, pool: int) -> torch.Tensor:
@@ -114,6 +115,16 @@ def test_banded_training_never_keeps_conv1s_output(monkeypatch: pytest.MonkeyPat
     assert whole_largest == conv1_output
     assert banded_largest < conv1_output / 4
     assert banded_total < whole_total / 2
+
+
+def test_a_model_config_can_train_conv1_layer_by_layer() -> None:
+    """`model.conv1_in_bands=false`: that network trains conv1 whole; the others still in bands."""
+    cfg = {"arch": "leafnet", "image_size": 120, "num_classes": 3}
+    x = torch.rand(2, 3, 120, 120)
+    _, whole = _saved(build_model({**cfg, "conv1_in_bands": False}).train(), x)
+    _, bands = _saved(build_model(cfg).train(), x)
+    assert whole == 2 * 32 * 120 * 120 * 4  # conv1's whole output, kept for max-pool's backward
+    assert bands < whole / 4
 
 
 def test_autocast_runs_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:

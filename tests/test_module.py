@@ -131,8 +131,8 @@ def test_train_val_and_test_feed_the_net_float_micro_batches_only() -> None:
 def test_from_config_caps_micro_batches_on_the_cpu_only() -> None:
     from leafnet.config import compose, to_primitive
 
-    def micro(accelerator: str, precision: str = "32-true") -> int:
-        overrides = ["data.image_size=640", "batch_size=256", f"precision={precision}"]
+    def micro(accelerator: str, precision: str = "32-true", *extra: str) -> int:
+        overrides = ["data.image_size=640", "batch_size=256", f"precision={precision}", *extra]
         cfg = to_primitive(compose("train", overrides))
         cfg["trainer"]["accelerator"] = accelerator
         module = LeafClassifier.from_config(cfg, ["a", "b", "c"], {"image_size": 640})
@@ -141,6 +141,7 @@ def test_from_config_caps_micro_batches_on_the_cpu_only() -> None:
     assert micro("cpu") == 73  # the heap limit at 640x640 (conv1 banded)
     assert micro("gpu") == 39  # only max_memory_gb limits (conv1 whole, 154 MiB per image)
     assert micro("cpu", "bf16-mixed") == 8  # autocast runs conv1 whole: the heap limit of old
+    assert micro("cpu", "32-true", "model.conv1_in_bands=false") == 8  # conv1 whole by choice
 
 
 def test_class_weighted_loss_is_keras_fit_with_class_weight() -> None:
