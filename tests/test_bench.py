@@ -36,7 +36,8 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     args = (
         *("image_size=32", "batch_size=4", "steps=2", "warmup=1", "rounds=2"),
-        *("contenders=[command,leafnet,torch+tuned+cl]", "profile=true", "command_epochs=2"),
+        *("contenders=[command,command+layers,leafnet,torch+tuned+cl]", "profile=true"),
+        "command_epochs=2",
         *("predict_images=8", "predict_batch=4"),
     )
     result = bench(tmp_path, *args)
@@ -57,6 +58,9 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
         assert len(row["round_ms_per_image"]) == 2  # one step in each round
         assert row["ms_per_image"] > 0
         assert row["peak_rss_gb"] > 0
+    layers = report["contenders"]["command+layers"]  # model.conv1_in_bands=false, its own micro
+    assert layers["ms_per_image"] > 0 and layers["micro_batch"] == 4
+    assert "command, conv1 layer by layer (`model.conv1_in_bands=false`, micro 4)" in result.stdout
     command = report["contenders"]["command"]
     assert len(command["round_ms_per_image"]) == 2  # one steady epoch in each round
     parts = command["breakdown_ms_per_image"]

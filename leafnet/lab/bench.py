@@ -17,6 +17,7 @@ Contenders:
                        same folder, its steady epochs (all but the first; validation, callbacks,
                        checkpoints and logging included) per training image, and where that time
                        goes outside the step (Lightning's profiler)
+  command+layers       the same with model.conv1_in_bands=false (conv1 layer by layer)
   leafnet              the step: `LeafClassifier` fitted by Lightning's Trainer from the
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)
@@ -132,13 +133,13 @@ def contender_names(value: Any) -> list[str]:
     for c in names:
         base, *options = c.split("+")
         known = (
-            c in ("leafnet", "leafnet+bf16", "command")
+            c in ("leafnet", "leafnet+bf16", "command", "command+layers")
             or c in KERAS_BACKENDS
             or (base == "torch" and set(options) <= set(TORCH_OPTIONS))
         )
         if not known:
             raise LeafnetError(
-                f"contenders: {c!r} is unknown; use command, leafnet, leafnet+bf16, "
+                f"contenders: {c!r} is unknown; use command[+layers], leafnet, leafnet+bf16, "
                 f"torch[+{']['.join(f'+{o}' for o in TORCH_OPTIONS)[1:]}] or "
                 + ", ".join(KERAS_BACKENDS)
             )

@@ -47,6 +47,8 @@ def _contender_table(report: dict[str, Any]) -> str:
         label = f"{name} (micro {r['micro_batch']})" if own_micro else name
         if name == "command":
             label = "command (`python -m leafnet.train`, steady epochs)"
+        elif name == "command+layers":
+            label = f"command, conv1 layer by layer (`model.conv1_in_bands=false`, micro {r.get('micro_batch', '?')})"
         rows.append(
             [
                 label,

@@ -230,16 +230,19 @@ def epoch_breakdown(profile: dict[str, Any], images: int) -> dict[str, float]:
     return parts
 
 
-def work_command(a: WorkerArgs) -> dict[str, Any]:
-    """`python -m leafnet.train` on the bench's folder at the bench's size, batch and micro-batch,
-    `a.epochs` epochs; its steady epochs' time per training image from its metrics.csv."""
+def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
+    """`python -m leafnet.train` on the bench's folder at the bench's size and batch, `a.epochs`
+    epochs, with the `extra` overrides; its steady epochs' time per training image from its
+    metrics.csv. The micro-batch is the bench's unless `extra` changes the network and the bench's
+    was not given (then the command picks its own, as a user's run would)."""
     run_dir = Path(a.out_dir) / "command" / time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = [
         "data=folder", f"data.dir={a.data_dir}", f"data.cache_dir={a.cache_dir}",
-        f"data.image_size={a.image_size}", f"batch_size={a.batch}", f"micro_batch_size={a.micro}",
+        f"data.image_size={a.image_size}", f"batch_size={a.batch}",
+        f"micro_batch_size={a.micro if a.micro_fixed or not extra else 'auto'}",
         f"epochs={a.epochs}", f"trainer.accelerator={a.accelerator}", f"precision={a.precision}",
         f"hydra.run.dir={run_dir}", "+trainer.profiler._target_=leafnet.lab.contenders.EpochProfiler",
-        f"+trainer.profiler.dirpath={run_dir}", "+trainer.profiler.filename=profile",
+        f"+trainer.profiler.dirpath={run_dir}", "+trainer.profiler.filename=profile", *extra,
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "leafnet.train", *overrides], capture_output=True, text=True
@@ -256,6 +259,7 @@ def work_command(a: WorkerArgs) -> dict[str, Any]:
     return {
         "times": [r["epoch_time_s"] * a.batch / images for r in rows],  # per optimizer batch
         "train_images": images,
+        "micro_batch": json.loads((run_dir / "summary.json").read_text())["micro_batch_size"],
         "breakdown_ms_per_image": parts,
         "run_dir": str(run_dir),
     }

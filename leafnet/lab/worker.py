@@ -68,8 +68,9 @@ def run(name: str, a: WorkerArgs) -> dict[str, Any]:
             micro = a.micro if a.micro_fixed else auto_micro_batch(a, "bf16-mixed")
             bf16 = WorkerArgs(**{**asdict(a), "precision": "bf16-mixed", "micro": micro})
             out = {**contenders.work_leafnet(bf16), "micro_batch": micro}
-        elif name == "command":
-            out = contenders.work_command(a)
+        elif name in ("command", "command+layers"):
+            layers = name == "command+layers"
+            out = contenders.work_command(a, ["model.conv1_in_bands=false"] if layers else [])
         elif name.split("+")[0] == "torch":
             options = set(name.split("+")[1:])
             unbanded = "unbanded" in options and not a.micro_fixed
