@@ -232,9 +232,10 @@ def test_lockstep_refuses_contenders_that_cannot_take_one_step(
     assert not (tmp_path / "outputs").exists()  # refused before any data is generated
 
 
-# A stand-in worker: notes each step it takes in a shared file; "broken" ends at its second step.
+# A stand-in worker: notes each step it takes in a shared file; at its second step "broken"
+# ends and "stuck" stops answering.
 FAKE_WORKER = """
-import json, sys
+import json, sys, time
 from leafnet.lab.worker import LOCKSTEP_READY, LOCKSTEP_STEP
 name, steps_file = sys.argv[1:]
 print("warming up", flush=True)
@@ -243,6 +244,8 @@ times = []
 for line in sys.stdin:
     if name == "broken" and times:
         sys.exit(1)
+    if name == "stuck" and times:
+        time.sleep(60)
     with open(steps_file, "a") as f:
         f.write(name + "\\n")
     times.append(0.1 * len(times) + (0.05 if name == "b" else 0.1))
@@ -286,3 +289,28 @@ def test_lockstep_hands_out_single_steps_in_turn(tmp_path: Path) -> None:
     assert pairs["b"]["correlation"] == pytest.approx(1.0)  # they slow down together
     assert host_correlation(raw["a"][0]["times"], samples) > 0.9  # and with the host
     assert host_correlation(raw["a"][0]["times"], samples[:2]) is None  # not the same cycles
+
+
+def test_lockstep_kills_a_worker_that_stops_answering(tmp_path: Path) -> None:
+    """A worker silent for longer than the bench's timeout is killed and reported as timed out;
+    the others finish their steps."""
+    steps_file = tmp_path / "steps.txt"
+    procs: list[subprocess.Popen] = []
+
+    def popen(name: str, args: WorkerArgs, stderr) -> subprocess.Popen:
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", FAKE_WORKER, name, str(steps_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        ))  # fmt: skip
+        return procs[-1]
+
+    base = WorkerArgs(
+        image_size=32, batch=4, micro=4, micro_fixed=False, warmup=1,
+        data_dir="", cache_dir="", out_dir=str(tmp_path),
+    )  # fmt: skip
+    start = time.monotonic()
+    raw, _ = run_lockstep(["stuck", "a"], base, 3, popen, timeout=2)
+    assert time.monotonic() - start < 30  # not the stuck worker's 60 s
+    assert raw["stuck"] == [{"error": "timed out after 2 s in cycle 2"}]
+    assert raw["a"] == [{"times": pytest.approx([0.1, 0.2, 0.3])}]
+    assert all(p.poll() is not None for p in procs)  # no worker left running

@@ -273,7 +273,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
 
     if cfg.lockstep:  # the host sampled before the first cycle and after each
         first = host_sample()
-        lock, host = run_lockstep(contenders, base, cfg.steps, _popen, host_sample)
+        lock, host = run_lockstep(contenders, base, cfg.steps, _popen, host_sample, cfg.timeout)
         raw = {name: as_rounds(parts[0], rounds) for name, parts in lock.items()}
         host.insert(0, first)
     else:

@@ -233,8 +233,8 @@ def epoch_breakdown(profile: dict[str, Any], images: int) -> dict[str, float]:
 def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     """`python -m leafnet.train` on the bench's folder at the bench's size and batch, `a.epochs`
     epochs, with the `extra` overrides; its steady epochs' time per training image from its
-    metrics.csv. The micro-batch is the bench's unless `extra` changes the network and the bench's
-    was not given (then the command picks its own, as a user's run would)."""
+    metrics.csv. With `extra` given (it changes the network) and no micro-batch fixed for the
+    bench, the command picks its own micro-batch, as a user's run would."""
     run_dir = Path(a.out_dir) / "command" / time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = [
         "data=folder", f"data.dir={a.data_dir}", f"data.cache_dir={a.cache_dir}",

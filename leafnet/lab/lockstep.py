@@ -20,6 +20,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -43,17 +44,42 @@ def _line_starting(stream: IO[str], prefix: str) -> str | None:
     return None
 
 
+def _answer(proc: subprocess.Popen, prefix: str, timeout: float | None) -> str | None:
+    """The worker's next line starting with `prefix` (`_line_starting`); a worker still silent
+    after `timeout` seconds is killed, and TimeoutError raised."""
+    killed: list[bool] = []
+
+    def kill() -> None:
+        killed.append(True)
+        proc.kill()
+
+    timer = threading.Timer(timeout or 0, kill)
+    if timeout:
+        timer.start()
+    try:
+        line = _line_starting(proc.stdout, prefix)
+    finally:
+        timer.cancel()
+    if killed:
+        proc.wait()
+        raise TimeoutError
+    return line
+
+
 def run_lockstep(
     contenders: list[str],
     base: WorkerArgs,
     cycles: int,
     popen: Any,
     sample: Callable[[], dict[str, float]] | None = None,
+    timeout: float | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, float]]]:
     """`cycles` steps of every contender, in turn; {contender: [its worker's result]}, as
     `bench._alternate` gives them, and `sample()` taken after every cycle (the host's speed).
     `popen(name, args, log)` starts a worker with pipes to its stdin and stdout, its stderr into
-    the file `log` (a pipe nobody reads could fill and stall it)."""
+    the file `log` (a pipe nobody reads could fill and stall it). A worker that takes longer
+    than `timeout` seconds to warm up or to answer a step is killed and reported; the others go
+    on."""
     args = WorkerArgs(**{**asdict(base), "lockstep": True})
     logs = Path(base.out_dir) / "lockstep"
     logs.mkdir(parents=True, exist_ok=True)
@@ -64,7 +90,12 @@ def run_lockstep(
         log = logs / f"{name}.stderr.txt"
         with log.open("w") as stderr:
             proc = popen(name, args, stderr)
-        if _line_starting(proc.stdout, LOCKSTEP_READY) is None:
+        try:
+            ready = _answer(proc, LOCKSTEP_READY, timeout)
+        except TimeoutError:
+            errors[name] = f"timed out after {timeout:.0f} s warming up"
+            continue
+        if ready is None:
             proc.wait()
             errors[name] = " | ".join(log.read_text().strip().splitlines()[-3:]) or f"see {log}"
             continue
@@ -80,11 +111,12 @@ def run_lockstep(
             try:
                 proc.stdin.write("step\n")
                 proc.stdin.flush()
-                ended = _line_starting(proc.stdout, LOCKSTEP_STEP) is None
+                if _answer(proc, LOCKSTEP_STEP, timeout) is None:
+                    errors[name] = f"the worker ended in cycle {cycle + 1}"
             except BrokenPipeError:
-                ended = True
-            if ended:
                 errors[name] = f"the worker ended in cycle {cycle + 1}"
+            except TimeoutError:
+                errors[name] = f"timed out after {timeout:.0f} s in cycle {cycle + 1}"
         if sample is not None:
             samples.append(sample())
     raw: dict[str, list[dict[str, Any]]] = {name: [{"error": why}] for name, why in errors.items()}
