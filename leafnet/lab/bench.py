@@ -63,7 +63,13 @@ from leafnet.files import write_text
 from leafnet.lab.bench_report import format_table
 from leafnet.lab.host import cpu_name, host_sample, train_flops_per_image
 from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockstep, stepped
-from leafnet.lab.worker import KERAS_BACKENDS, TORCH_OPTIONS, WorkerArgs, auto_micro_batch
+from leafnet.lab.worker import (
+    COMMANDS,
+    KERAS_BACKENDS,
+    TORCH_OPTIONS,
+    WorkerArgs,
+    auto_micro_batch,
+)
 
 
 def _worker(name: str, a: WorkerArgs) -> tuple[list[str], dict[str, str]]:
@@ -133,7 +139,7 @@ def contender_names(value: Any) -> list[str]:
     for c in names:
         base, *options = c.split("+")
         known = (
-            c in ("leafnet", "leafnet+bf16", "command", "command+layers")
+            c in ("leafnet", "leafnet+bf16", *COMMANDS)
             or c in KERAS_BACKENDS
             or (base == "torch" and set(options) <= set(TORCH_OPTIONS))
         )

@@ -23,6 +23,8 @@ KERAS_BACKENDS = {
     "keras-torch": "torch",
 }
 TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static")
+# The training command as a contender, and the overrides each variant adds to it.
+COMMANDS = {"command": [], "command+layers": ["model.conv1_in_bands=false"]}
 # What a lockstep worker prints once warm, and after each step (`lab.lockstep`).
 LOCKSTEP_READY = "LOCKSTEP_READY"
 LOCKSTEP_STEP = "LOCKSTEP_STEP "
@@ -68,9 +70,8 @@ def run(name: str, a: WorkerArgs) -> dict[str, Any]:
             micro = a.micro if a.micro_fixed else auto_micro_batch(a, "bf16-mixed")
             bf16 = WorkerArgs(**{**asdict(a), "precision": "bf16-mixed", "micro": micro})
             out = {**contenders.work_leafnet(bf16), "micro_batch": micro}
-        elif name in ("command", "command+layers"):
-            layers = name == "command+layers"
-            out = contenders.work_command(a, ["model.conv1_in_bands=false"] if layers else [])
+        elif name in COMMANDS:
+            out = contenders.work_command(a, COMMANDS[name])
         elif name.split("+")[0] == "torch":
             options = set(name.split("+")[1:])
             unbanded = "unbanded" in options and not a.micro_fixed
