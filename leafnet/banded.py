@@ -31,12 +31,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from leafnet.perf import l3_cache_bytes
+
 Band = tuple[int, int, int, int]
 Claims = Iterator[tuple[int, Band]]  # (band number, band), as a core takes them
 
-# The conv output a band may hold: 2 MiB, 8 pooled rows of one 640 px image; the fastest budget
-# measured (docs/performance.md, "Why the code is as it is").
-BAND_BYTES = 2 << 20
+# The conv output a band may hold (`band_bytes`): a twelfth of the L3, from 2 MiB (8 pooled rows
+# of one 640 px image) to 8 MiB. Bigger bands pay each band's fixed costs (Python, each op's
+# set-up, the patch table) fewer times until the two cores' bands crowd the L3: 2 MiB was the
+# fastest with an 8 MiB L3, 4-8 MiB 10% faster than 2 with 48 MiB (docs/performance.md, "Why
+# the code is as it is").
+MIN_BAND_BYTES, MAX_BAND_BYTES = 2 << 20, 8 << 20
 # One band per core at a time (see _per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
 PER_CORE = True
@@ -55,6 +60,13 @@ def _bands(n: int, out_rows: int, row_bytes: int, budget: int) -> list[Band]:
         for i in range(0, n, images)
         for r in range(0, out_rows, rows)
     ]
+
+
+@cache
+def band_bytes() -> int:
+    """The budget `conv_pool_relu` gives a band's conv output by default on this host."""
+    l3 = l3_cache_bytes()
+    return MIN_BAND_BYTES if l3 is None else min(max(l3 // 12, MIN_BAND_BYTES), MAX_BAND_BYTES)
 
 
 @cache
@@ -256,4 +268,4 @@ def conv_pool_relu(
     """relu(max_pool2d(conv2d(x, weight, bias, padding=1), pool)) for a 3x3 kernel, in bands."""
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"conv_pool_relu takes a 3x3 kernel, got {tuple(weight.shape[-2:])}")
-    return _ConvPoolReLU.apply(x, weight, bias, pool, budget or BAND_BYTES)
+    return _ConvPoolReLU.apply(x, weight, bias, pool, budget or band_bytes())

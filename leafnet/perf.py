@@ -1,4 +1,5 @@
-"""CPU speed settings for every process that trains or predicts: allocator thresholds and threads.
+"""CPU speed settings for every process that trains or predicts: allocator thresholds, threads,
+and the host facts they follow (physical cores, the L3's size).
 
 Why the allocator matters: at 640x640 one training step allocates and frees activation buffers of
 hundreds of MB to GB. glibc serves anything above its mmap threshold (at most 32 MB by default,
@@ -80,6 +81,24 @@ def physical_cores() -> int:
     except ImportError:
         physical = allowed
     return max(1, min(allowed, physical))
+
+
+def l3_cache_bytes(cpu_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The last-level (L3) cache the OS reports for this process' first core, in bytes; None
+    where Linux' sysfs does not say (macOS, Windows, some containers). In a virtual machine this
+    is the host socket's L3, which other tenants share."""
+    for index in sorted(cpu_dir.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "3":
+                continue
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        digits = size[:-1] if size[-1:] in units else size
+        if digits.isdigit():
+            return int(digits) * units.get(size[-1:], 1)
+    return None
 
 
 def auto_device() -> torch.device:

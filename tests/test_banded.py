@@ -238,3 +238,28 @@ def test_torch_compile_leaves_the_bands_to_eager_mode() -> None:
     assert not [w for w in seen if "banded.py" in str(w.message)]
     for name, grad in eager.items():
         torch.testing.assert_close(compiled["_orig_mod." + name], grad, msg=name)
+
+
+@pytest.fixture
+def fresh_band_bytes():
+    """band_bytes() is worked out once per process: start and leave each test with it unset."""
+    banded.band_bytes.cache_clear()
+    yield
+    banded.band_bytes.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_band_bytes")
+@pytest.mark.parametrize(("l3", "rows"), [(None, 8), (8 << 20, 8), (48 << 20, 17), (1 << 30, 34)])
+def test_bands_grow_with_the_l3_from_2_to_8_mib(
+    monkeypatch: pytest.MonkeyPatch, l3: int | None, rows: int
+) -> None:
+    """A band's conv output is a twelfth of the L3 the OS reports, 2 MiB at least (also where it
+    reports none) and 8 MiB at most: at 640 px, 8, 17 or 34 pooled rows of one image a band."""
+    monkeypatch.setattr(banded, "l3_cache_bytes", lambda: l3)
+    made: list[list[banded.Band]] = []
+    bands = banded._bands
+    monkeypatch.setattr(banded, "_bands", lambda *a: made.append(bands(*a)) or made[-1])
+    x = torch.rand(1, 3, 640, 640)
+    conv_pool_relu(x, torch.randn(32, 3, 3, 3), torch.zeros(32), 3)
+    first = made[0][0]
+    assert first[3] - first[2] == rows

@@ -230,3 +230,25 @@ def test_a_child_process_reports_its_own_peak_not_its_parents() -> None:
                                check=True).stdout)  # fmt: skip
     assert child < perf.peak_rss_bytes() - 700 * 2**20
     del parent
+
+
+def _cache_dir(root: Path, levels: dict[str, str]) -> Path:
+    """A stand-in for /sys/devices/system/cpu/cpu0/cache: one index folder per cache level."""
+    for i, (level, size) in enumerate(levels.items()):
+        index = root / f"index{i}"
+        index.mkdir(parents=True)
+        (index / "level").write_text(level + "\n")
+        (index / "size").write_text(size + "\n")
+    return root
+
+
+def test_l3_cache_size_is_read_from_sysfs(tmp_path: Path) -> None:
+    """The size Linux reports for the L3 ("49152K" on a 48 MiB part), and None where there is no
+    L3 entry, no cache folder at all, or a size it cannot read."""
+    found = _cache_dir(tmp_path / "a", {"1": "48K", "2": "1280K", "3": "49152K"})
+    assert perf.l3_cache_bytes(found) == 48 << 20
+    assert perf.l3_cache_bytes(_cache_dir(tmp_path / "b", {"1": "32K", "2": "512K"})) is None
+    assert perf.l3_cache_bytes(tmp_path / "missing") is None
+    assert perf.l3_cache_bytes(_cache_dir(tmp_path / "c", {"3": "big"})) is None
+    on_this_host = perf.l3_cache_bytes()
+    assert on_this_host is None or on_this_host >= 1 << 20
