@@ -14,6 +14,7 @@ import pytest
 import torch
 from fixtures_cli import run_error
 
+from leafnet import banded
 from leafnet.lab.bench import main as bench_main
 from leafnet.lab.host import train_flops_per_image
 from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockstep
@@ -54,6 +55,7 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert len(report["host_samples"]) == 3  # before the first round and after each of two
     for name in ("leafnet", "torch+tuned+cl"):
         row = report["contenders"][name]
+        assert row["band_bytes"] == banded.band_bytes()  # this host's, as in training
         assert row["steps_timed"] == 2 and len(row["step_s"]) == 2
         assert len(row["round_ms_per_image"]) == 2  # one step in each round
         assert row["ms_per_image"] > 0
@@ -78,6 +80,7 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     # The terminal table names every contender with its figure.
     assert f"| leafnet | {leafnet['ms_per_image']:.1f} |" in result.stdout
     assert "| torch+tuned+cl |" in result.stdout
+    assert f"conv1 bands of {banded.band_bytes() / 2**20:g} MiB" in result.stdout
     assert "cpu, leafnet precision 32-true" in result.stdout
     assert "predict, JPEG decode included, 8 files: leafnet" in result.stdout
     assert report["command"] == "python -m leafnet.lab.bench " + " ".join(args)
@@ -87,17 +90,20 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
 def test_lockstep_bench_pairs_each_step_with_the_references(tmp_path: Path) -> None:
     args = (
         *("lockstep=true", "image_size=32", "batch_size=4", "steps=4", "warmup=1", "rounds=2"),
-        *("contenders=[torch+tuned+cl,torch+tuned+cl+static]", "data_pipeline=false"),
+        *("contenders=[torch+tuned+cl,torch+tuned+cl+static+2mib]", "data_pipeline=false"),
     )
     result = bench(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(next((tmp_path / "outputs" / "bench").glob("*.json")).read_text())
     assert report["config"]["lockstep"] is True
     assert len(report["host_samples"]) == 5  # before the first cycle and after each of four
-    first, second = (report["contenders"][n] for n in ("torch+tuned+cl", "torch+tuned+cl+static"))
+    first, second = (
+        report["contenders"][n] for n in ("torch+tuned+cl", "torch+tuned+cl+static+2mib")
+    )
     for row in (first, second):
         assert row["steps_timed"] == 4 and len(row["round_ms_per_image"]) == 2
         assert -1 <= row["host_correlation"] <= 1
+    assert first["band_bytes"] == banded.band_bytes() and second["band_bytes"] == 2 << 20
     assert "lockstep" not in first  # the reference
     pair = second["lockstep"]
     assert pair["reference"] == "torch+tuned+cl"
@@ -106,7 +112,7 @@ def test_lockstep_bench_pairs_each_step_with_the_references(tmp_path: Path) -> N
     assert min(ratios) <= pair["ratio_median"] <= max(ratios)
     assert "steps in lockstep, cut into 2 rounds" in result.stdout
     assert (
-        "| torch+tuned+cl+static |" in result.stdout
+        "| torch+tuned+cl+static+2mib |" in result.stdout
         and "speed against torch+tuned+cl" in result.stdout
     )
 

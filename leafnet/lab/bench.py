@@ -26,7 +26,8 @@ Contenders:
                        allocator/threads), +cl (channels_last), +compile (torch.compile),
                        +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch),
                        +serial (leafnet.banded's bands one at a time over all cores, not one per core),
-                       +static (each core takes every k-th band, not whichever band is next)
+                       +static (each core takes every k-th band, not whichever band is next),
+                       +2mib (bands of 2 MiB of conv output, not a twelfth of the L3)
   keras-tf-fit         the seed's Keras model as its users train it: `model.fit` on
                        `image_dataset_from_directory` over the same JPEG files (TensorFlow)
   keras-tf-fit-numpy   `model.fit` on numpy arrays already in memory (TensorFlow)
@@ -175,7 +176,16 @@ def contender_row(
         "steps_timed": len(times),
         "step_s": times,
     }
-    for key in ("allocator", "channels_last", "keras", "backend", "micro_batch", "train_images"):
+    keys = (
+        "allocator",
+        "band_bytes",
+        "channels_last",
+        "keras",
+        "backend",
+        "micro_batch",
+        "train_images",
+    )
+    for key in keys:
         if key in parts[-1]:
             row[key] = parts[-1][key]
     breakdowns = [p["breakdown_ms_per_image"] for p in parts if p.get("breakdown_ms_per_image")]
@@ -246,7 +256,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
     """Every contender over `cfg.rounds` alternating rounds, the host figures between rounds."""
     import torch
 
-    from leafnet.perf import tune_process
+    from leafnet.perf import l3_cache_bytes, tune_process
 
     tune_process(cfg.threads)
     contenders = contender_names(cfg.contenders)
@@ -310,6 +320,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "load_avg_1m": os.getloadavg()[0],
+            "l3_bytes": l3_cache_bytes(),
         },
         "config": {
             "image_size": cfg.image_size,

@@ -18,9 +18,12 @@ def _header(report: dict[str, Any]) -> list[str]:
         if c.get("lockstep")
         else (f"{c['rounds']} alternating rounds", "round")
     )
+    l3 = f"L3 {m['l3_bytes'] / 2**20:.0f} MiB, " if m.get("l3_bytes") else ""
+    bands = sorted({r["band_bytes"] for r in report["contenders"].values() if "band_bytes" in r})
     return [
-        f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, "
-        f"torch {m['torch']}, load {m['load_avg_1m']:.1f}",
+        f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, {l3}"
+        f"torch {m['torch']}, load {m['load_avg_1m']:.1f}"
+        + (f"; conv1 bands of {' or '.join(f'{b / 2**20:g}' for b in bands)} MiB" if bands else ""),
         f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
         f"{c.get('accelerator', 'cpu')}{' ' + c['gpu'] if c.get('gpu') else ''}, "
         f"leafnet precision {c.get('precision', '32-true')}, "

@@ -139,7 +139,19 @@ def work_leafnet(a: WorkerArgs) -> dict[str, Any]:
     timer = StepTimer(a)
     trainer = steps_trainer(a.warmup + a.steps, [timer], a.accelerator, a.precision)
     trainer.fit(classifier, datamodule=datamodule)
-    return {"times": timer.times, **timer.info, **timer.profile_report()}
+    return {
+        "times": timer.times,
+        **timer.info,
+        **timer.profile_report(),
+        **_band_info(torch.device("cuda" if a.accelerator == "gpu" else "cpu")),
+    }
+
+
+def _band_info(device: torch.device) -> dict[str, int]:
+    """The conv output a band of leafnet.banded held, where conv1 trained in bands (the CPU)."""
+    from leafnet import banded
+
+    return {"band_bytes": banded.band_bytes()} if device.type == "cpu" else {}
 
 
 def _profile_rows(prof: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
@@ -285,6 +297,8 @@ def work_torch(a: WorkerArgs, options: set[str], micro: int) -> dict[str, Any]:
         banded.PER_CORE = False
     if "static" in options:
         banded.HAND_OUT = False
+    if "2mib" in options:  # the fixed budget before bands followed the L3
+        banded.band_bytes = lambda: banded.MIN_BAND_BYTES
     if "unbanded" in options:  # conv1 layer by layer, as before leafnet.banded
         LeafNet.banded = False
     net = LeafNet(a.image_size).to(device=device, memory_format=fmt)
@@ -304,7 +318,8 @@ def work_torch(a: WorkerArgs, options: set[str], micro: int) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     allocator = allocator_state()  # before the first step, as for leafnet
-    return {"times": timed(step, a), "allocator": allocator, "micro_batch": micro}
+    times = timed(step, a)
+    return {"times": times, "allocator": allocator, "micro_batch": micro, **_band_info(device)}
 
 
 def work_predict(a: WorkerArgs) -> dict[str, Any]:

@@ -22,7 +22,7 @@ KERAS_BACKENDS = {
     "keras-tf": "tensorflow",
     "keras-torch": "torch",
 }
-TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static")
+TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static", "2mib")
 # The training command as a contender, and the overrides each variant adds to it.
 COMMANDS = {"command": [], "command+layers": ["model.conv1_in_bands=false"]}
 # What a lockstep worker prints once warm, and after each step (`lab.lockstep`).
