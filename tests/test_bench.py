@@ -90,7 +90,8 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
 def test_lockstep_bench_pairs_each_step_with_the_references(tmp_path: Path) -> None:
     args = (
         *("lockstep=true", "image_size=32", "batch_size=4", "steps=4", "warmup=1", "rounds=2"),
-        *("contenders=[torch+tuned+cl,torch+tuned+cl+static+2mib]", "data_pipeline=false"),
+        "contenders=[torch+tuned+cl,torch+tuned+cl+static+2mib,torch+tuned+cl+unbanded]",
+        "data_pipeline=false",
     )
     result = bench(tmp_path, *args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -104,6 +105,7 @@ def test_lockstep_bench_pairs_each_step_with_the_references(tmp_path: Path) -> N
         assert row["steps_timed"] == 4 and len(row["round_ms_per_image"]) == 2
         assert -1 <= row["host_correlation"] <= 1
     assert first["band_bytes"] == banded.band_bytes() and second["band_bytes"] == 2 << 20
+    assert "band_bytes" not in report["contenders"]["torch+tuned+cl+unbanded"]  # conv1 whole
     assert "lockstep" not in first  # the reference
     pair = second["lockstep"]
     assert pair["reference"] == "torch+tuned+cl"

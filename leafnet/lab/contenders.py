@@ -143,15 +143,16 @@ def work_leafnet(a: WorkerArgs) -> dict[str, Any]:
         "times": timer.times,
         **timer.info,
         **timer.profile_report(),
-        **_band_info(torch.device("cuda" if a.accelerator == "gpu" else "cpu")),
+        # Mixed precision trains conv1 layer by layer (LeafNet._banded_now).
+        **_band_info(a.accelerator != "gpu" and "mixed" not in str(a.precision)),
     }
 
 
-def _band_info(device: torch.device) -> dict[str, int]:
-    """The conv output a band of leafnet.banded held, where conv1 trained in bands (the CPU)."""
+def _band_info(banded_now: bool) -> dict[str, int]:
+    """The conv output a band of leafnet.banded held, where conv1 trained in bands."""
     from leafnet import banded
 
-    return {"band_bytes": banded.band_bytes()} if device.type == "cpu" else {}
+    return {"band_bytes": banded.band_bytes()} if banded_now else {}
 
 
 def _profile_rows(prof: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
@@ -319,7 +320,12 @@ def work_torch(a: WorkerArgs, options: set[str], micro: int) -> dict[str, Any]:
 
     allocator = allocator_state()  # before the first step, as for leafnet
     times = timed(step, a)
-    return {"times": times, "allocator": allocator, "micro_batch": micro, **_band_info(device)}
+    return {
+        "times": times,
+        "allocator": allocator,
+        "micro_batch": micro,
+        **_band_info(device.type == "cpu" and "unbanded" not in options),
+    }
 
 
 def work_predict(a: WorkerArgs) -> dict[str, Any]:
