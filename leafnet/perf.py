@@ -46,6 +46,8 @@ HEAP_KEEP_BYTES = _THRESHOLD
 _PROBE_BYTES = 48 << 20
 # glibc chunk header: the size word sits just before the user pointer; bit 1 marks an mmapped chunk.
 _IS_MMAPPED = 0x2
+# The suffixes sysfs writes cache sizes with ("49152K").
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 _state: dict[str, Any] | None = None
 
@@ -94,10 +96,9 @@ def l3_cache_bytes(cpu_dir: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -
             size = (index / "size").read_text().strip().upper()
         except OSError:
             continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        digits = size[:-1] if size[-1:] in units else size
+        digits = size[:-1] if size[-1:] in _SIZE_UNITS else size
         if digits.isdigit():
-            return int(digits) * units.get(size[-1:], 1)
+            return int(digits) * _SIZE_UNITS.get(size[-1:], 1)
     return None
 
 
