@@ -18,6 +18,13 @@ fell to the cores. The CPU micro-batch can grow from 8 images at 640 px to 73.
 The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), pool))` (tested to 1e-5 in outputs
 and gradients, ties included): the same windows meet the same maximum, band edges only split
 rows between calls.
+
+For the seed's own block as it trains (3 input channels, a multiple of 32 filters, pool 3,
+float32, channels-last, no input gradient) each band goes to a C kernel instead
+(`leafnet.kernels`, built at first use): it computes a pooled position's nine convolutions in
+registers and keeps a byte per maximum for where it was, so no band of conv output is written at
+all, and its backward needs no patch table; the whole training step took about 0.55x the time of
+these PyTorch kernels (docs/performance.md). Without a C compiler, the PyTorch kernels run.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from leafnet import kernels
 from leafnet.perf import l3_cache_bytes
 
 Band = tuple[int, int, int, int]
@@ -45,6 +53,9 @@ MIN_BAND_BYTES, MAX_BAND_BYTES = 2 << 20, 8 << 20
 # One band per core at a time (see _per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
 PER_CORE = True
+# The seed's block through the C kernel (leafnet.kernels) where it builds; False: PyTorch's
+# kernels, which the bench's `+library` option measures against.
+FUSED = True
 # Bands to whichever core is free; False: each core takes every k-th band, which the bench's
 # `+static` option measures against (the sums are the same either way).
 HAND_OUT = True
@@ -172,6 +183,51 @@ def _weight_grad_at(where: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
     return grad_w.view(-1, 3, 3, channels).permute(0, 3, 1, 2)
 
 
+def _fused(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> kernels.ConvPool | None:
+    """The C kernel for this call, or None for PyTorch's: it takes the seed's first block as it
+    trains (3 input channels, a multiple of 32 filters, pool 3, float32, channels-last on the CPU)
+    and computes no input gradient, which a first layer never needs."""
+    fits = (
+        FUSED
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == bias.dtype == torch.float32
+        and x.shape[1] == 3
+        and weight.shape[0] % 32 == 0
+        and pool == 3
+        and not x.requires_grad
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and bias.is_contiguous()
+    )
+    return kernels.conv_pool() if fits else None
+
+
+def _fused_backward(
+    kernel: kernels.ConvPool,
+    bands: list[Band],
+    x: Tensor,
+    weight: Tensor,
+    out: Tensor,
+    where: Tensor,
+    grad_out: Tensor,
+) -> tuple[None, Tensor, Tensor, None, None]:
+    """The weight and bias gradients from the C kernel, band by band, added in band order."""
+    channels, h, w = weight.shape[0], x.shape[2], x.shape[3]
+    grad = grad_out.contiguous(memory_format=torch.channels_last)
+    grad_w_bands = weight.new_empty((len(bands), 3, 3, 3, channels))  # (ky, kx, ci, co)
+    grad_b_bands = weight.new_empty((len(bands), channels))
+
+    def run(claims: Claims) -> None:
+        for j, (i0, i1, r0, r1) in claims:
+            kernel.weight_grad(
+                x.data_ptr(), h, w, out.data_ptr(), grad.data_ptr(), where.data_ptr(), channels,
+                i0, i1, r0, r1, grad_w_bands[j].data_ptr(), grad_b_bands[j].data_ptr(),
+            )  # fmt: skip
+
+    _per_core(run, bands)
+    grad_w = grad_w_bands.sum(0).permute(3, 2, 0, 1).contiguous()
+    return None, grad_w, grad_b_bands.sum(0), None, None
+
+
 class _ConvPoolReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int) -> Tensor:  # type: ignore[override]
@@ -179,9 +235,28 @@ class _ConvPoolReLU(torch.autograd.Function):
         fmt = _format(x)
         shape = (n, weight.shape[0], h // pool, w // pool)
         out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        bands = _bands(n, h // pool, weight.shape[0] * pool * w * x.element_size(), budget)
+        kernel = _fused(x, weight, bias, pool)
+        ctx.kernel = kernel
+        if kernel is not None:
+            # Which of its window's nine places each maximum came from, a byte (0-8).
+            where = torch.empty(shape, dtype=torch.uint8, memory_format=fmt)
+            taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads
+
+            def run(claims: Claims) -> None:
+                for _, (i0, i1, r0, r1) in claims:
+                    kernel.forward(
+                        x.data_ptr(), h, w, taps.data_ptr(), bias.data_ptr(), weight.shape[0],
+                        out.data_ptr(), where.data_ptr(), i0, i1, r0, r1,
+                    )  # fmt: skip
+
+            _per_core(run, bands)
+            ctx.save_for_backward(x, weight, out, where)
+            ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt
+            return out
+
         # Where each maximum was, as max-pool reports it: relative to its band's conv output.
         where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
-        bands = _bands(n, h // pool, weight.shape[0] * pool * w * x.element_size(), budget)
         k = [pool, pool]
 
         def run(claims: Claims) -> None:
@@ -203,6 +278,8 @@ class _ConvPoolReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, weight, out, where = ctx.saved_tensors
+        if ctx.kernel is not None:
+            return _fused_backward(ctx.kernel, ctx.bands, x, weight, out, where, grad_out)
         pool, k = ctx.pool, [ctx.pool, ctx.pool]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         w = x.shape[-1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from leafnet import banded
+from leafnet import banded, kernels
 from leafnet.banded import conv_pool_relu
 from leafnet.model import LeafNet
 from leafnet.zoo import build_model
@@ -57,13 +57,26 @@ def test_outputs_and_gradients_equal_the_plain_layers(
         torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-5)
 
 
-def test_ties_take_the_same_maximum_as_max_pool() -> None:
+def _tied(filters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An input, weights and biases whose conv outputs are all equal (1.0: each filter reads one
+    flat channel at its centre) while the patches under them differ (the other two channels are
+    random): the weight gradient then shows which place of each window got the gradient."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 12, 12)
+    x[:, 0] = 1.0
+    w = torch.zeros(filters, 3, 3, 3)
+    w[:, 0, 1, 1] = 1.0
+    b = torch.zeros(filters, requires_grad=True)
+    return x.contiguous(memory_format=torch.channels_last), w.requires_grad_(), b
+
+
+# 4 filters: PyTorch's kernels; 32: the fused C kernel where it builds.
+@pytest.mark.parametrize("filters", [4, 32])
+def test_ties_take_the_same_maximum_as_max_pool(filters: int) -> None:
     """A flat region (a uniform backdrop) gives equal conv outputs in a window: the gradient
-    must go to the one element max-pool picks, not be shared."""
-    x = torch.ones(2, 3, 12, 12).contiguous(memory_format=torch.channels_last)
-    w = torch.ones(4, 3, 3, 3, requires_grad=True) / 27
-    b = torch.zeros(4, requires_grad=True)
-    grad = torch.rand(2, 4, 4, 4)
+    must go to the one element max-pool picks (the first), not be shared."""
+    x, w, b = _tied(filters)
+    grad = torch.rand(2, filters, 4, 4)
     want = torch.autograd.grad(plain(x, w, b, 3), (w, b), grad)
     have = torch.autograd.grad(conv_pool_relu(x, w, b, 3, 1000), (w, b), grad)
     for h, e in zip(have, want, strict=True):
@@ -263,3 +276,105 @@ def test_bands_grow_with_the_l3_from_2_to_8_mib(
     conv_pool_relu(x, torch.randn(32, 3, 3, 3), torch.zeros(32), 3)
     first = made[0][0]
     assert first[3] - first[2] == rows
+
+
+# -- the fused C kernel (leafnet.kernels), which LeafNet's conv1 trains through on the CPU -----
+
+fused_kernel = pytest.mark.skipif(kernels.conv_pool() is None, reason="no C compiler here")
+
+
+def _counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Note each call into the C kernel."""
+    kernel = kernels.conv_pool()
+    assert kernel is not None
+    calls: list[str] = []
+
+    def note(name: str, fn):
+        return lambda *a: calls.append(name) or fn(*a)
+
+    counted = kernels.ConvPool(note("forward", kernel.forward), note("grad", kernel.weight_grad))
+    monkeypatch.setattr(kernels, "conv_pool", lambda: counted)
+    return calls
+
+
+@fused_kernel
+@pytest.mark.parametrize(
+    ("shape", "out_channels", "budget"),
+    [
+        ((3, 3, 20, 17), 32, 500),  # odd width, a band of one pooled row per image
+        ((2, 3, 21, 22), 64, 10**9),  # every image in one band; 64 filters
+        ((5, 3, 24, 24), 32, 20_000),  # several whole images per band
+        ((2, 3, 5, 4), 32, 10**9),  # every window at an edge of the image
+    ],
+)
+def test_the_fused_kernel_equals_the_plain_layers(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], out_channels: int, budget: int
+) -> None:
+    calls = _counted(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(out_channels, 3, 3, 3, requires_grad=True)
+    b = torch.randn(out_channels, requires_grad=True)
+    expected = plain(x, w, b, 3)
+    got = conv_pool_relu(x, w, b, 3, budget)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(expected)
+    want = torch.autograd.grad(expected, (w, b), grad)
+    have = torch.autograd.grad(got, (w, b), grad)
+    for h, e in zip(have, want, strict=True):
+        torch.testing.assert_close(h, e, rtol=1e-5, atol=1e-4)
+    assert "forward" in calls and "grad" in calls
+
+
+@fused_kernel
+def test_the_fused_kernel_meets_nan_as_max_pool_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN pixel makes every window it touches NaN, as in the layers (ties: above)."""
+    calls = _counted(monkeypatch)
+    x, w, b = _tied(32)
+    x[0, 1, 5, 7] = float("nan")
+    w.data[:, 1] = 0.5  # the NaN's channel counts
+    torch.testing.assert_close(
+        conv_pool_relu(x, w, b, 3), plain(x, w, b, 3), rtol=0, atol=1e-6, equal_nan=True
+    )
+    assert calls == ["forward"]
+
+
+@fused_kernel
+def test_the_fused_kernel_gives_the_same_bits_on_any_number_of_cores() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 30, 31).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 3, 3, 3, requires_grad=True)
+    b = torch.randn(32, requires_grad=True)
+    grad = torch.randn(3, 32, 10, 10)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = conv_pool_relu(x, w, b, 3, 32 * 3 * 31 * 4 * 2)  # two pooled rows a band
+            results.append((out.detach(), *torch.autograd.grad(out, (w, b), grad)))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for got, one in zip(other, results[0], strict=True):
+            assert torch.equal(got, one)
+
+
+@pytest.mark.parametrize("why", ["input_grad", "nchw", "16_filters", "switched_off"])
+def test_the_block_falls_back_to_pytorchs_kernels_where_the_fused_one_does_not_fit(
+    monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """The C kernel takes the seed's first block as it trains; anything else (an input that
+    wants its gradient, NCHW, filters not a multiple of 32, FUSED off) runs PyTorch's, equal."""
+    calls = _counted(monkeypatch) if kernels.conv_pool() is not None else []
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12, requires_grad=why == "input_grad")
+    if why != "nchw":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16 if why == "16_filters" else 32, 3, 3, 3, requires_grad=True)
+    b = torch.randn(w.shape[0], requires_grad=True)
+    monkeypatch.setattr(banded, "FUSED", why != "switched_off")
+    got = conv_pool_relu(x, w, b, 3)
+    torch.testing.assert_close(got, plain(x, w, b, 3), rtol=0, atol=1e-5)
+    assert calls == []

@@ -56,7 +56,8 @@ def test_the_wheel_holds_every_module_and_config_and_its_script_answers(
     files = set((installed.parent / "wheel.txt").read_text().splitlines())
     sources = {
         str(p.relative_to(REPO))
-        for p in (REPO / "leafnet").rglob("*.py")
+        for pattern in ("*.py", "*.c")
+        for p in (REPO / "leafnet").rglob(pattern)
         if "__pycache__" not in p.parts
     }
     configs = {

@@ -1,0 +1,120 @@
+"""leafnet's C kernels, compiled by the machine's C compiler the first time a process needs one.
+
+One for now: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 + ReLU) fused for
+training on the CPU, forward and weight gradient (leafnet.banded calls it band by band).
+
+No build step and nothing cached: a process compiles the source into a temporary folder (well
+under a second with gcc), loads it through ctypes and deletes the folder. `-march=native` builds
+for this CPU's vector units; a cluster's nodes each build their own. Where that flag is refused
+the source builds with the next in `FLAG_SETS`. Where there is no compiler (Windows, a bare container), the build
+fails, or `LEAFNET_NATIVE=0` is set, `conv_pool()` returns None, one log line says why, and
+leafnet.banded uses PyTorch's kernels: the same numbers, slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).parent
+# Tried in turn: this CPU's instruction set (gcc, clang; older clang for arm64 takes only
+# -mcpu=native), then the compiler's default target (which conv_pool.c refuses on x86 without AVX2).
+FLAG_SETS = (["-O3", "-march=native"], ["-O3", "-mcpu=native"], ["-O3"])
+_PTR, _INT = ctypes.c_void_p, ctypes.c_int64
+
+
+class BuildError(RuntimeError):
+    """A kernel could not be compiled or loaded here."""
+
+
+@dataclass(frozen=True)
+class ConvPool:
+    """`conv_pool.c`'s two entry points (see their comments there for the arguments)."""
+
+    forward: Callable[..., None]
+    weight_grad: Callable[..., None]
+
+
+def compiler() -> list[str] | None:
+    """The C compiler command: $CC, else the one Python was built with, else cc, gcc or clang."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    built_with = shlex.split(sysconfig.get_config_var("CC") or "")
+    for command in ([built_with[0]] if built_with else []) + ["cc", "gcc", "clang"]:
+        if shutil.which(command):
+            return [command]
+    return None
+
+
+def build(source: str) -> ctypes.CDLL:
+    """Compile `source` (a file beside this module) into a shared library and load it."""
+    if os.name == "nt":
+        raise BuildError("no C kernels on Windows")
+    cc = compiler()
+    if cc is None:
+        raise BuildError("no C compiler found (set CC, or install gcc or clang)")
+    with tempfile.TemporaryDirectory(prefix="leafnet-kernels-") as folder:
+        library = Path(folder) / (Path(source).stem + ".so")
+        last = ""
+        for flags in FLAG_SETS:
+            command = [*cc, *flags, "-shared", "-fPIC", "-std=gnu11", "-o", str(library)]
+            try:
+                done = subprocess.run(
+                    [*command, str(SOURCE_DIR / source)],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise BuildError(f"{cc[0]} could not run: {e}") from None
+            if done.returncode == 0:
+                # Loaded before the folder goes: the mapping outlives the file.
+                return ctypes.CDLL(str(library))
+            lines = done.stderr.strip().splitlines()
+            said = [line for line in lines if "error" in line] or lines
+            last = said[0] if said else f"exit status {done.returncode}"
+        raise BuildError(f"{cc[0]} failed on {source}: {last}")
+
+
+@cache
+def conv_pool() -> ConvPool | None:
+    """The fused first block, or None where it cannot be built (the reason logged once)."""
+    if os.environ.get("LEAFNET_NATIVE", "1") == "0":
+        log.info("LEAFNET_NATIVE=0: conv1 trains on PyTorch's kernels")
+        return None
+    try:
+        lib = build("conv_pool.c")
+    except (BuildError, OSError) as e:
+        log.info("conv1 trains on PyTorch's kernels, about half as fast on the CPU: %s", e)
+        return None
+    forward, weight_grad = lib.conv_pool_forward, lib.conv_pool_weight_grad
+    forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, _INT, _INT, _INT, _INT]
+    weight_grad.argtypes = [
+        _PTR,
+        _INT,
+        _INT,
+        _PTR,
+        _PTR,
+        _PTR,
+        _INT,
+        _INT,
+        _INT,
+        _INT,
+        _INT,
+        _PTR,
+        _PTR,
+    ]
+    forward.restype = weight_grad.restype = None
+    return ConvPool(forward, weight_grad)

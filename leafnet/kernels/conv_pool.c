@@ -1,0 +1,183 @@
+/* The seed's first block on the CPU, fused: relu(max_pool2d(conv2d(x, w, b, padding=1), 3)) for
+ * 3 input channels and a multiple of 32 output channels, float32, channels-last; and, for
+ * backward, that block's weight and bias gradients (the input's is never needed by a first
+ * layer).
+ *
+ * Why by hand: no library fuses a convolution with the pooling after it. Layer by layer the
+ * convolution writes 52 MB per 640 px image for max-pool to keep a ninth of, and PyTorch's
+ * max-pool and the weight gradient's gather (leafnet/banded.py) then cost more than the
+ * convolution itself. Here each pooled position computes its nine convolutions in registers and
+ * keeps their maximum and which of the nine it was (0-8, a byte); backward sums, per kernel row,
+ * the input under that position times its gradient. See docs/performance.md for the timings.
+ *
+ * Equal to the layers: the same maximum wins (the first in row-major order, as max-pool scans,
+ * or a NaN), so a flat region routes its gradient as PyTorch does; sums differ from oneDNN's
+ * only in rounding order.
+ *
+ * Plain C with GCC/Clang vector extensions, so one source builds for AVX-512, AVX2, NEON or SSE;
+ * the vector width and how many channels one pass keeps in registers follow the target (the
+ * nine sums of a block must fit the register file). leafnet/kernels/__init__.py compiles it at
+ * first use. Each call takes one band
+ * (images i0..i1, pooled rows r0..r1) on the calling thread; Python's ctypes releases the GIL,
+ * so each core runs its own bands (leafnet/banded.py). */
+
+#include <stdint.h>
+#include <string.h>
+
+/* VEC floats a vector, NV vectors of channels a pass: 18 sums in AVX-512's 32 registers or
+ * NEON's 32, 9 in AVX2's 16. Elsewhere (an x86 build without AVX2, where this ran 3x slower
+ * than PyTorch's kernels, or another architecture, unmeasured) the build stops here and
+ * PyTorch's kernels run. */
+#if defined(__AVX512F__)
+#define VEC 16
+#define NV 2
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VEC 8
+#define NV 1
+#elif defined(__aarch64__)
+#define VEC 4
+#define NV 2
+#else
+#error "leafnet's fused kernel is built for AVX2, AVX-512 or NEON only"
+#endif
+#define BLOCK (VEC * NV) /* channels a pass: divides 32 */
+
+typedef float vf __attribute__((vector_size(VEC * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VEC * 4), aligned(4)));
+typedef uint8_t vb __attribute__((vector_size(VEC), aligned(1)));
+
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(GCC unroll n)
+
+static inline vf load(const float *p) { return *(const vf *)p; }
+static inline void store(float *p, vf v) { *(vf *)p = v; }
+static inline vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+
+static inline vi load_code(const uint8_t *p) {
+    vb c;
+    memcpy(&c, p, VEC);
+    return __builtin_convertvector(c, vi);
+}
+
+/* The 5x5 input pixels (3 floats each) under pooled position (r, c): rows 3r-1..3r+3, columns
+ * 3c-1..3c+3 of one image. Returns a pointer to its top-left pixel and sets *row_step; where the
+ * area crosses the image's border, a copy in `pad` with zeros outside (the 'same' padding). */
+static const float *area(const float *image, int64_t height, int64_t width, int64_t r, int64_t c,
+                         float pad[75], int64_t *row_step) {
+    int64_t top = 3 * r - 1, left = 3 * c - 1;
+    if (top >= 0 && top + 5 <= height && left >= 0 && left + 5 <= width) {
+        *row_step = width * 3;
+        return image + (top * width + left) * 3;
+    }
+    memset(pad, 0, 75 * sizeof(float));
+    for (int64_t y = 0; y < 5; y++)
+        for (int64_t dx = 0; dx < 5; dx++)
+            if (top + y >= 0 && top + y < height && left + dx >= 0 && left + dx < width)
+                memcpy(pad + (y * 5 + dx) * 3, image + ((top + y) * width + left + dx) * 3, 12);
+    *row_step = 15;
+    return pad;
+}
+
+/* The maximum of nine sums per channel, ReLU'd, and which of the nine it was. */
+static inline __attribute__((always_inline)) void pool(const vf sums[9], float *out, uint8_t *code) {
+    vf best = sums[0];
+    vi at = (vi){0};
+    UNROLL(8) for (int o = 1; o < 9; o++) {
+        vi take = (sums[o] > best) | (sums[o] != sums[o]); /* max-pool's rule: greater, or NaN */
+        best = pick(take, sums[o], best);
+        at = (at & ~take) | (((vi){0} + o) & take);
+    }
+    store(out, pick((best > 0) | (best != best), best, (vf){0}));
+    vb bytes = __builtin_convertvector(at, vb);
+    memcpy(code, &bytes, VEC);
+}
+
+/* BLOCK channels at one pooled position: w points at the block's weights, rows (ky, kx, ci). */
+static inline __attribute__((always_inline)) void forward_block(const float *p, int64_t row_step,
+                                                                const float *w, int64_t channels,
+                                                                const float *b, float *out,
+                                                                uint8_t *code) {
+    vf sums[NV][9];
+    UNROLL(2) for (int v = 0; v < NV; v++)
+    UNROLL(9) for (int o = 0; o < 9; o++) sums[v][o] = load(b + v * VEC);
+    UNROLL(3) for (int ky = 0; ky < 3; ky++)
+    UNROLL(3) for (int kx = 0; kx < 3; kx++)
+    UNROLL(3) for (int ci = 0; ci < 3; ci++) {
+        const float *wk = w + ((ky * 3 + kx) * 3 + ci) * channels;
+        vf taps[NV];
+        UNROLL(2) for (int v = 0; v < NV; v++) taps[v] = load(wk + v * VEC);
+        UNROLL(3) for (int oy = 0; oy < 3; oy++)
+        UNROLL(3) for (int ox = 0; ox < 3; ox++) {
+            float x = p[(oy + ky) * row_step + (ox + kx) * 3 + ci];
+            UNROLL(2) for (int v = 0; v < NV; v++) sums[v][oy * 3 + ox] += x * taps[v];
+        }
+    }
+    UNROLL(2) for (int v = 0; v < NV; v++) pool(sums[v], out + v * VEC, code + v * VEC);
+}
+
+/* x: (n, height, width, 3); w: (3, 3, 3, channels) as (ky, kx, ci, co); b: (channels);
+ * out, code: (n, height / 3, width / 3, channels), written for images i0..i1, rows r0..r1. */
+void conv_pool_forward(const float *x, int64_t height, int64_t width, const float *w,
+                       const float *b, int64_t channels, float *out, uint8_t *code, int64_t i0,
+                       int64_t i1, int64_t r0, int64_t r1) {
+    int64_t pooled_h = height / 3, pooled_w = width / 3;
+    float pad[75];
+    for (int64_t i = i0; i < i1; i++) {
+        const float *image = x + i * height * width * 3;
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t c = 0; c < pooled_w; c++) {
+                int64_t row_step, at = ((i * pooled_h + r) * pooled_w + c) * channels;
+                const float *p = area(image, height, width, r, c, pad, &row_step);
+                for (int64_t h = 0; h < channels; h += BLOCK)
+                    forward_block(p, row_step, w + h, channels, b + h, out + at + h, code + at + h);
+            }
+    }
+}
+
+/* The same band's gradients: grad_out gated by ReLU (where out > 0, or NaN), sent to the place
+ * `code` names; gw (3, 3, 3, channels) as (ky, kx, ci, co) and gb (channels) are written. One
+ * sweep per kernel row and block of channels keeps the sums in registers. */
+void conv_pool_weight_grad(const float *x, int64_t height, int64_t width, const float *out,
+                           const float *grad_out, const uint8_t *code, int64_t channels,
+                           int64_t i0, int64_t i1, int64_t r0, int64_t r1, float *gw, float *gb) {
+    int64_t pooled_h = height / 3, pooled_w = width / 3;
+    float pad[75];
+    for (int64_t h = 0; h < channels; h += BLOCK)
+        for (int ky = 0; ky < 3; ky++) {
+            vf sums[NV][9], bias[NV];
+            for (int v = 0; v < NV; v++) {
+                bias[v] = (vf){0};
+                for (int k = 0; k < 9; k++) sums[v][k] = (vf){0};
+            }
+            for (int64_t i = i0; i < i1; i++) {
+                const float *image = x + i * height * width * 3;
+                for (int64_t r = r0; r < r1; r++)
+                    for (int64_t c = 0; c < pooled_w; c++) {
+                        int64_t row_step, at = ((i * pooled_h + r) * pooled_w + c) * channels + h;
+                        const float *p = area(image, height, width, r, c, pad, &row_step);
+                        vf g[NV];
+                        vi place[NV];
+                        UNROLL(2) for (int v = 0; v < NV; v++) {
+                            /* ReLU's backward: grad_out unless out <= 0 (a NaN passes). */
+                            int64_t at_v = at + v * VEC;
+                            g[v] = pick(~(load(out + at_v) <= 0), load(grad_out + at_v), (vf){0});
+                            bias[v] += g[v];
+                            place[v] = load_code(code + at_v);
+                        }
+                        UNROLL(3) for (int oy = 0; oy < 3; oy++)
+                        UNROLL(3) for (int ox = 0; ox < 3; ox++) {
+                            vf mine[NV];
+                            UNROLL(2) for (int v = 0; v < NV; v++)
+                                mine[v] = pick(place[v] == oy * 3 + ox, g[v], (vf){0});
+                            const float *q = p + (oy + ky) * row_step + ox * 3;
+                            UNROLL(9) for (int k = 0; k < 9; k++)
+                            UNROLL(2) for (int v = 0; v < NV; v++) sums[v][k] += q[k] * mine[v];
+                        }
+                    }
+            }
+            for (int v = 0; v < NV; v++) {
+                for (int k = 0; k < 9; k++) store(gw + (ky * 9 + k) * channels + h + v * VEC, sums[v][k]);
+                if (ky == 0) store(gb + h + v * VEC, bias[v]);
+            }
+        }
+}
