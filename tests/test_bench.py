@@ -14,7 +14,7 @@ import pytest
 import torch
 from fixtures_cli import run_error
 
-from leafnet import banded
+from leafnet import banded, kernels
 from leafnet.lab.bench import main as bench_main
 from leafnet.lab.host import train_flops_per_image
 from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockstep
@@ -37,7 +37,8 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     args = (
         *("image_size=32", "batch_size=4", "steps=2", "warmup=1", "rounds=2"),
-        *("contenders=[command,command+layers,leafnet,torch+tuned+cl]", "profile=true"),
+        "contenders=[command,command+layers,command+library,leafnet,torch+tuned+cl,torch+tuned+cl+library]",
+        "profile=true",
         "command_epochs=2",
         *("predict_images=8", "predict_batch=4"),
     )
@@ -53,9 +54,11 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert report["train_gflop_per_image"] == pytest.approx(train_flops_per_image(32) / 1e9)
     assert report["roofline_gflops"] > 0 and report["copy_gbs"] > 0
     assert len(report["host_samples"]) == 3  # before the first round and after each of two
-    for name in ("leafnet", "torch+tuned+cl"):
+    fused = "fused" if kernels.conv_pool() is not None else "pytorch"
+    for name in ("leafnet", "torch+tuned+cl", "torch+tuned+cl+library"):
         row = report["contenders"][name]
         assert row["band_bytes"] == banded.band_bytes()  # this host's, as in training
+        assert row["conv1_kernel"] == ("pytorch" if name.endswith("+library") else fused)
         assert row["steps_timed"] == 2 and len(row["step_s"]) == 2
         assert len(row["round_ms_per_image"]) == 2  # one step in each round
         assert row["ms_per_image"] > 0
@@ -64,6 +67,9 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert layers["ms_per_image"] > 0 and layers["micro_batch"] == 4
     assert "command, conv1 layer by layer (`model.conv1_in_bands=false`, micro 4)" in result.stdout
     command = report["contenders"]["command"]
+    assert command["conv1_kernel"] == fused
+    assert report["contenders"]["command+library"]["conv1_kernel"] == "pytorch"
+    assert "conv1_kernel" not in layers
     assert len(command["round_ms_per_image"]) == 2  # one steady epoch in each round
     parts = command["breakdown_ms_per_image"]
     assert 0 < parts["step"] < command["ms_per_image"]
@@ -81,6 +87,9 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert f"| leafnet | {leafnet['ms_per_image']:.1f} |" in result.stdout
     assert "| torch+tuned+cl |" in result.stdout
     assert f"conv1 bands of {banded.band_bytes() / 2**20:g} MiB" in result.stdout
+    assert (
+        "(fused and pytorch kernels)" if fused == "fused" else "(pytorch kernels)"
+    ) in result.stdout
     assert "cpu, leafnet precision 32-true" in result.stdout
     assert "predict, JPEG decode included, 8 files: leafnet" in result.stdout
     assert report["command"] == "python -m leafnet.lab.bench " + " ".join(args)

@@ -18,6 +18,8 @@ Contenders:
                        checkpoints and logging included) per training image, and where that time
                        goes outside the step (Lightning's profiler)
   command+layers       the same with model.conv1_in_bands=false (conv1 layer by layer)
+  command+library      the same with conv1's bands on PyTorch's kernels, not leafnet's fused C
+                       kernel (LEAFNET_NATIVE=0)
   leafnet              the step: `LeafClassifier` fitted by Lightning's Trainer from the
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)
@@ -27,7 +29,8 @@ Contenders:
                        +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch),
                        +serial (leafnet.banded's bands one at a time over all cores, not one per core),
                        +static (each core takes every k-th band, not whichever band is next),
-                       +2mib (bands of 2 MiB of conv output, not a twelfth of the L3)
+                       +2mib (bands of 2 MiB of conv output, not a twelfth of the L3),
+                       +library (the bands on PyTorch's kernels, not the fused C kernel)
   keras-tf-fit         the seed's Keras model as its users train it: `model.fit` on
                        `image_dataset_from_directory` over the same JPEG files (TensorFlow)
   keras-tf-fit-numpy   `model.fit` on numpy arrays already in memory (TensorFlow)
@@ -76,6 +79,8 @@ from leafnet.lab.worker import (
 def _worker(name: str, a: WorkerArgs) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of contender `name`'s worker process."""
     env = dict(os.environ)
+    if "+library" in name:  # conv1 on PyTorch's kernels, not leafnet.kernels' fused one
+        env["LEAFNET_NATIVE"] = "0"
     if name in KERAS_BACKENDS or name == "predict-keras":
         env["KERAS_BACKEND"] = KERAS_BACKENDS.get(name, "tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -146,7 +151,7 @@ def contender_names(value: Any) -> list[str]:
         )
         if not known:
             raise LeafnetError(
-                f"contenders: {c!r} is unknown; use command[+layers], leafnet, leafnet+bf16, "
+                f"contenders: {c!r} is unknown; use command[+layers|+library], leafnet, leafnet+bf16, "
                 f"torch[+{']['.join(f'+{o}' for o in TORCH_OPTIONS)[1:]}] or "
                 + ", ".join(KERAS_BACKENDS)
             )
@@ -179,6 +184,7 @@ def contender_row(
     keys = (
         "allocator",
         "band_bytes",
+        "conv1_kernel",
         "channels_last",
         "keras",
         "backend",

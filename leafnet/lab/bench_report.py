@@ -19,11 +19,14 @@ def _header(report: dict[str, Any]) -> list[str]:
         else (f"{c['rounds']} alternating rounds", "round")
     )
     l3 = f"L3 {m['l3_bytes'] / 2**20:.0f} MiB, " if m.get("l3_bytes") else ""
-    bands = sorted({r["band_bytes"] for r in report["contenders"].values() if "band_bytes" in r})
+    rows = report["contenders"].values()
+    bands = sorted({r["band_bytes"] for r in rows if "band_bytes" in r})
+    kernels = sorted({r["conv1_kernel"] for r in rows if "conv1_kernel" in r})
     return [
         f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, {l3}"
         f"torch {m['torch']}, load {m['load_avg_1m']:.1f}"
-        + (f"; conv1 bands of {' or '.join(f'{b / 2**20:g}' for b in bands)} MiB" if bands else ""),
+        + (f"; conv1 bands of {' or '.join(f'{b / 2**20:g}' for b in bands)} MiB" if bands else "")
+        + (f" ({' and '.join(kernels)} kernels)" if kernels else ""),
         f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
         f"{c.get('accelerator', 'cpu')}{' ' + c['gpu'] if c.get('gpu') else ''}, "
         f"leafnet precision {c.get('precision', '32-true')}, "

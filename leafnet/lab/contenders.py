@@ -148,11 +148,15 @@ def work_leafnet(a: WorkerArgs) -> dict[str, Any]:
     }
 
 
-def _band_info(banded_now: bool) -> dict[str, int]:
-    """The conv output a band of leafnet.banded held, where conv1 trained in bands."""
-    from leafnet import banded
+def _band_info(banded_now: bool) -> dict[str, Any]:
+    """Where conv1 trained in bands: the conv output a band of leafnet.banded held, and whose
+    kernels computed them ("fused": leafnet.kernels' C kernel, "pytorch": PyTorch's)."""
+    from leafnet import banded, kernels
 
-    return {"band_bytes": banded.band_bytes()} if banded_now else {}
+    if not banded_now:
+        return {}
+    fused = banded.FUSED and kernels.conv_pool() is not None
+    return {"band_bytes": banded.band_bytes(), "conv1_kernel": "fused" if fused else "pytorch"}
 
 
 def _profile_rows(prof: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
@@ -275,6 +279,8 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
         "micro_batch": json.loads((run_dir / "summary.json").read_text())["micro_batch_size"],
         "breakdown_ms_per_image": parts,
         "run_dir": str(run_dir),
+        # This worker's environment and compiler are the training process'.
+        **_band_info(a.accelerator != "gpu" and "mixed" not in str(a.precision) and not extra),
     }
 
 

@@ -22,9 +22,14 @@ KERAS_BACKENDS = {
     "keras-tf": "tensorflow",
     "keras-torch": "torch",
 }
-TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static", "2mib")
+TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static", "2mib", "library")
 # The training command as a contender, and the overrides each variant adds to it.
-COMMANDS = {"command": [], "command+layers": ["model.conv1_in_bands=false"]}
+# (`+library` runs without leafnet's C kernel: bench._worker sets LEAFNET_NATIVE=0.)
+COMMANDS = {
+    "command": [],
+    "command+layers": ["model.conv1_in_bands=false"],
+    "command+library": [],
+}
 # What a lockstep worker prints once warm, and after each step (`lab.lockstep`).
 LOCKSTEP_READY = "LOCKSTEP_READY"
 LOCKSTEP_STEP = "LOCKSTEP_STEP "
