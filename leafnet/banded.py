@@ -201,6 +201,48 @@ def _fused(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> kernels.ConvPo
     return kernels.conv_pool() if fits else None
 
 
+def fused_takes(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
+    """Whether `conv_pool_relu(x, weight, bias, pool)` would run through the C kernel."""
+    return _fused(x, weight, bias, pool) is not None
+
+
+def _fused_bands(
+    kernel: kernels.ConvPool, x: Tensor, weight: Tensor, bias: Tensor, out: Tensor, where: Tensor
+) -> Callable[[Claims], None]:
+    """Forward, band by band, through the C kernel: `out` and `where` written in place."""
+    taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
+    h, w = x.shape[2], x.shape[3]
+
+    def run(claims: Claims) -> None:
+        for _, (i0, i1, r0, r1) in claims:
+            kernel.forward(
+                x.data_ptr(), h, w, taps.data_ptr(), bias.data_ptr(), weight.shape[0],
+                out.data_ptr(), where.data_ptr(), i0, i1, r0, r1,
+            )  # fmt: skip
+
+    return run
+
+
+def _torch_bands(
+    x: Tensor, weight: Tensor, bias: Tensor, pool: int, out: Tensor, where: Tensor
+) -> Callable[[Claims], None]:
+    """Forward, band by band, through PyTorch's convolution and max-pool."""
+    k = [pool, pool]
+
+    def run(claims: Claims) -> None:
+        for _, (i0, i1, r0, r1) in claims:
+            rows = _band_input(x, (i0, i1, r0, r1), pool)[0]
+            band = F.conv2d(rows, weight, bias, padding=(0, 1))
+            # Pooled straight into the output, then ReLU there while it is still in cache.
+            pooled = out[i0:i1, :, r0:r1]
+            torch.ops.aten.max_pool2d_with_indices.out(
+                band, k, k, [0, 0], [1, 1], False, out=pooled, indices=where[i0:i1, :, r0:r1]
+            )
+            pooled.relu_()
+
+    return run
+
+
 def _fused_backward(
     kernel: kernels.ConvPool,
     bands: list[Band],
@@ -236,40 +278,15 @@ class _ConvPoolReLU(torch.autograd.Function):
         shape = (n, weight.shape[0], h // pool, w // pool)
         out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
         bands = _bands(n, h // pool, weight.shape[0] * pool * w * x.element_size(), budget)
-        kernel = _fused(x, weight, bias, pool)
-        ctx.kernel = kernel
+        kernel = ctx.kernel = _fused(x, weight, bias, pool)
         if kernel is not None:
             # Which of its window's nine places each maximum came from, a byte (0-8).
             where = torch.empty(shape, dtype=torch.uint8, memory_format=fmt)
-            taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads
-
-            def run(claims: Claims) -> None:
-                for _, (i0, i1, r0, r1) in claims:
-                    kernel.forward(
-                        x.data_ptr(), h, w, taps.data_ptr(), bias.data_ptr(), weight.shape[0],
-                        out.data_ptr(), where.data_ptr(), i0, i1, r0, r1,
-                    )  # fmt: skip
-
-            _per_core(run, bands)
-            ctx.save_for_backward(x, weight, out, where)
-            ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt
-            return out
-
-        # Where each maximum was, as max-pool reports it: relative to its band's conv output.
-        where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
-        k = [pool, pool]
-
-        def run(claims: Claims) -> None:
-            for _, (i0, i1, r0, r1) in claims:
-                rows = _band_input(x, (i0, i1, r0, r1), pool)[0]
-                band = F.conv2d(rows, weight, bias, padding=(0, 1))
-                # Pooled straight into the output, then ReLU there while it is still in cache.
-                pooled = out[i0:i1, :, r0:r1]
-                torch.ops.aten.max_pool2d_with_indices.out(
-                    band, k, k, [0, 0], [1, 1], False, out=pooled, indices=where[i0:i1, :, r0:r1]
-                )
-                pooled.relu_()
-
+            run = _fused_bands(kernel, x, weight, bias, out, where)
+        else:
+            # Where each maximum was, as max-pool reports it: relative to its band's conv output.
+            where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
+            run = _torch_bands(x, weight, bias, pool, out, where)
         _per_core(run, bands)
         ctx.save_for_backward(x, weight, out, where)
         ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from leafnet.adapters.pytorch import is_hooked
-from leafnet.banded import conv_pool_relu
+from leafnet.banded import conv_pool_relu, fused_takes
 
 
 class KerasFlatten(nn.Module):
@@ -73,8 +73,8 @@ def _pooled(size: int, pool: int) -> int:
 class LeafNet(nn.Module):
     """The seed's CNN. Widths and input size are arguments; the flatten width is derived."""
 
-    # Train the first conv block on the CPU in row bands (leafnet.banded); False: layer by layer
-    # everywhere (the bench's `+unbanded`). One network's own choice: `conv1_in_bands`.
+    # The first conv block on the CPU in row bands (leafnet.banded; see _banded_now); False: layer
+    # by layer everywhere (the bench's `+unbanded`). One network's own choice: `conv1_in_bands`.
     banded: bool = True
 
     def __init__(
@@ -141,21 +141,27 @@ class LeafNet(nn.Module):
 
     def _banded_now(self, x: Tensor) -> bool:
         """Whether this forward computes the first block in bands of rows (leafnet.banded): the
-        same numbers without conv1's 52 MB per image ever leaving the cache. Only to train on the
-        CPU (GPUs keep cuDNN's layers: a band per kernel launch would be slow there), in float32
+        same numbers without conv1's 52 MB per image ever leaving the cache. Only on the CPU
+        (GPUs keep cuDNN's layers: a band per kernel launch would be slow there), in float32
         (under precision=bf16-mixed the plain layers measured faster; docs/performance.md), and
-        only while no hook watches `conv2d` or `max_pooling2d`, so a
-        hook always sees their output."""
+        only while no hook watches `conv2d` or `max_pooling2d`, so a hook always sees their
+        output. To train, always; to predict or validate, where the fused C kernel takes the
+        block (about half the time of the layers' convolution and max-pool), but never while
+        TorchScript traces or torch.compile/torch.export capture the model: a C call in bands is
+        nothing they can record."""
         hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
-        return (
+        if not (
             self.banded
             and self.conv1_in_bands
-            and self.training
-            and torch.is_grad_enabled()
             and x.device.type == "cpu"
             and not _autocast_on("cpu")
             and not hooked
-        )
+        ):
+            return False
+        if self.training and torch.is_grad_enabled():
+            return True
+        capturing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+        return not capturing and fused_takes(x, self.conv2d.weight, self.conv2d.bias, 3)
 
     @property
     def hidden_layer(self) -> str:

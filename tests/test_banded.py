@@ -378,3 +378,25 @@ def test_the_block_falls_back_to_pytorchs_kernels_where_the_fused_one_does_not_f
     got = conv_pool_relu(x, w, b, 3)
     torch.testing.assert_close(got, plain(x, w, b, 3), rtol=0, atol=1e-5)
     assert calls == []
+
+
+@fused_kernel
+def test_leafnet_predicts_through_the_fused_kernel_but_traces_the_layers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validation, test and predict run conv1 through the C kernel too (the same logits); a
+    TorchScript trace (export) records the layers, which it can."""
+    calls = _counted(monkeypatch)
+    torch.manual_seed(0)
+    net = LeafNet(image_size=96).to(memory_format=torch.channels_last).eval()
+    x = torch.rand(2, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fused = net(x)
+    assert calls == ["forward"]
+    traced = torch.jit.trace(net, x, check_trace=False)
+    assert calls == ["forward"]
+    monkeypatch.setattr(LeafNet, "banded", False)
+    with torch.inference_mode():
+        layers = net(x)
+        torch.testing.assert_close(traced(x), layers)
+    torch.testing.assert_close(fused, layers, rtol=0, atol=1e-5)
