@@ -68,6 +68,10 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert "command, conv1 layer by layer (`model.conv1_in_bands=false`, micro 4)" in result.stdout
     command = report["contenders"]["command"]
     assert command["conv1_kernel"] == fused
+    runs = (tmp_path / "outputs" / "bench" / "command").glob("*/summary.json")
+    peaks = [json.loads(p.read_text())["peak_rss_gb"] for p in runs]
+    assert len(peaks) == 6  # command, command+library, command+layers: one run a round each
+    assert command["peak_rss_gb"] in peaks  # the training process' own, not its worker's
     assert report["contenders"]["command+library"]["conv1_kernel"] == "pytorch"
     assert "conv1_kernel" not in layers
     assert len(command["round_ms_per_image"]) == 2  # one steady epoch in each round

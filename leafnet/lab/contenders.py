@@ -273,10 +273,12 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     parts = epoch_breakdown(profile, images)
     epoch_ms = statistics.median(r["epoch_time_s"] for r in rows) * 1000 / images
     parts["rest (Lightning's loop, logging)"] = epoch_ms - sum(parts.values())
+    summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "times": [r["epoch_time_s"] * a.batch / images for r in rows],  # per optimizer batch
         "train_images": images,
-        "micro_batch": json.loads((run_dir / "summary.json").read_text())["micro_batch_size"],
+        "micro_batch": summary["micro_batch_size"],
+        "peak_rss_gb": summary["peak_rss_gb"],  # the training process', not this worker's
         "breakdown_ms_per_image": parts,
         "run_dir": str(run_dir),
         # This worker's environment and compiler are the training process'.
