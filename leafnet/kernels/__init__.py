@@ -1,14 +1,14 @@
 """leafnet's C kernels, compiled by the machine's C compiler the first time a process needs one.
 
-One for now: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 + ReLU) fused for
-training on the CPU, forward and weight gradient (leafnet.banded calls it band by band).
+One for now: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 + ReLU) fused for the
+CPU, forward and weight gradient (leafnet.banded calls it band by band, to train and to predict).
 
 No build step and nothing cached: a process compiles the source into a temporary folder (well
 under a second with gcc), loads it through ctypes and deletes the folder. `-march=native` builds
-for this CPU's vector units; a cluster's nodes each build their own. Where that flag is refused
-the source builds with the next in `FLAG_SETS`. Where there is no compiler (Windows, a bare container), the build
-fails, or `LEAFNET_NATIVE=0` is set, `conv_pool()` returns None, one log line says why, and
-leafnet.banded uses PyTorch's kernels: the same numbers, slower.
+for this CPU's vector units; a cluster's nodes each build their own. Where that flag is refused,
+the next flags in `FLAG_SETS` are tried. Where there is no compiler (Windows, a bare container),
+the build fails, or `LEAFNET_NATIVE=0` is set, `conv_pool()` returns None, one log line says
+why, and leafnet.banded uses PyTorch's kernels: the same numbers, slower.
 """
 
 from __future__ import annotations
@@ -92,12 +92,12 @@ def build(source: str) -> ctypes.CDLL:
 def conv_pool() -> ConvPool | None:
     """The fused first block, or None where it cannot be built (the reason logged once)."""
     if os.environ.get("LEAFNET_NATIVE", "1") == "0":
-        log.info("LEAFNET_NATIVE=0: conv1 trains on PyTorch's kernels")
+        log.info("LEAFNET_NATIVE=0: conv1 runs on PyTorch's kernels")
         return None
     try:
         lib = build("conv_pool.c")
     except (BuildError, OSError) as e:
-        log.info("conv1 trains on PyTorch's kernels, about half as fast on the CPU: %s", e)
+        log.info("conv1 runs on PyTorch's kernels, about half as fast on the CPU: %s", e)
         return None
     forward, weight_grad = lib.conv_pool_forward, lib.conv_pool_weight_grad
     forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, _INT, _INT, _INT, _INT]

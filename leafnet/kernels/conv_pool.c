@@ -14,12 +14,11 @@
  * or a NaN), so a flat region routes its gradient as PyTorch does; sums differ from oneDNN's
  * only in rounding order.
  *
- * Plain C with GCC/Clang vector extensions, so one source builds for AVX-512, AVX2, NEON or SSE;
- * the vector width and how many channels one pass keeps in registers follow the target (the
- * nine sums of a block must fit the register file). leafnet/kernels/__init__.py compiles it at
- * first use. Each call takes one band
- * (images i0..i1, pooled rows r0..r1) on the calling thread; Python's ctypes releases the GIL,
- * so each core runs its own bands (leafnet/banded.py). */
+ * Plain C with GCC/Clang vector extensions, so one source builds for AVX-512, AVX2 or NEON; the
+ * vector width and how many channels a pass keeps in registers follow the target (below).
+ * leafnet/kernels/__init__.py compiles it at first use. Each call takes one band (images
+ * i0..i1, pooled rows r0..r1) on the calling thread; Python's ctypes releases the GIL, so each
+ * core runs its own bands (leafnet/banded.py). */
 
 #include <stdint.h>
 #include <string.h>
