@@ -19,12 +19,12 @@ The result equals `relu(max_pool2d(conv2d(x, w, b, padding=1), pool))` (tested t
 and gradients, ties included): the same windows meet the same maximum, band edges only split
 rows between calls.
 
-For the seed's own block as it trains (3 input channels, a multiple of 32 filters, pool 3,
-float32, channels-last, no input gradient) each band goes to a C kernel instead
-(`leafnet.kernels`, built at first use): it computes a pooled position's nine convolutions in
-registers and keeps a byte per maximum for where it was, so no band of conv output is written at
-all, and its backward needs no patch table; the whole training step took about 0.55x the time of
-these PyTorch kernels (docs/performance.md). Without a C compiler, the PyTorch kernels run.
+For the seed's own block (3 input channels, a multiple of 32 filters, pool 3, float32,
+channels-last, no input gradient) each band goes to a C kernel instead (`leafnet.kernels`, built
+at first use): it computes a pooled position's nine convolutions in registers and keeps a byte
+per maximum for where it was, so no band of conv output is written at all, and its backward
+needs no patch table; the whole training step took about 0.55x the time of these PyTorch kernels
+(docs/performance.md). Without a C compiler, the PyTorch kernels run.
 """
 
 from __future__ import annotations
@@ -184,9 +184,9 @@ def _weight_grad_at(where: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
 
 
 def _fused(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> kernels.ConvPool | None:
-    """The C kernel for this call, or None for PyTorch's: it takes the seed's first block as it
-    trains (3 input channels, a multiple of 32 filters, pool 3, float32, channels-last on the CPU)
-    and computes no input gradient, which a first layer never needs."""
+    """The C kernel for this call, or None for PyTorch's: it takes the seed's first block (3 input
+    channels, a multiple of 32 filters, pool 3, float32, channels-last on the CPU) and computes no
+    input gradient, which a first layer never needs."""
     fits = (
         FUSED
         and x.device.type == "cpu"
