@@ -200,7 +200,10 @@ class CachedImages(Dataset):
             (len(positions), 3, side, side), dtype=torch.uint8, memory_format=torch.channels_last
         )
         for row, (i, epoch) in enumerate(zip(positions, epochs, strict=True)):
-            out[row] = self._augmented(i, epoch) if self.transform else self.read(i)
+            if self.transform:
+                out[row] = self._augmented(i, epoch)
+            elif not self.cache.read_into(self.keys[i], out[row]):
+                out[row] = self.read(i)
         return out, self.labels[torch.as_tensor(positions, dtype=torch.long)]
 
     __getitems__ = batch  # the DataLoader asks for whole batches through this name
