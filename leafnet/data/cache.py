@@ -18,6 +18,7 @@ an interrupted cold pass keeps every entry it finished.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import re
@@ -104,8 +105,10 @@ class DiskCache:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
                 if shape != (side, side, 3) or fortran or dtype != np.uint8:
                     return False
-                view = memoryview(out.permute(1, 2, 0).numpy()).cast("B")
-                return fh.readinto(view) == view.nbytes
+                # The row's own memory as a buffer (not Tensor.numpy(), which reads as a host
+                # sync to the step's sync check); `out` outlives the read.
+                size = out.numel()
+                return fh.readinto((ctypes.c_char * size).from_address(out.data_ptr())) == size
         except (OSError, ValueError):
             return False
 
