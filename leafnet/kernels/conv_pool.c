@@ -70,6 +70,7 @@ static void pad_area(const float *image, int64_t height, int64_t width, int64_t 
                 memcpy(pad + (y * 5 + dx) * 3, image + ((top + y) * width + left + dx) * 3, 12);
 }
 
+/* Whether the 5x5 area from (top, left) lies wholly inside the image. */
 static int inside(int64_t height, int64_t width, int64_t top, int64_t left) {
     return top >= 0 && top + 5 <= height && left >= 0 && left + 5 <= width;
 }
@@ -91,7 +92,7 @@ static const float *area(const float *image, int64_t height, int64_t width, int6
 
 /* The same area always copied into `pad`, for the forward pass: at a fixed row step every read is
  * a constant offset, and the compiler keeps the 18 sums in registers (with the image's row step
- * it spilled them, and the forward pass ran 1.4x slower). */
+ * it spilled them to the stack; docs/performance.md). */
 static void copy_area(const float *image, int64_t height, int64_t width, int64_t r, int64_t c,
                       float pad[75]) {
     int64_t top = 3 * r - 1, left = 3 * c - 1;
