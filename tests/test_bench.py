@@ -335,3 +335,30 @@ def test_lockstep_kills_a_worker_that_stops_answering(tmp_path: Path) -> None:
     assert raw["stuck"] == [{"error": "timed out after 2 s in cycle 2"}]
     assert raw["a"] == [{"times": pytest.approx([0.1, 0.2, 0.3])}]
     assert all(p.poll() is not None for p in procs)  # no worker left running
+
+
+def test_the_table_says_how_the_host_moved_and_how_much_of_the_epoch_is_outside_the_step() -> None:
+    from leafnet.lab.bench_report import format_table
+
+    def row(ms: float, **extra: object) -> dict[str, object]:
+        return {"ms_per_image": ms, "round_ms_per_image": [ms], "spread": 0.0, "gflops": 1.0,
+                "roofline_share": 0.5, "peak_rss_gb": 1.0, **extra}  # fmt: skip
+
+    parts = {"step": 16.0, "validation": 3.0, "checkpoint writes": 1.0}
+    report = {
+        "date": "2026-12-07T08:00:00", "train_gflop_per_image": 2.68, "roofline_gflops": 250.0,
+        "copy_gbs": 20.0, "host_samples": [{"matmul_gflops": g} for g in (200.0, 300.0, 250.0)],
+        "machine": {"cpu": "a CPU", "threads": 2, "torch": "2", "load_avg_1m": 0.5},
+        "config": {"image_size": 640, "batch": 32, "micro_batch": 32, "steps": 15, "warmup": 2,
+                   "rounds": 5},
+        "contenders": {"command": row(20.0, breakdown_ms_per_image=parts),
+                       "torch+tuned+cl": row(18.0)},
+    }  # fmt: skip
+    table = format_table(report)
+    # (300 - 200) / 250: the host's own spread, reckoned as the contenders' is.
+    assert "matmul 250 GFLOP/s (samples 200-300, spread 40%)" in table
+    # 4 of the epoch's 20 ms/image are outside the step; the epoch is 20 / 18 of the bare loop.
+    assert "outside the command's step (every part but the first): 20.0% of the epoch" in table
+    assert "the epoch against the step alone (torch+tuned+cl, 18.0 ms/image): +11.1%" in table
+    report["contenders"]["leafnet"] = row(19.0)  # leafnet's own step, where it ran, comes first
+    assert "(leafnet, 19.0 ms/image): +5.3%" in format_table(report)

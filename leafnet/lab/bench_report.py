@@ -32,10 +32,21 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"leafnet precision {c.get('precision', '32-true')}, "
         f"median of {c['steps']} steps after {c['warmup']} warm-up, {rounds}; "
         f"{report['train_gflop_per_image']:.2f} GFLOP/image",
-        f"host: fp32 4096² matmul {report['roofline_gflops']:.0f} GFLOP/s, memory copy "
-        f"{report.get('copy_gbs', float('nan')):.1f} GB/s (medians of {len(report.get('host_samples', []))} "
-        f"samples, one before the first {between} and one after each)",
+        f"host: fp32 4096² matmul {report['roofline_gflops']:.0f} GFLOP/s{_host_range(report)}, "
+        f"memory copy {report.get('copy_gbs', float('nan')):.1f} GB/s (medians of "
+        f"{len(report.get('host_samples', []))} samples, one before the first {between} and one "
+        "after each)",
     ]
+
+
+def _host_range(report: dict[str, Any]) -> str:
+    """The matmul samples' range and spread (as the contenders' spread is reckoned): how much the
+    host itself moved during the run, beside which a contender's spread can be read."""
+    samples = [h["matmul_gflops"] for h in report.get("host_samples", [])]
+    if len(samples) < 2:
+        return ""
+    spread = (max(samples) - min(samples)) / statistics.median(samples)
+    return f" (samples {min(samples):.0f}-{max(samples):.0f}, spread {spread:.0%})"
 
 
 def _contender_table(report: dict[str, Any]) -> str:
@@ -72,6 +83,10 @@ def _contender_table(report: dict[str, Any]) -> str:
     return markdown_table(header, rows, right=[False] + [True] * (len(header) - 1))
 
 
+# Contenders that time the step alone, in the order `_breakdown` prefers them.
+STEP_ALONE = ("leafnet", "torch+tuned+cl")
+
+
 def _breakdown(report: dict[str, Any]) -> list[str]:
     """The command's steady epoch, part by part, against the step alone."""
     command = report["contenders"].get("command", {})
@@ -79,7 +94,8 @@ def _breakdown(report: dict[str, Any]) -> list[str]:
     if not parts:
         return []
     epoch = command["ms_per_image"]
-    step = report["contenders"].get("leafnet", {}).get("ms_per_image")
+    # The step alone: leafnet's own, else the bare loop over the same network.
+    alone = [n for n in STEP_ALONE if "ms_per_image" in report["contenders"].get(n, {})]
     lines = [
         "",
         f"the command's steady epoch, {epoch:.1f} ms per training image "
@@ -88,12 +104,13 @@ def _breakdown(report: dict[str, Any]) -> list[str]:
     ]
     rows = [[k, f"{v:.2f}", f"{v / epoch:.1%}"] for k, v in parts.items()]
     lines.append(markdown_table(["part", "ms/image", "share"], rows, right=[False, True, True]))
-    if step:
-        lines.append(
-            f"epoch against the step alone (contender leafnet, {step:.1f} ms/image): "
-            f"{epoch / step - 1:+.1%}"
-        )
-    return lines
+    outside = 1 - parts.get("step", epoch) / epoch
+    line = f"outside the command's step (every part but the first): {outside:.1%} of the epoch"
+    if alone:
+        step = report["contenders"][alone[0]]["ms_per_image"]
+        line += f"; the epoch against the step alone ({alone[0]}, {step:.1f} ms/image): "
+        line += f"{epoch / step - 1:+.1%}"
+    return [*lines, line]
 
 
 def _lockstep_lines(report: dict[str, Any]) -> list[str]:
