@@ -71,7 +71,8 @@ class ValidationImages(Callback):
 
 def thumbnails(x: Tensor) -> Tensor:
     """A batch shrunk to GRID_PX for the grid, as float. uint8 batches (the loaders') are shrunk
-    as uint8, antialiased: converting 16 images at 640 px to float first took 5x as long."""
+    as uint8, antialiased: converting them to float first was most of the callback's time
+    (docs/performance.md)."""
     if x.shape[-1] <= GRID_PX:
         return x.float()
     size = (GRID_PX, GRID_PX)
