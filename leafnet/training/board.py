@@ -71,8 +71,8 @@ class ValidationImages(Callback):
 
 def thumbnails(x: Tensor) -> Tensor:
     """A batch shrunk to GRID_PX for the grid, as float. uint8 batches (the loaders') are shrunk
-    as uint8, antialiased: converting them to float first was most of the callback's time
-    (docs/performance.md)."""
+    as uint8, antialiased: shrinking them as float meant converting the full-size images first,
+    several times slower (docs/performance.md)."""
     if x.shape[-1] <= GRID_PX:
         return x.float()
     size = (GRID_PX, GRID_PX)
