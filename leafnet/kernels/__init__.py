@@ -100,21 +100,9 @@ def conv_pool() -> ConvPool | None:
         log.info("conv1 runs on PyTorch's kernels, about half as fast on the CPU: %s", e)
         return None
     forward, weight_grad = lib.conv_pool_forward, lib.conv_pool_weight_grad
-    forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, _INT, _INT, _INT, _INT]
-    weight_grad.argtypes = [
-        _PTR,
-        _INT,
-        _INT,
-        _PTR,
-        _PTR,
-        _PTR,
-        _INT,
-        _INT,
-        _INT,
-        _INT,
-        _INT,
-        _PTR,
-        _PTR,
-    ]
+    # x, height, width, w, b, channels, out, code, i0, i1, r0, r1
+    forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, *[_INT] * 4]
+    # x, height, width, out, grad_out, code, channels, i0, i1, r0, r1, gw, gb
+    weight_grad.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, *[_INT] * 5, _PTR, _PTR]
     forward.restype = weight_grad.restype = None
     return ConvPool(forward, weight_grad)
