@@ -112,9 +112,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
             return find_lr(trainer, classifier, datamodule, run)
 
         log.info(
-            "training %s lr=%g batch %d (micro-batches of %d) at %d px on %d classes -> %s",
+            "training %s lr=%g batch %d (micro-batches of %d) at %d px, precision %s, "
+            "on %d classes -> %s",
             run.summary["optimizer"], cfg.lr, cfg.batch_size, classifier.hparams.micro_batch_size,
-            cfg.data.image_size, len(datamodule.class_names), run.dir,
+            cfg.data.image_size, cfg.precision, len(datamodule.class_names), run.dir,
         )  # fmt: skip
         with interruptible(trainer):
             trainer.fit(

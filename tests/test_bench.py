@@ -15,6 +15,7 @@ import torch
 from fixtures_cli import run_error
 
 from leafnet import banded, kernels
+from leafnet.adapters.pytorch import cpu_has_bf16
 from leafnet.lab.bench import main as bench_main
 from leafnet.lab.host import train_flops_per_image
 from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockstep
@@ -37,7 +38,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     args = (
         *("image_size=32", "batch_size=4", "steps=2", "warmup=1", "rounds=2"),
-        "contenders=[command,command+layers,command+library,leafnet,torch+tuned+cl,torch+tuned+cl+library]",
+        "contenders=[command,command+layers,command+library,command+bf16,leafnet,torch+tuned+cl,torch+tuned+cl+library]",
         "profile=true",
         "command_epochs=2",
         *("predict_images=8", "predict_batch=4"),
@@ -68,11 +69,21 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     assert "command, conv1 layer by layer (`model.conv1_in_bands=false`, micro 4)" in result.stdout
     command = report["contenders"]["command"]
     assert command["conv1_kernel"] == fused
-    runs = (tmp_path / "outputs" / "bench" / "command").glob("*/summary.json")
-    peaks = [json.loads(p.read_text())["peak_rss_gb"] for p in runs]
-    assert len(peaks) == 6  # command, command+library, command+layers: one run a round each
+    runs = [
+        json.loads(p.read_text())
+        for p in (tmp_path / "outputs/bench/command").glob("*/summary.json")
+    ]
+    peaks = [run["peak_rss_gb"] for run in runs]
+    assert len(peaks) == 6 + 2 * cpu_has_bf16()  # each command variant: one run a round
     assert command["peak_rss_gb"] in peaks  # the training process' own, not its worker's
     assert report["contenders"]["command+library"]["conv1_kernel"] == "pytorch"
+    bf16 = report["contenders"]["command+bf16"]
+    if cpu_has_bf16():  # the command itself at bf16-mixed, precision given once
+        assert bf16["ms_per_image"] > 0
+        precisions = [[o for o in r["overrides"] if o.startswith("precision=")] for r in runs]
+        assert precisions.count(["precision=bf16-mixed"]) == 2
+    else:  # the command's own one-line refusal, as a user would see it
+        assert "no native bfloat16" in bf16["error"]
     assert "conv1_kernel" not in layers
     assert len(command["round_ms_per_image"]) == 2  # one steady epoch in each round
     parts = command["breakdown_ms_per_image"]

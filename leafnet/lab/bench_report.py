@@ -66,6 +66,8 @@ def _contender_table(report: dict[str, Any]) -> str:
             label = "command (`python -m leafnet.train`, steady epochs)"
         elif name == "command+layers":
             label = f"command, conv1 layer by layer (`model.conv1_in_bands=false`, micro {r.get('micro_batch', '?')})"
+        elif name == "command+bf16":
+            label = f"command at `precision=bf16-mixed` (micro {r.get('micro_batch', '?')})"
         rows.append(
             [
                 label,

@@ -259,8 +259,10 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
         f"micro_batch_size={a.micro if a.micro_fixed or not extra else 'auto'}",
         f"epochs={a.epochs}", f"trainer.accelerator={a.accelerator}", f"precision={a.precision}",
         f"hydra.run.dir={run_dir}", "+trainer.profiler._target_=leafnet.lab.contenders.EpochProfiler",
-        f"+trainer.profiler.dirpath={run_dir}", "+trainer.profiler.filename=profile", *extra,
+        f"+trainer.profiler.dirpath={run_dir}", "+trainer.profiler.filename=profile",
     ]  # fmt: skip
+    replaced = {e.split("=")[0] for e in extra}  # each key once: `extra` wins
+    overrides = [o for o in overrides if o.split("=")[0] not in replaced] + extra
     done = subprocess.run(
         [sys.executable, "-m", "leafnet.train", *overrides], capture_output=True, text=True
     )

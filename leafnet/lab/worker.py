@@ -29,6 +29,7 @@ COMMANDS = {
     "command": [],
     "command+layers": ["model.conv1_in_bands=false"],
     "command+library": [],
+    "command+bf16": ["precision=bf16-mixed"],
 }
 # What a lockstep worker prints once warm, and after each step (`lab.lockstep`).
 LOCKSTEP_READY = "LOCKSTEP_READY"
