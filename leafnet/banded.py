@@ -201,6 +201,11 @@ def _fused(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> kernels.ConvPo
     return kernels.conv_pool() if fits else None
 
 
+def fused_available() -> bool:
+    """Whether the C kernel is on and built here (it takes the seed's first block)."""
+    return FUSED and kernels.conv_pool() is not None
+
+
 def fused_takes(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
     """Whether `conv_pool_relu(x, weight, bias, pool)` would run through the C kernel."""
     return _fused(x, weight, bias, pool) is not None
@@ -271,7 +276,10 @@ def _fused_backward(
 
 
 class _ConvPoolReLU(torch.autograd.Function):
+    # Float32 inside under CPU autocast (precision=bf16-mixed): the C kernel is float32 only, and
+    # PyTorch's band kernels write into a float32 output.
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int) -> Tensor:  # type: ignore[override]
         n, _, h, w = x.shape
         fmt = _format(x)
@@ -293,6 +301,7 @@ class _ConvPoolReLU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, weight, out, where = ctx.saved_tensors
         if ctx.kernel is not None:

@@ -142,23 +142,19 @@ class LeafNet(nn.Module):
     def _banded_now(self, x: Tensor) -> bool:
         """Whether this forward computes the first block in bands of rows (leafnet.banded): the
         same numbers without conv1's 52 MB per image ever leaving the cache. Only on the CPU
-        (GPUs keep cuDNN's layers: a band per kernel launch would be slow there), in float32
-        (under precision=bf16-mixed the plain layers measured faster; docs/performance.md), and
-        only while no hook watches `conv2d` or `max_pooling2d`, so a hook always sees their
-        output. To train, always; to predict or validate, where the fused C kernel takes the
-        block (about half the time of the layers' convolution and max-pool), but never while
-        TorchScript traces or torch.compile/torch.export capture the model: a C call in bands is
-        nothing they can record."""
+        (GPUs keep cuDNN's layers: a band per kernel launch would be slow there), and only while
+        no hook watches `conv2d` or `max_pooling2d`, so a hook always sees their output. To
+        train, always; to predict or validate, where the fused C kernel takes the block (about
+        half the time of the layers' convolution and max-pool), but never while TorchScript
+        traces or torch.compile/torch.export capture the model: a C call in bands is nothing they
+        can record. Under precision=bf16-mixed, only where the C kernel takes the block: it runs
+        in float32 and the rest of the network in bfloat16, faster than bfloat16 layers
+        throughout or float32 throughout, where PyTorch's band kernels were slower than the
+        bfloat16 layers (docs/performance.md)."""
         hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
-        if not (
-            self.banded
-            and self.conv1_in_bands
-            and x.device.type == "cpu"
-            and not _autocast_on("cpu")
-            and not hooked
-        ):
+        if not (self.banded and self.conv1_in_bands and x.device.type == "cpu" and not hooked):
             return False
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and not _autocast_on("cpu"):
             return True
         capturing = torch.jit.is_tracing() or torch.compiler.is_compiling()
         return not capturing and fused_takes(x, self.conv2d.weight, self.conv2d.bias, 3)

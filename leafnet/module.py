@@ -28,6 +28,7 @@ from torchmetrics.classification import (
 )
 
 from leafnet.adapters.lightning import FINDER_SCHEDULES
+from leafnet.banded import fused_available
 from leafnet.config import to_primitive
 from leafnet.data.images import Preprocessing, to_float
 from leafnet.errors import LeafnetError
@@ -111,10 +112,10 @@ def auto_micro_batch_size(
     buffers in again and runs about twice as slow. Half the limit, because near it some steps
     still trimmed (docs/performance.md). At 640x640 that caps
     micro-batches at 73 with conv1 in bands, 8 without. LeafNet's conv1 runs in bands when it
-    trains on the CPU without autocast (`LeafNet._banded_now`): `heap_limited` and a `precision`
-    that is not mixed.
+    trains on the CPU (`LeafNet._banded_now`): `heap_limited`, under autocast (a mixed
+    `precision`) only where the C kernel builds.
     """
-    banded = heap_limited and "mixed" not in precision
+    banded = heap_limited and ("mixed" not in precision or fused_available())
     per_image = activation_bytes_per_image(net, banded)
     fits = int(max_memory_gb * 2**30 // per_image)
     if fits < 1:

@@ -140,8 +140,10 @@ def test_a_model_config_can_train_conv1_layer_by_layer() -> None:
     assert bands < whole / 4
 
 
-def test_autocast_runs_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under precision=bf16-mixed the layer-by-layer block measured faster: LeafNet uses it."""
+def test_autocast_without_the_kernel_runs_the_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under precision=bf16-mixed the bfloat16 layers measured faster than PyTorch's band
+    kernels: without the C kernel LeafNet uses them."""
+    monkeypatch.setattr(banded, "FUSED", False)
     net = LeafNet(image_size=120).train()
     x = torch.rand(2, 3, 120, 120)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -400,3 +402,31 @@ def test_leafnet_predicts_through_the_fused_kernel_but_traces_the_layers(
         layers = net(x)
         torch.testing.assert_close(traced(x), layers)
     torch.testing.assert_close(fused, layers, rtol=0, atol=1e-5)
+
+
+@fused_kernel
+def test_autocast_trains_the_first_block_through_the_kernel_in_float32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under precision=bf16-mixed the C kernel keeps the first block, in float32, and the layers
+    after it run in bfloat16: the block's output and its gradients are the float32 ones."""
+    calls = _counted(monkeypatch)
+    torch.manual_seed(0)
+    net = LeafNet(image_size=60).to(memory_format=torch.channels_last).train()
+    x = torch.rand(2, 3, 60, 60).contiguous(memory_format=torch.channels_last)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(module: torch.nn.Module, inputs: tuple[torch.Tensor]) -> None:
+        seen["block"] = inputs[0]
+        inputs[0].register_hook(lambda g: seen.setdefault("grad", g))
+
+    net.conv2d_1.register_forward_pre_hook(keep)  # conv2's input: the first block's output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(x)
+    F.cross_entropy(logits.float(), torch.tensor([0, 2])).backward()
+    assert logits.dtype == torch.bfloat16 and calls.count("forward") == 1
+    w, b = (t.detach().requires_grad_() for t in (net.conv2d.weight, net.conv2d.bias))
+    block = conv_pool_relu(x, w, b, 3)  # float32, no autocast
+    assert seen["block"].dtype == torch.float32 and torch.equal(seen["block"], block)
+    grad_w, grad_b = torch.autograd.grad(block, (w, b), seen["grad"])
+    assert torch.equal(net.conv2d.weight.grad, grad_w) and torch.equal(net.conv2d.bias.grad, grad_b)

@@ -34,7 +34,7 @@ def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow  # a benchmark run, ~45 s on 2 cores
+@pytest.mark.slow  # a benchmark run, about 5 minutes on 2 cores
 def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
     args = (
         *("image_size=32", "batch_size=4", "steps=2", "warmup=1", "rounds=2"),

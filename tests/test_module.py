@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from leafnet import banded
+from leafnet.banded import fused_available
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
 from leafnet.module import LeafClassifier, auto_micro_batch_size, freed_at_once_bytes_per_image
@@ -128,7 +130,7 @@ def test_train_val_and_test_feed_the_net_float_micro_batches_only() -> None:
     assert all(n == 4 and dtype == torch.float32 for n, dtype in seen)
 
 
-def test_from_config_caps_micro_batches_on_the_cpu_only() -> None:
+def test_from_config_caps_micro_batches_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
     from leafnet.config import compose, to_primitive
 
     def micro(accelerator: str, precision: str = "32-true", *extra: str) -> int:
@@ -140,7 +142,11 @@ def test_from_config_caps_micro_batches_on_the_cpu_only() -> None:
 
     assert micro("cpu") == 73  # the heap limit at 640x640 (conv1 banded)
     assert micro("gpu") == 39  # only max_memory_gb limits (conv1 whole, 154 MiB per image)
-    assert micro("cpu", "bf16-mixed") == 8  # autocast runs conv1 whole: the heap limit of old
+    # Under autocast conv1 stays in bands where the C kernel takes it, else it runs whole.
+    assert micro("cpu", "bf16-mixed") == (73 if fused_available() else 8)
+    monkeypatch.setattr(banded, "FUSED", False)
+    assert micro("cpu", "bf16-mixed") == 8
+    assert micro("cpu") == 73  # float32: PyTorch's band kernels
     assert micro("cpu", "32-true", "model.conv1_in_bands=false") == 8  # conv1 whole by choice
 
 

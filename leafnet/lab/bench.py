@@ -20,8 +20,8 @@ Contenders:
   command+layers       the same with model.conv1_in_bands=false (conv1 layer by layer)
   command+library      the same with conv1's bands on PyTorch's kernels, not leafnet's fused C
                        kernel (LEAFNET_NATIVE=0)
-  command+bf16         the same at precision=bf16-mixed (CPUs with AVX512-BF16 or AMX; conv1 layer
-                       by layer under autocast, its own micro-batch)
+  command+bf16         the same at precision=bf16-mixed (CPUs with AVX512-BF16 or AMX), its own
+                       micro-batch
   leafnet              the step: `LeafClassifier` fitted by Lightning's Trainer from the
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)

@@ -143,19 +143,19 @@ def work_leafnet(a: WorkerArgs) -> dict[str, Any]:
         "times": timer.times,
         **timer.info,
         **timer.profile_report(),
-        # Mixed precision trains conv1 layer by layer (LeafNet._banded_now).
-        **_band_info(a.accelerator != "gpu" and "mixed" not in str(a.precision)),
+        **_band_info(a.accelerator != "gpu", str(a.precision)),
     }
 
 
-def _band_info(banded_now: bool) -> dict[str, Any]:
+def _band_info(on_cpu: bool, precision: str = "32-true") -> dict[str, Any]:
     """Where conv1 trained in bands: the conv output a band of leafnet.banded held, and whose
-    kernels computed them ("fused": leafnet.kernels' C kernel, "pytorch": PyTorch's)."""
-    from leafnet import banded, kernels
+    kernels computed them ("fused": leafnet.kernels' C kernel, "pytorch": PyTorch's). Under
+    mixed precision only the C kernel takes the bands (LeafNet._banded_now)."""
+    from leafnet import banded
 
-    if not banded_now:
+    fused = banded.fused_available()
+    if not on_cpu or ("mixed" in precision and not fused):
         return {}
-    fused = banded.FUSED and kernels.conv_pool() is not None
     return {"band_bytes": banded.band_bytes(), "conv1_kernel": "fused" if fused else "pytorch"}
 
 
@@ -276,6 +276,7 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     epoch_ms = statistics.median(r["epoch_time_s"] for r in rows) * 1000 / images
     parts["rest (Lightning's loop, logging)"] = epoch_ms - sum(parts.values())
     summary = json.loads((run_dir / "summary.json").read_text())
+    setting = dict(o.split("=", 1) for o in overrides)
     return {
         "times": [r["epoch_time_s"] * a.batch / images for r in rows],  # per optimizer batch
         "train_images": images,
@@ -284,7 +285,10 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
         "breakdown_ms_per_image": parts,
         "run_dir": str(run_dir),
         # This worker's environment and compiler are the training process'.
-        **_band_info(a.accelerator != "gpu" and "mixed" not in str(a.precision) and not extra),
+        **_band_info(
+            a.accelerator != "gpu" and setting.get("model.conv1_in_bands") != "false",
+            setting["precision"],
+        ),
     }
 
 

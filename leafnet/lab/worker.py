@@ -72,7 +72,7 @@ def run(name: str, a: WorkerArgs) -> dict[str, Any]:
 
         if name == "leafnet":
             out = contenders.work_leafnet(a)
-        elif name == "leafnet+bf16":  # bf16-mixed: conv1 layer by layer, its own micro-batch
+        elif name == "leafnet+bf16":  # bf16-mixed, its own micro-batch
             micro = a.micro if a.micro_fixed else auto_micro_batch(a, "bf16-mixed")
             bf16 = WorkerArgs(**{**asdict(a), "precision": "bf16-mixed", "micro": micro})
             out = {**contenders.work_leafnet(bf16), "micro_batch": micro}
