@@ -280,8 +280,9 @@ COMMAND_KEYS: dict[str, tuple[Key, ...]] = {
         Key("warmup", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         Key("rounds", positive_int, "a positive integer"),
         Key("lockstep", _is_bool, "true or false"),
-        Key("command_epochs", lambda v: _is_int(v) and v >= 2,
-            "an integer of at least 2 (the first epoch is the warm-up)"),
+        Key("command_epochs", lambda v: _is_int(v) and v >= 3,
+            "an integer of at least 3 (the first epoch is the warm-up; each epoch after it is "
+            "timed from its start to the next one's)"),
         Key("contenders", lambda v: _is_str(v) or isinstance(v, list),
             "a list, e.g. [command,leafnet,keras-tf-fit]"),
         Key("accelerator", one_of("cpu", "gpu"), "cpu or gpu"),

@@ -227,32 +227,41 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class _SlowFirstEpoch(pl.Callback):
-    """Costs 0.3 s at the start of the first epoch only: a warm-up the steady epochs leave out."""
+class _SlowEpochs(pl.Callback):
+    """Costs 0.3 s at the start of the first epoch only (a warm-up the steady epochs leave out),
+    and 0.1 s at the end of every epoch, after the epoch's own hooks (which an epoch's time
+    between its start and end hooks would miss)."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == 0:
             time.sleep(0.3)
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        time.sleep(0.1)
 
-def test_the_commands_epoch_parts_count_only_its_steady_epochs(tmp_path: Path) -> None:
-    from leafnet.lab.contenders import EpochProfiler, epoch_breakdown
+
+def test_the_commands_epochs_are_timed_whole_and_only_when_steady(tmp_path: Path) -> None:
+    from leafnet.lab.contenders import EpochProfiler, epoch_breakdown, epoch_cycles
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 2)), 2)
     trainer = pl.Trainer(
-        max_epochs=3, profiler=EpochProfiler(dirpath=tmp_path, filename="profile"),
-        callbacks=[_SlowFirstEpoch()], logger=False, enable_checkpointing=False,
+        max_epochs=4, profiler=EpochProfiler(dirpath=tmp_path, filename="profile"),
+        callbacks=[_SlowEpochs()], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(_Tiny(), data)
     report = json.loads((tmp_path / "fit-profile.txt").read_text())
-    starts, ends = report["epoch_starts"], report["epoch_ends"]
-    assert len(starts) == len(ends) == 3
+    starts = report["epoch_starts"]
+    assert len(starts) == len(report["epoch_ends"]) == 4
+    # Epochs 2 and 3, each from its start to the next one's: 4 batches each.
     batches = report["durations"]["run_training_batch"]
-    assert len(batches[starts[1]["run_training_batch"] : ends[-1]["run_training_batch"]]) == 8
+    assert len(batches[starts[1]["run_training_batch"] : starts[-1]["run_training_batch"]]) == 8
+    cycles = epoch_cycles(report)
+    assert len(cycles) == 2 and all(0.1 <= c < 0.3 for c in cycles)  # the end hook in, warm-up out
     parts = epoch_breakdown(report, images=8)
     assert parts["step"] > 0
-    assert parts["callback _SlowFirstEpoch"] < 1.0  # ms per image: the first epoch's 0.3 s is out
+    assert parts["callback _SlowEpochs"] == pytest.approx(100 / 8, rel=0.2)  # ms per image
+    assert sum(parts.values()) <= 1000 * max(cycles) / 8
 
 
 def test_lockstep_refuses_contenders_that_cannot_take_one_step(

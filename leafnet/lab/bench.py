@@ -14,9 +14,10 @@ host, and the table adds each one's step-by-step ratio to Keras and how the two 
 
 Contenders:
   command              what users run: `python -m leafnet.train` for `command_epochs` epochs on the
-                       same folder, its steady epochs (all but the first; validation, callbacks,
-                       checkpoints and logging included) per training image, and where that time
-                       goes outside the step (Lightning's profiler)
+                       same folder, its steady epochs per training image (each from its start to
+                       the next epoch's, after the first: validation, callbacks, checkpoints,
+                       logging and the loop between epochs included), and where that time goes
+                       outside the step (Lightning's profiler)
   command+layers       the same with model.conv1_in_bands=false (conv1 layer by layer)
   command+library      the same with conv1's bands on PyTorch's kernels, not leafnet's fused C
                        kernel (LEAFNET_NATIVE=0)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import subprocess
@@ -28,7 +29,6 @@ from leafnet.config import compose, to_primitive
 from leafnet.data.datamodule import LeafDataModule
 from leafnet.lab.worker import WorkerArgs, jpegs, timed
 from leafnet.perf import allocator_state, physical_cores, tune_process
-from leafnet.runs import read_run
 
 
 def steps_trainer(
@@ -180,13 +180,14 @@ def _profile_rows(prof: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
 class EpochProfiler(SimpleProfiler):
     """Lightning's SimpleProfiler noting how many calls of each action came before each training
     epoch began (its first `on_train_epoch_start` hook) and after it ended (its last
-    `on_train_epoch_end` hook), its report as JSON: the steady epochs' share of every action can
-    then be read."""
+    `on_train_epoch_end` hook), and when each epoch began; its report as JSON: the steady
+    epochs' share of every action can then be read."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.epoch_starts: list[dict[str, int]] = []
         self.epoch_ends: list[dict[str, int]] = []
+        self.epoch_start_s: list[float] = []
 
     def _counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.recorded_durations.items()}
@@ -195,6 +196,7 @@ class EpochProfiler(SimpleProfiler):
         between_epochs = len(self.epoch_starts) == len(self.epoch_ends)
         if action_name.endswith(".on_train_epoch_start") and between_epochs:
             self.epoch_starts.append(self._counts())
+            self.epoch_start_s.append(time.perf_counter())
         super().start(action_name)
 
     def stop(self, action_name: str) -> None:
@@ -209,6 +211,7 @@ class EpochProfiler(SimpleProfiler):
             {
                 "epoch_starts": self.epoch_starts,
                 "epoch_ends": self.epoch_ends,
+                "epoch_start_s": self.epoch_start_s,
                 "durations": self.recorded_durations,
             }
         )
@@ -225,17 +228,24 @@ EPOCH_PARTS = (
 )
 
 
+def epoch_cycles(profile: dict[str, Any]) -> list[float]:
+    """Seconds from each steady epoch's start to the next epoch's (from the second epoch on): its
+    whole cost, the loop's work between epochs and every end-of-epoch hook included."""
+    starts = profile.get("epoch_start_s", [])
+    return [b - a for a, b in itertools.pairwise(starts[1:])]
+
+
 def epoch_breakdown(profile: dict[str, Any], images: int) -> dict[str, float]:
-    """ms per training image of each part of the steady epochs (all but the first), from an
+    """ms per training image of each part of the steady epochs (`epoch_cycles`), from an
     `EpochProfiler` report: the step, the loaders, validation, checkpoint writes, and each
     callback (its hooks summed; the checkpoint writes inside `AtomicCheckpoint`'s not twice).
-    The parts do not nest: what they leave of the epoch is Lightning's own loop."""
-    starts, ends, durations = profile["epoch_starts"], profile["epoch_ends"], profile["durations"]
-    if len(starts) < 2 or len(ends) != len(starts):
+    The parts do not nest: what they leave of the epochs is Lightning's own loop."""
+    starts, durations = profile["epoch_starts"], profile["durations"]
+    if len(starts) < 3:
         return {}
-    # Calls from the second epoch's start to the last epoch's end.
-    steady = {k: sum(v[starts[1].get(k, 0) : ends[-1].get(k, 0)]) for k, v in durations.items()}
-    per_image = 1000 / (images * (len(starts) - 1))
+    # Calls from the second epoch's start to the last epoch's start.
+    steady = {k: sum(v[starts[1].get(k, 0) : starts[-1].get(k, 0)]) for k, v in durations.items()}
+    per_image = 1000 / (images * (len(starts) - 2))
     parts = {row: steady.get(action, 0.0) * per_image for row, action in EPOCH_PARTS}
     for action, seconds in steady.items():
         if action.startswith("[Callback]"):
@@ -249,8 +259,8 @@ def epoch_breakdown(profile: dict[str, Any], images: int) -> dict[str, float]:
 
 def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     """`python -m leafnet.train` on the bench's folder at the bench's size and batch, `a.epochs`
-    epochs, with the `extra` overrides; its steady epochs' time per training image from its
-    metrics.csv. With `extra` given (it changes the network) and no micro-batch fixed for the
+    epochs, with the `extra` overrides; its steady epochs' time per training image, each from its
+    start to the next epoch's (`epoch_cycles`). With `extra` given (it changes the network) and no micro-batch fixed for the
     bench, the command picks its own micro-batch, as a user's run would."""
     run_dir = Path(a.out_dir) / "command" / time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = [
@@ -268,17 +278,17 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     )
     if done.returncode != 0:
         return {"error": " | ".join(done.stderr.strip().splitlines()[-2:])}
-    rows = read_run(run_dir).metrics[1:]  # the first epoch is the warm-up
     classes = json.loads((run_dir / "data_report.json").read_text())["classes"]
     images = sum(c["train"] for c in classes.values())
     profile = json.loads((run_dir / "fit-profile.txt").read_text())
+    cycles = epoch_cycles(profile)  # the first epoch is the warm-up
     parts = epoch_breakdown(profile, images)
-    epoch_ms = statistics.median(r["epoch_time_s"] for r in rows) * 1000 / images
+    epoch_ms = statistics.median(cycles) * 1000 / images
     parts["rest (Lightning's loop, logging)"] = epoch_ms - sum(parts.values())
     summary = json.loads((run_dir / "summary.json").read_text())
     setting = dict(o.split("=", 1) for o in overrides)
     return {
-        "times": [r["epoch_time_s"] * a.batch / images for r in rows],  # per optimizer batch
+        "times": [c * a.batch / images for c in cycles],  # per optimizer batch
         "train_images": images,
         "micro_batch": summary["micro_batch_size"],
         "peak_rss_gb": summary["peak_rss_gb"],  # the training process', not this worker's
