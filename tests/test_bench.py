@@ -40,7 +40,7 @@ def test_bench_reports_consistent_figures(tmp_path: Path) -> None:
         *("image_size=32", "batch_size=4", "steps=2", "warmup=1", "rounds=2"),
         "contenders=[command,command+layers,command+library,command+bf16,leafnet,torch+tuned+cl,torch+tuned+cl+library]",
         "profile=true",
-        "command_epochs=2",
+        "command_epochs=3",
         *("predict_images=8", "predict_batch=4"),
     )
     result = bench(tmp_path, *args)
@@ -162,6 +162,7 @@ def test_bench_refuses_a_gpu_it_does_not_have(
         ("contenders=[leafnet,tf2]", "contenders: 'tf2' is unknown"),
         ("data_dir=no/such/folder", "data_dir=no/such/folder is not a folder"),
         ("lockstep=yes", "lockstep='yes' is not valid: use true or false"),
+        ("command_epochs=2", "command_epochs=2 is not valid: use an integer of at least 3"),
     ],
 )
 def test_bench_refuses_bad_keys_in_one_line(
