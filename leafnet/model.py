@@ -147,10 +147,10 @@ class LeafNet(nn.Module):
         train, always; to predict or validate, where the fused C kernel takes the block (about
         half the time of the layers' convolution and max-pool), but never while TorchScript
         traces or torch.compile/torch.export capture the model: a C call in bands is nothing they
-        can record. Under precision=bf16-mixed, only where the C kernel takes the block: it runs
-        in float32 and the rest of the network in bfloat16, faster than bfloat16 layers
-        throughout or float32 throughout, where PyTorch's band kernels were slower than the
-        bfloat16 layers (docs/performance.md)."""
+        can record. Under precision=bf16-mixed only where the C kernel takes the block: the block
+        then runs in float32 and the rest of the network in bfloat16, which measured faster than
+        float32 throughout or bfloat16 layers throughout; PyTorch's band kernels measured slower
+        than the bfloat16 layers, so without the kernel the layers run (docs/performance.md)."""
         hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
         if not (self.banded and self.conv1_in_bands and x.device.type == "cpu" and not hooked):
             return False

@@ -265,6 +265,30 @@ def test_the_commands_epochs_are_timed_whole_and_only_when_steady(tmp_path: Path
     assert sum(parts.values()) <= 1000 * max(cycles) / 8
 
 
+def test_a_command_that_stops_before_a_steady_epoch_is_an_error_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that diverges in its second epoch leaves no epoch timed from start to start."""
+    from dataclasses import replace
+
+    from leafnet.lab import contenders
+
+    def stopped_early(cmd, **kwargs):
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        counts = {"run_training_batch": 0}
+        profile = {"epoch_starts": [counts, counts], "epoch_ends": [counts, counts],
+                   "epoch_start_s": [0.0, 1.0], "durations": {"run_training_batch": []}}  # fmt: skip
+        (run_dir / "fit-profile.txt").write_text(json.dumps(profile))
+        classes = {"a": {"train": 4, "val": 1, "test": 1}}
+        (run_dir / "data_report.json").write_text(json.dumps({"classes": classes}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(contenders.subprocess, "run", stopped_early)
+    out = contenders.work_command(replace(ARGS, out_dir=str(tmp_path), epochs=3), [])
+    assert "stopped before its third epoch began" in out["error"]
+
+
 def test_lockstep_refuses_contenders_that_cannot_take_one_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

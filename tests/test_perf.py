@@ -209,7 +209,7 @@ def test_training_steps_reuse_the_heap_at_640() -> None:
     untuned = faults("default")
     # A steady step of 16 images allocates ~0.35 GB of activations with conv1 through the fused
     # kernel (~0.7 GB on PyTorch's band kernels). With glibc's defaults they go back to the OS
-    # after every step and are faulted in again: ~89,000 pages of 4 KB (~167,000).
+    # after every step and are faulted in again: ~89,000 pages of 4 KB (~167,000 on PyTorch's).
     assert len(tuned) == len(untuned) == 4
     assert min(untuned[1:]) > 50_000, untuned
     # Tuned, steps after the first find them in the heap. While the heap's layout settles a step

@@ -154,7 +154,8 @@ def contender_names(value: Any) -> list[str]:
         )
         if not known:
             raise LeafnetError(
-                f"contenders: {c!r} is unknown; use command[+layers|+library|+bf16], leafnet, leafnet+bf16, "
+                f"contenders: {c!r} is unknown; use command[+layers|+library|+bf16], leafnet, "
+                "leafnet+bf16, "
                 f"torch[+{']['.join(f'+{o}' for o in TORCH_OPTIONS)[1:]}] or "
                 + ", ".join(KERAS_BACKENDS)
             )

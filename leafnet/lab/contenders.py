@@ -153,8 +153,10 @@ def _band_info(on_cpu: bool, precision: str = "32-true") -> dict[str, Any]:
     mixed precision only the C kernel takes the bands (LeafNet._banded_now)."""
     from leafnet import banded
 
+    if not on_cpu:
+        return {}
     fused = banded.fused_available()
-    if not on_cpu or ("mixed" in precision and not fused):
+    if "mixed" in precision and not fused:
         return {}
     return {"band_bytes": banded.band_bytes(), "conv1_kernel": "fused" if fused else "pytorch"}
 
@@ -260,8 +262,9 @@ def epoch_breakdown(profile: dict[str, Any], images: int) -> dict[str, float]:
 def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     """`python -m leafnet.train` on the bench's folder at the bench's size and batch, `a.epochs`
     epochs, with the `extra` overrides; its steady epochs' time per training image, each from its
-    start to the next epoch's (`epoch_cycles`). With `extra` given (it changes the network) and no micro-batch fixed for the
-    bench, the command picks its own micro-batch, as a user's run would."""
+    start to the next epoch's (`epoch_cycles`). With `extra` given (it changes the network) and no
+    micro-batch fixed for the bench, the command picks its own micro-batch, as a user's run
+    would."""
     run_dir = Path(a.out_dir) / "command" / time.strftime("%Y-%m-%d_%H-%M-%S")
     overrides = [
         "data=folder", f"data.dir={a.data_dir}", f"data.cache_dir={a.cache_dir}",
@@ -282,6 +285,10 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     images = sum(c["train"] for c in classes.values())
     profile = json.loads((run_dir / "fit-profile.txt").read_text())
     cycles = epoch_cycles(profile)  # the first epoch is the warm-up
+    if not cycles:  # stopped early (diverged): no steady epoch followed by another
+        return {
+            "error": f"the command stopped before its third epoch began; see {run_dir}/train.log"
+        }
     parts = epoch_breakdown(profile, images)
     epoch_ms = statistics.median(cycles) * 1000 / images
     parts["rest (Lightning's loop, logging)"] = epoch_ms - sum(parts.values())
