@@ -101,10 +101,11 @@ def test_a_batch_row_is_read_straight_from_its_entry_and_other_entries_are_refus
     tmp_path: Path,
 ) -> None:
     """`read_into` fills a channels-last batch row from a [S, S, 3] entry; an older [3, S, S]
-    entry, another size or type, a truncated file or a miss leave it to `get` (False)."""
+    entry, another size or type, a truncated file, a header it does not know (format 2.0) or a
+    miss leave it to `get` (False)."""
     cache = DiskCache(tmp_path)
     x = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8)
-    keys = {name: name * 40 for name in "abcde"}
+    keys = {name: name * 40 for name in "abcdef"}
     assert cache.put(keys["a"], x)
     for name, array in (("b", x.numpy()), ("c", x.permute(1, 2, 0).numpy().astype(np.int16))):
         (tmp_path / (name * 2)).mkdir()
@@ -112,13 +113,17 @@ def test_a_batch_row_is_read_straight_from_its_entry_and_other_entries_are_refus
     (tmp_path / "dd").mkdir()
     whole = (tmp_path / "aa" / f"{keys['a']}.npy").read_bytes()
     (tmp_path / "dd" / f"{keys['d']}.npy").write_bytes(whole[:-1])
+    (tmp_path / "ff").mkdir()
+    with (tmp_path / "ff" / f"{keys['f']}.npy").open("wb") as fh:
+        np.lib.format.write_array(fh, x.permute(1, 2, 0).numpy(), version=(2, 0))
     batch = torch.zeros((2, 12, 12, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # channels-last
     assert cache.read_into(keys["a"], batch[1]) and torch.equal(batch[1], x)
     assert not cache.read_into(keys["a"], torch.zeros((3, 12, 12), dtype=torch.uint8))
     small = torch.zeros((1, 11, 11, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     assert not cache.read_into(keys["a"], small[0])
-    for name in "bcde":
+    for name in "bcdef":
         assert not cache.read_into(keys[name], batch[0]), name
+    assert torch.equal(cache.get(keys["f"], 12), x)
 
 
 def test_an_interrupted_cold_pass_continues_where_it_stopped(own_dir: Path, tmp_path: Path) -> None:

@@ -60,6 +60,16 @@ def cache_key(path: str | Path, prep: Preprocessing) -> str:
     ).hexdigest()  # any file name, UTF-8 or not
 
 
+# The start of a .npy file in format 1.0, which np.save writes for headers this small; then the
+# header's length (2 bytes, little-endian) and the header, a dict as numpy writes it.
+_NPY_MAGIC = b"\x93NUMPY\x01\x00"
+
+
+def _npy_header(side: int) -> str:
+    """The header `np.save` writes for a uint8 [side, side, 3] entry, without its padding."""
+    return f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({side}, {side}, 3), }}"
+
+
 class DiskCache:
     """uint8 tensors under `root/<key[:2]>/<key>.npy`, reasons under `<key>.bad`; `root=None`
     disables it. A full or read-only disk makes `put` a no-op: speed lost, never correctness."""
@@ -93,23 +103,26 @@ class DiskCache:
     def read_into(self, key: str, out: Tensor) -> bool:
         """Read the entry straight into `out`, a uint8 [3, S, S] tensor with channels-last strides
         (a row of a batch): one read, no array in between. False (out untouched or partly
-        written) for a miss, an entry in another layout or a short file; `get` then decides."""
+        written) for a miss, a header other than the one `put` writes (another layout, size, type
+        or writer) or a short file; `get` then decides."""
         if self.root is None or not out.permute(1, 2, 0).is_contiguous():
             return False
         side = out.shape[-1]
         try:
-            with self._file(key).open("rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                if version != (1, 0):  # what np.save writes for these small headers
+            # Unbuffered, and the header compared as text rather than parsed: numpy's header
+            # parser took as long as the read itself (docs/performance.md).
+            with self._file(key).open("rb", buffering=0) as fh:
+                magic = fh.read(len(_NPY_MAGIC) + 2)
+                if magic[: len(_NPY_MAGIC)] != _NPY_MAGIC:
                     return False
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                if shape != (side, side, 3) or fortran or dtype != np.uint8:
+                header = fh.read(int.from_bytes(magic[len(_NPY_MAGIC) :], "little"))
+                if header.decode("latin1").strip() != _npy_header(side):
                     return False
                 # The row's own memory as a buffer (not Tensor.numpy(), which reads as a host
                 # sync to the step's sync check); `out` outlives the read.
                 size = out.numel()
                 return fh.readinto((ctypes.c_char * size).from_address(out.data_ptr())) == size
-        except (OSError, ValueError):
+        except (OSError, UnicodeDecodeError):
             return False
 
     def put(self, key: str, x: Tensor) -> bool:
