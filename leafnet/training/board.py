@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from leafnet.adapters.tensorboard import add_jpeg
 from leafnet.figures import explain_figures, pyplot
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class ValidationImages(Callback):
         tiles = [_labelled(img, names[t], names[p]) for img, t, p in zip(x, y, preds, strict=True)]
         grid = make_grid(torch.stack(tiles), nrow=min(4, len(tiles)), padding=4, pad_value=255)
         for writer in _tensorboards(trainer):
-            writer.add_image("val/predictions", grid, global_step=trainer.global_step)
+            add_jpeg(writer, "val/predictions", grid, trainer.global_step)
 
 
 def thumbnails(x: Tensor) -> Tensor:
