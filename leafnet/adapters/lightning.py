@@ -1,10 +1,13 @@
-"""Lightning internals leafnet builds on: ModelCheckpoint's write step and last.ckpt, and the
-learning-rate finder's schedules."""
+"""Lightning internals leafnet builds on: ModelCheckpoint's write step and last.ckpt, checkpoint
+writes in the background in order, and the learning-rate finder's schedules."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from lightning.pytorch.tuner.lr_finder import _ExponentialLR, _LinearLR
 
 # The schedules `Tuner.lr_find` installs while it sweeps the learning rate.
@@ -31,3 +34,34 @@ class CheckpointSteps(ModelCheckpoint):
 
     def saves_on_train_epoch_end(self, trainer: pl.Trainer) -> bool:
         return bool(self._should_save_on_train_epoch_end(trainer))
+
+
+class QueuedCheckpointIO(AsyncCheckpointIO):
+    """Lightning's AsyncCheckpointIO (each write in one background thread, from a copy of the
+    tensors taken at the call) with removals queued behind the writes, so a file is removed only
+    once what was written before it is on disk, and reads waiting for the queue.
+
+    `wait()` returns when every queued write and removal is done, raising the first error one
+    met (a full disk); the next write starts the thread again."""
+
+    def remove_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        self._ensure_setup()
+        assert self._executor is not None and self.checkpoint_io is not None
+        inner = self.checkpoint_io
+
+        def remove() -> None:
+            try:
+                inner.remove_checkpoint(*args, **kwargs)
+            except BaseException as ex:  # raised at the next call, as the writes' errors are
+                self._error = ex
+
+        self._executor.submit(remove)
+        if self._error:
+            raise self._error
+
+    def load_checkpoint(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.wait()  # e.g. the learning-rate finder restores the checkpoint it has just written
+        return super().load_checkpoint(*args, **kwargs)
+
+    def wait(self) -> None:
+        self.teardown()

@@ -1,6 +1,6 @@
 """Atomic checkpoints: `last.ckpt` after every epoch and `best.ckpt`, each written whole or not
-at all, never with weights that are not finite, and restored only from inside the run's own
-checkpoints folder; Ctrl-C saves where the run stopped."""
+at all and in the background, never with weights that are not finite, and restored only from
+inside the run's own checkpoints folder; Ctrl-C saves where the run stopped."""
 
 from __future__ import annotations
 
@@ -11,25 +11,52 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from leafnet.adapters.lightning import CheckpointSteps
+from leafnet.adapters.lightning import CheckpointSteps, QueuedCheckpointIO
 from leafnet.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 
-class AtomicCheckpoint(CheckpointSteps):
-    """ModelCheckpoint that writes `checkpoints/best.ckpt` and `last.ckpt` atomically.
+class AtomicWrites(CheckpointIO):
+    """Another CheckpointIO's writes made atomic: each goes to a temporary file, is synced to disk
+    and renamed over the old one, so a killed process never leaves a truncated file behind."""
 
-    A checkpoint is written to a temporary file and renamed over the old one, so a killed process
-    never leaves a truncated `last.ckpt` behind. A diverged model (NaN weights) is not saved: the
-    best checkpoint stays the best finite one. Ctrl-C (or SIGTERM) saves the newest weights in
-    `last.ckpt` before the run ends; when that happens inside an epoch, the previous `last.ckpt`
-    (the end of the last whole epoch) is kept as `epoch_end.ckpt`, which `resume=` continues
-    from: Lightning cannot restart its data loaders mid-epoch exactly, so that epoch is redone.
-    Inside the first epoch there is no such end yet, and nothing is saved: the run starts again.
+    def __init__(self, inner: CheckpointIO) -> None:
+        self.inner = inner
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        with atomic_path(path) as tmp:
+            self.inner.save_checkpoint(checkpoint, tmp, storage_options)
+
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.inner.load_checkpoint(path, *args, **kwargs)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
+
+
+class AtomicCheckpoint(CheckpointSteps):
+    """ModelCheckpoint that writes `checkpoints/best.ckpt` and `last.ckpt` atomically, in the
+    background.
+
+    Writes go through `AtomicWrites` in one background thread (`QueuedCheckpointIO`): training
+    goes on while a checkpoint is written and synced, from a copy of the weights taken when it
+    was asked for, and a file it supersedes is removed only after it is on disk. A diverged model
+    (NaN weights) is not saved: the best checkpoint stays the best finite one. Ctrl-C (or
+    SIGTERM) saves the newest weights in `last.ckpt` before the run ends; when that happens
+    inside an epoch, the previous `last.ckpt` (the end of the last whole epoch) is kept as
+    `epoch_end.ckpt`, which `resume=` continues from: Lightning cannot restart its data loaders
+    mid-epoch exactly, so that epoch is redone. Inside the first epoch there is no such end yet,
+    and nothing is saved: the run starts again.
     """
 
     EPOCH_END = "epoch_end.ckpt"
@@ -53,6 +80,9 @@ class AtomicCheckpoint(CheckpointSteps):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        io = trainer.strategy.checkpoint_io
+        if not isinstance(io, QueuedCheckpointIO):  # setup runs again for the test
+            trainer.strategy.checkpoint_io = QueuedCheckpointIO(AtomicWrites(io))
         super().setup(trainer, pl_module, stage)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -86,16 +116,14 @@ class AtomicCheckpoint(CheckpointSteps):
         if not bool(torch.stack(weights).all()):  # one host sync per save
             log.warning("weights are not finite: %s not written", Path(filepath).name)
             return
-        if trainer.is_global_zero:
-            with atomic_path(filepath) as tmp:
-                super().write(trainer, str(tmp))
-        else:  # Lightning writes nothing on the other ranks; they join its barrier
-            super().write(trainer, filepath)
-        self._last_checkpoint_saved = filepath
+        super().write(trainer, filepath)
         last = f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if Path(filepath).name == last and not self._interrupting:
             self._boundary_step = trainer.global_step
-            (Path(filepath).parent / self.EPOCH_END).unlink(missing_ok=True)
+            # Queued behind the write: the boundary goes only once the new last.ckpt is on disk.
+            boundary = Path(filepath).parent / self.EPOCH_END
+            if boundary.exists():
+                trainer.strategy.remove_checkpoint(boundary)
 
     # Lightning writes last.ckpt only in a step that also wrote a top-k checkpoint; resume needs
     # it after every epoch, so write it when the parent did not.
@@ -117,6 +145,9 @@ class AtomicCheckpoint(CheckpointSteps):
         fitting = trainer.state.fn == TrainerFn.FITTING
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
         if interrupted and fitting and self.dirpath is not None:
+            io = trainer.strategy.checkpoint_io
+            if isinstance(io, QueuedCheckpointIO):  # last.ckpt is moved below: no write pending
+                io.wait()
             path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
             boundary = path.parent / self.EPOCH_END
             mid_epoch = trainer.global_step != self._boundary_step
