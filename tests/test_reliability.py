@@ -459,3 +459,20 @@ def test_ctrl_c_before_the_first_checkpoint_says_so_and_leaves_the_folder_usable
     again = train_main(*args, "epochs=1")
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line(
+    tmp_path: Path, tiny_train_images: Path
+) -> None:
+    """Checkpoints are written in a background thread; one that fails there (its folder is a
+    file) still ends the run with one line that names it, not a traceback."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the checkpoints should go")
+    result = train_main(
+        *tiny_args(tiny_train_images, tmp_path, "logger=none"),
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"+callbacks.checkpoint.dirpath={blocker}",
+    )
+    line = one_error_line(result)
+    assert line.startswith(f"leafnet: error: cannot write {blocker}/"), line
+    assert blocker.read_text() == "a file where the checkpoints should go"
