@@ -102,7 +102,8 @@ def _breakdown(report: dict[str, Any]) -> list[str]:
         "",
         f"the command's steady epoch, {epoch:.1f} ms per training image "
         f"({command.get('train_images', '?')} training images), part by part (medians over rounds;"
-        " Lightning's profiler):",
+        " Lightning's profiler; checkpoint writes are the hand-off to the writer thread, whose"
+        " work falls in whatever runs beside it, mostly the step):",
     ]
     rows = [[k, f"{v:.2f}", f"{v / epoch:.1%}"] for k, v in parts.items()]
     lines.append(markdown_table(["part", "ms/image", "share"], rows, right=[False, True, True]))
