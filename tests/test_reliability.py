@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -476,3 +477,57 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line(
     line = one_error_line(result)
     assert line.startswith(f"leafnet: error: cannot write {blocker}/"), line
     assert blocker.read_text() == "a file where the checkpoints should go"
+
+
+class _TwoWeights(pl.LightningModule):
+    """A tiny module whose weights change every step, for checkpoint tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_checkpoints_are_written_off_the_training_thread_with_the_weights_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step does not wait for a checkpoint: the file is written in another thread, from the
+    weights as they were when it was asked for, and is on disk when fit returns."""
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from leafnet.training.checkpoint import AtomicCheckpoint
+
+    writers: list[str] = []
+    save = TorchCheckpointIO.save_checkpoint
+
+    def slow_save(self: Any, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+        writers.append(threading.current_thread().name)
+        time.sleep(0.2)  # the next epoch's steps change the weights meanwhile
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_save)
+    asked: list[torch.Tensor] = []
+
+    class Recording(AtomicCheckpoint):
+        def write(self, trainer: pl.Trainer, filepath: str) -> None:
+            if Path(filepath).name == "last.ckpt":
+                asked.append(trainer.lightning_module.layer.weight.detach().clone())
+            super().write(trainer, filepath)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)))
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[Recording(dirpath=tmp_path, save_last=True)], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(_TwoWeights(), data)
+    assert writers and threading.main_thread().name not in writers
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]["layer.weight"]
+    assert len(asked) == 2 and torch.equal(last, asked[-1])
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
