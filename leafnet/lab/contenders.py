@@ -293,7 +293,7 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
     epoch_ms = statistics.median(cycles) * 1000 / images
     parts["rest (Lightning's loop, logging)"] = epoch_ms - sum(parts.values())
     summary = json.loads((run_dir / "summary.json").read_text())
-    setting = dict(o.split("=", 1) for o in overrides)
+    setting = dict(o.split("=", 1) for o in overrides if "=" in o)  # not `~key` deletions
     return {
         "times": [c * a.batch / images for c in cycles],  # per optimizer batch
         "train_images": images,
