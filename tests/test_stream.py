@@ -3,13 +3,16 @@ a cache that cannot be written, and the command that reports and clears a cache.
 
 from __future__ import annotations
 
+import mmap
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from fixtures_data import tiny_data_cfg, write_odd_image
+from torch.utils.data import DataLoader
 
 from leafnet.data import stream
 from leafnet.data.cache import DiskCache
@@ -170,3 +173,61 @@ def test_the_cache_command_reports_and_clears_only_its_entries(
     assert f"cache {cache}: 36 images," in said
     cache_main([f"dir={cache}", "clear=true"])
     assert list(DiskCache(cache).entries()) == [] and (cache / "README.txt").read_text() == "mine"
+
+
+def _mapped_file(address: int) -> tuple[str, int] | None:
+    """The file (and offset) mapped at `address` in this process, from /proc/self/maps."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, _perms, offset, _dev, _inode, *path = line.split()
+        start, end = (int(a, 16) for a in span.split("-"))
+        if start <= address < end:
+            return (path[0] if path else "", int(offset, 16) + address - start)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_batch_is_the_cache_files_own_pages_unmapped_with_it(
+    own_dir: Path, tmp_path: Path
+) -> None:
+    """Entries whose pixels fill whole pages start them on a page (np.load still reads them), and
+    `map_batch` returns such entries as one channels-last batch whose rows are the files mapped,
+    not copies; writing into it leaves the files alone, and freeing it unmaps them. An entry in
+    np.save's layout among the keys, a truncated entry or a miss: None, and the dataset reads
+    them. The dataset's batches at a mapped size are the same pixels, in a worker too."""
+    side, page = 64, mmap.PAGESIZE  # 64 x 64 x 3 bytes: three 4 KiB pages
+    if (side * side * 3) % page:
+        pytest.skip(f"{side} px rows do not fill {page}-byte pages")
+    cache = DiskCache(tmp_path / "cache")
+    images = torch.randint(0, 256, (3, 3, side, side), dtype=torch.uint8)
+    keys = [c * 40 for c in "abcdef"]
+    for key, x in zip(keys, images, strict=False):
+        assert cache.put(key, x)
+    entry = tmp_path / "cache" / "aa" / f"{keys[0]}.npy"
+    assert entry.stat().st_size == page + side * side * 3
+    assert np.array_equal(np.load(entry), images[0].permute(1, 2, 0).numpy())
+
+    batch = cache.map_batch([keys[2], keys[0]], side)
+    assert batch is not None and torch.equal(batch, images[[2, 0]])
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert _mapped_file(batch[1].data_ptr()) == (str(entry), page)
+    batch[1].fill_(0)
+    assert np.array_equal(np.load(entry), images[0].permute(1, 2, 0).numpy())
+    del batch
+    assert str(tmp_path) not in Path("/proc/self/maps").read_text()
+
+    (tmp_path / "cache" / "dd").mkdir()
+    np.save(tmp_path / "cache" / "dd" / f"{keys[3]}.npy", images[0].permute(1, 2, 0).numpy())
+    (tmp_path / "cache" / "ee").mkdir()
+    (tmp_path / "cache" / "ee" / f"{keys[4]}.npy").write_bytes(entry.read_bytes()[:-1])
+    for other in keys[3:]:
+        assert cache.map_batch([keys[0], other], side) is None, other
+    assert str(tmp_path) not in Path("/proc/self/maps").read_text()
+
+    dm = make(own_dir, tmp_path / "cache", image_size=side, min_size=8)
+    ds = dm.dataset()
+    rows = list(range(len(ds)))
+    mapped = ds.batch(rows)[0]
+    assert _mapped_file(mapped.data_ptr())[0].startswith(str(tmp_path / "cache"))
+    assert torch.equal(mapped, torch.stack([ds.read(i) for i in rows]))
+    loader = DataLoader(ds, batch_size=len(ds), num_workers=1, collate_fn=stream.collate)
+    assert torch.equal(next(iter(loader))[0], mapped)

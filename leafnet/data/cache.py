@@ -2,7 +2,10 @@
 
 Entries are channels-last, the layout of the batches the step reads: a batch row is then one
 contiguous copy of the entry, where a [3, S, S] entry cost a transposing copy seven times as
-long (docs/performance.md). Entries written as [3, S, S] before are still read.
+long (docs/performance.md). Entries written as [3, S, S] before are still read. Where an image's
+pixels fill whole memory pages (a side that is a multiple of 64, such as 640), the entry's header
+is padded to one page, so its pixels start on a page and `map_batch` can hand the step the
+page cache's own pages as a batch instead of copying them (np.load still reads such a file).
 
 The key hashes the file's absolute path, size and mtime with every setting that changes the
 pixels (side, resize mode, pad colour), so a changed file or a different setting is simply a miss
@@ -21,6 +24,8 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import mmap
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -70,6 +75,39 @@ def _npy_header(side: int) -> str:
     return f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({side}, {side}, 3), }}"
 
 
+def _page_header(side: int) -> bytes | None:
+    """The start of an entry whose pixels begin on a page: magic, length and the header padded
+    with spaces to one page (valid .npy). None where the pixels do not fill whole pages."""
+    page = mmap.PAGESIZE
+    if (side * side * 3) % page or not 64 <= page <= 2**16:
+        return None
+    text = _npy_header(side).ljust(page - len(_NPY_MAGIC) - 3) + "\n"
+    return _NPY_MAGIC + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+# mmap(2) through the C library, which can place a mapping at a given address (Python's mmap
+# cannot); MAP_FIXED is 0x10 on Linux and macOS alike. None elsewhere (Windows).
+_MAP_FIXED = 0x10
+
+
+def _libc_mmap() -> Any:
+    if os.name != "posix":
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).mmap
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_void_p
+    fn.argtypes = [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_int64,
+    ]  # fmt: skip
+    return fn
+
+
+_MMAP = _libc_mmap()
+
+
 class DiskCache:
     """uint8 tensors under `root/<key[:2]>/<key>.npy`, reasons under `<key>.bad`; `root=None`
     disables it. A full or read-only disk makes `put` a no-op: speed lost, never correctness."""
@@ -88,6 +126,9 @@ class DiskCache:
         """The entry as uint8 [3, S, S] (channels-last strides), or None for a miss."""
         if self.root is None:
             return None
+        row = torch.empty((side, side, 3), dtype=torch.uint8).permute(2, 0, 1)
+        if self.read_into(key, row):
+            return row
         try:
             arr = np.load(self._file(key), allow_pickle=False)
         except (OSError, ValueError):  # missing, or half-written by a killed process
@@ -125,12 +166,55 @@ class DiskCache:
         except (OSError, UnicodeDecodeError):
             return False
 
+    def map_batch(self, keys: Sequence[str], side: int) -> Tensor | None:
+        """The entries as one uint8 [n, 3, S, S] channels-last batch whose rows are the files' own
+        pages, mapped copy-on-write: no copy now, and the step's float conversion reads the page
+        cache directly. None (nothing mapped) unless every entry starts its pixels on a page
+        (`put` writes them so where they fill whole pages) and the system can map them; the
+        caller then reads the entries. The batch unmaps itself when freed. A cache file
+        truncated in place while its batch lives would fault; leafnet only ever replaces or
+        removes entries whole."""
+        head = _page_header(side)
+        if self.root is None or _MMAP is None or head is None or not keys:
+            return None
+        row = side * side * 3
+        fds: list[int] = []
+        try:
+            for key in keys:
+                fds.append(os.open(self._file(key), os.O_RDONLY))
+                if (
+                    os.pread(fds[-1], len(head), 0) != head
+                    or os.fstat(fds[-1]).st_size != len(head) + row
+                ):
+                    return None
+            # An untouched anonymous range of the batch's size, then each entry mapped over its
+            # row; the range (and so every row) is unmapped when the tensor's memory is freed.
+            region = mmap.mmap(-1, len(keys) * row, flags=mmap.MAP_PRIVATE)
+            batch = torch.frombuffer(region, dtype=torch.uint8)
+            base, prot = batch.data_ptr(), mmap.PROT_READ | mmap.PROT_WRITE
+            for i, fd in enumerate(fds):
+                at = base + i * row
+                if _MMAP(at, row, prot, mmap.MAP_PRIVATE | _MAP_FIXED, fd, len(head)) != at:
+                    return None
+        except OSError:  # a missing entry, or too many open files: read them instead
+            return None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return batch.view(len(keys), side, side, 3).permute(0, 3, 1, 2)
+
     def put(self, key: str, x: Tensor) -> bool:
         if self.root is None:
             return False
+        pixels = x.permute(1, 2, 0).contiguous().numpy()
+        head = _page_header(x.shape[-1]) if x.shape[0] == 3 and x.dtype == torch.uint8 else None
         try:
             with atomic_path(self._file(key)) as tmp, tmp.open("wb") as fh:
-                np.save(fh, x.permute(1, 2, 0).contiguous().numpy(), allow_pickle=False)
+                if head is None:
+                    np.save(fh, pixels, allow_pickle=False)
+                else:
+                    fh.write(head)
+                    fh.write(pixels.data)
         except (LeafnetError, OSError):
             return False
         return True

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from leafnet.data.cache import DiskCache, cache_key
 from leafnet.data.duplicates import fingerprint
@@ -192,10 +192,18 @@ class CachedImages(Dataset):
         return x, self.labels[i]
 
     def batch(self, keys: Sequence[Any]) -> tuple[Tensor, Tensor]:
-        """Images and labels for loader keys (positions, or `(epoch, i)` from EpochIndices), read
-        straight into one channels_last uint8 batch, the layout the step's float conversion wants."""
+        """Images and labels for loader keys (positions, or `(epoch, i)` from EpochIndices) as one
+        channels_last uint8 batch, the layout the step's float conversion wants: the cache
+        entries' pages mapped where they can be (no copy; DiskCache.map_batch), else read into
+        the batch row by row."""
         positions, epochs = _split_keys(keys)
+        labels = self.labels[torch.as_tensor(positions, dtype=torch.long)]
         side = self.prep.image_size
+        # Not in a loader worker: its batch is copied into shared memory anyway.
+        if not self.transform and get_worker_info() is None:
+            mapped = self.cache.map_batch([self.keys[i] for i in positions], side)
+            if mapped is not None:
+                return mapped, labels
         out = torch.empty(
             (len(positions), 3, side, side), dtype=torch.uint8, memory_format=torch.channels_last
         )
@@ -204,7 +212,7 @@ class CachedImages(Dataset):
                 out[row] = self._augmented(i, epoch)
             elif not self.cache.read_into(self.keys[i], out[row]):
                 out[row] = self.read(i)
-        return out, self.labels[torch.as_tensor(positions, dtype=torch.long)]
+        return out, labels
 
     __getitems__ = batch  # the DataLoader asks for whole batches through this name
 
