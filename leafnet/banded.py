@@ -183,21 +183,25 @@ def _weight_grad_at(where: Tensor, grad: Tensor, rows: Tensor) -> Tensor:
     return grad_w.view(-1, 3, 3, channels).permute(0, 3, 1, 2)
 
 
-def _fused(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> kernels.ConvPool | None:
-    """The C kernel for this call, or None for PyTorch's: it takes the seed's first block (3 input
-    channels, a multiple of 32 filters, pool 3, float32, channels-last on the CPU) and computes no
-    input gradient, which a first layer never needs."""
-    fits = (
+def _seed_block(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
+    """Whether this is the block the C kernel computes: the seed's first (3 input channels, a
+    multiple of 32 float32 filters, pool 3), channels-last on the CPU, the kernel switched on."""
+    return (
         FUSED
         and x.device.type == "cpu"
-        and x.dtype == weight.dtype == bias.dtype == torch.float32
+        and weight.dtype == bias.dtype == torch.float32
         and x.shape[1] == 3
         and weight.shape[0] % 32 == 0
         and pool == 3
-        and not x.requires_grad
         and x.is_contiguous(memory_format=torch.channels_last)
         and bias.is_contiguous()
     )
+
+
+def _fused(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> kernels.ConvPool | None:
+    """The C kernel for this call, or None for PyTorch's: it takes the seed's first block on a
+    float32 batch and computes no input gradient, which a first layer never needs."""
+    fits = _seed_block(x, weight, bias, pool) and x.dtype == torch.float32 and not x.requires_grad
     return kernels.conv_pool() if fits else None
 
 
@@ -209,6 +213,21 @@ def fused_available() -> bool:
 def fused_takes(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
     """Whether `conv_pool_relu(x, weight, bias, pool)` would run through the C kernel."""
     return _fused(x, weight, bias, pool) is not None
+
+
+def fused_takes_bytes(x: Tensor, table: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
+    """Whether `conv_pool_relu_bytes(x, table, weight, bias, pool)` can run: the seed's block on a
+    uint8 batch, a float32 [3, 256] table, no gradient being recorded, the C kernel built."""
+    return (
+        _seed_block(x, weight, bias, pool)
+        and x.dtype == torch.uint8
+        and table.dtype == torch.float32
+        and table.shape == (3, 256)
+        and table.is_contiguous()
+        and table.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and kernels.conv_pool() is not None
+    )
 
 
 def _fused_bands(
@@ -372,3 +391,35 @@ def conv_pool_relu(
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"conv_pool_relu takes a 3x3 kernel, got {tuple(weight.shape[-2:])}")
     return _ConvPoolReLU.apply(x, weight, bias, pool, budget or band_bytes())
+
+
+@torch.compiler.disable
+def conv_pool_relu_bytes(
+    x: Tensor, table: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int | None = None
+) -> Tensor:
+    """`conv_pool_relu(f, weight, bias, pool)` where f[:, c] = table[c][x[:, c]], for a uint8 batch
+    and without gradients: the C kernel reads the bytes through the table, so the float batch
+    (four times the bytes) is never written. Only where `fused_takes_bytes` says so."""
+    if not fused_takes_bytes(x, table, weight, bias, pool):
+        raise ValueError("conv_pool_relu_bytes takes what fused_takes_bytes accepts")
+    kernel = kernels.conv_pool()
+    assert kernel is not None
+    n, _, h, w = x.shape
+    shape = (n, weight.shape[0], h // pool, w // pool)
+    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
+    where = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last)
+    # Bands as the float path cuts them: by the bytes of float32 conv output rows.
+    bands = _bands(n, h // pool, weight.shape[0] * pool * w * 4, budget or band_bytes())
+    taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
+
+    def run(claims: Claims) -> None:
+        for _, (i0, i1, r0, r1) in claims:
+            failed = kernel.forward_bytes(
+                x.data_ptr(), h, w, table.data_ptr(), taps.data_ptr(), bias.data_ptr(),
+                weight.shape[0], out.data_ptr(), where.data_ptr(), i0, i1, r0, r1,
+            )  # fmt: skip
+            if failed:
+                raise MemoryError("the fused first block could not allocate its band's scratch")
+
+    _per_core(run, bands)
+    return out

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from leafnet.adapters.pytorch import is_hooked
-from leafnet.banded import conv_pool_relu, fused_takes
+from leafnet.banded import conv_pool_relu, conv_pool_relu_bytes, fused_takes, fused_takes_bytes
 
 
 class KerasFlatten(nn.Module):
@@ -134,10 +134,36 @@ class LeafNet(nn.Module):
             x = conv_pool_relu(x, self.conv2d.weight, self.conv2d.bias, 3)
         else:
             x = torch.relu_(self.max_pooling2d(self.conv2d(x)))
+        return self._after_block(x)
+
+    def forward_bytes(self, x: Tensor, table: Tensor) -> Tensor | None:
+        """`forward(f)` for a uint8 batch x, where f[:, c] = table[c][x[:, c]]
+        (`data.images.byte_table`), with the first block reading the bytes itself: the same
+        numbers without the float batch, whose conversion took 12% of a forward pass at 640 px.
+        Only without gradients, on the CPU, where the C kernel takes the block and no hook
+        watches it or the network (a hook on the network expects `forward`'s float input); None
+        elsewhere (convert the batch and call the network then)."""
+        weight, bias = self.conv2d.weight, self.conv2d.bias
+        if is_hooked(self) or not self._may_band(x):
+            return None
+        if not fused_takes_bytes(x, table, weight, bias, 3):
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None
+        return self._after_block(conv_pool_relu_bytes(x, table, weight, bias, 3))
+
+    def _after_block(self, x: Tensor) -> Tensor:
+        """Everything after the first conv block: logits from its pooled, ReLU'd output."""
         x = torch.relu_(self.max_pooling2d_1(self.conv2d_1(x)))
         x = self.global_average_pooling2d(x) if self.global_pool else self.flatten(x)
         x = torch.relu_(self.dense(self.dropout(x)))
         return self.dense_1(self.dropout_1(x))
+
+    def _may_band(self, x: Tensor) -> bool:
+        """Banding on, on the CPU, and no hook on `conv2d` or `max_pooling2d` (which must see
+        their own outputs)."""
+        hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
+        return self.banded and self.conv1_in_bands and x.device.type == "cpu" and not hooked
 
     def _banded_now(self, x: Tensor) -> bool:
         """Whether this forward computes the first block in bands of rows (leafnet.banded): the
@@ -151,8 +177,7 @@ class LeafNet(nn.Module):
         then runs in float32 and the rest of the network in bfloat16, which measured faster than
         float32 throughout or bfloat16 layers throughout; PyTorch's band kernels measured slower
         than the bfloat16 layers, so without the kernel the layers run (docs/performance.md)."""
-        hooked = is_hooked(self.conv2d) or is_hooked(self.max_pooling2d)
-        if not (self.banded and self.conv1_in_bands and x.device.type == "cpu" and not hooked):
+        if not self._may_band(x):
             return False
         if self.training and torch.is_grad_enabled() and not _autocast_on("cpu"):
             return True

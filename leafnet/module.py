@@ -30,7 +30,7 @@ from torchmetrics.classification import (
 from leafnet.adapters.lightning import FINDER_SCHEDULES
 from leafnet.banded import fused_available
 from leafnet.config import to_primitive
-from leafnet.data.images import Preprocessing, to_float
+from leafnet.data.images import Preprocessing, byte_table, to_float
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
 from leafnet.perf import HEAP_KEEP_BYTES, runs_on_cpu
@@ -216,6 +216,8 @@ class LeafClassifier(pl.LightningModule):
         )
         self.automatic_optimization = False
         self.prep = prep
+        # Not a buffer: derived from prep, so checkpoints stay as they were.
+        self._byte_table = byte_table(prep)
         # channels_last is the fast layout for CPU (oneDNN) and GPU convolutions alike.
         self.net = build_model(model).to(memory_format=torch.channels_last)
 
@@ -290,7 +292,13 @@ class LeafClassifier(pl.LightningModule):
         return to_float(x, self.prep).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits for a uint8 batch (scaled here) or an already scaled float batch."""
+        """Logits for a uint8 batch (scaled here) or an already scaled float batch. Without
+        gradients on the CPU, the seed's network reads a uint8 batch itself (LeafNet.forward_bytes):
+        the same numbers, without the float batch."""
+        if isinstance(self.net, LeafNet) and not x.is_floating_point():
+            logits = self.net.forward_bytes(x, self._byte_table)
+            if logits is not None:
+                return logits
         return self.net(self.to_input(x))
 
     def predict_proba(self, x: Tensor) -> Tensor:

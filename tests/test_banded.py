@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from leafnet import banded, kernels
 from leafnet.banded import conv_pool_relu
+from leafnet.data.images import Preprocessing, byte_table, to_float
 from leafnet.model import LeafNet
 from leafnet.zoo import build_model
 
@@ -294,7 +295,11 @@ def _counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     def note(name: str, fn):
         return lambda *a: calls.append(name) or fn(*a)
 
-    counted = kernels.ConvPool(note("forward", kernel.forward), note("grad", kernel.weight_grad))
+    counted = kernels.ConvPool(
+        note("forward", kernel.forward),
+        note("grad", kernel.weight_grad),
+        note("bytes", kernel.forward_bytes),
+    )
     monkeypatch.setattr(kernels, "conv_pool", lambda: counted)
     return calls
 
@@ -361,6 +366,47 @@ def test_the_fused_kernel_gives_the_same_bits_on_any_number_of_cores() -> None:
     for other in results[1:]:
         for got, one in zip(other, results[0], strict=True):
             assert torch.equal(got, one)
+
+
+@fused_kernel
+@pytest.mark.parametrize("normalize", ["rescale", "standardize"])
+@pytest.mark.parametrize(
+    ("shape", "budget"),
+    [
+        ((3, 3, 20, 17), 500),  # odd width, a band of one pooled row per image
+        ((5, 3, 24, 24), 20_000),  # several whole images per band
+        ((2, 3, 23, 22), 10**9),  # rows past the last pooled row still pad the last window
+        ((2, 3, 5, 4), 10**9),  # every window at an edge of the image
+    ],
+)
+def test_the_fused_kernel_reads_uint8_batches_with_the_converted_batchs_numbers(
+    monkeypatch: pytest.MonkeyPatch, normalize: str, shape: tuple[int, ...], budget: int
+) -> None:
+    """Without gradients the kernel reads a uint8 batch through `byte_table`: bit for bit the
+    output it gives on the batch `to_float` converts, at every edge and band cut, in both
+    normalisations. With gradients, on a float batch or NCHW it does not apply."""
+    calls = _counted(monkeypatch)
+    prep = Preprocessing(image_size=shape[-1], normalize=normalize)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last
+    )
+    w, b = torch.randn(32, 3, 3, 3), torch.randn(32)
+    table = byte_table(prep)
+    with torch.no_grad():
+        want = conv_pool_relu(
+            to_float(x, prep).contiguous(memory_format=torch.channels_last), w, b, 3, budget
+        )
+        calls.clear()
+        got = banded.conv_pool_relu_bytes(x, table, w, b, 3, budget)
+    assert calls and set(calls) == {"bytes"}
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+    assert not banded.fused_takes_bytes(x, table, w, b, 3)  # gradients are on here
+    with torch.no_grad():
+        assert not banded.fused_takes_bytes(x.float(), table, w, b, 3)
+        assert not banded.fused_takes_bytes(x.contiguous(), table, w, b, 3)
+        with pytest.raises(ValueError, match="fused_takes_bytes"):
+            banded.conv_pool_relu_bytes(x.contiguous(), table, w, b, 3)
 
 
 @pytest.mark.parametrize("why", ["input_grad", "nchw", "16_filters", "switched_off"])

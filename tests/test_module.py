@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from leafnet import banded
+from leafnet import module as module_code
 from leafnet.banded import fused_available
 from leafnet.errors import LeafnetError
 from leafnet.model import LeafNet
@@ -67,6 +68,34 @@ def test_forward_takes_uint8_or_scaled_float() -> None:
     x = torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8)
     torch.testing.assert_close(module(x), module(x.float() / 255))
     torch.testing.assert_close(module.predict_proba(x).sum(-1), torch.ones(2))
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler here")
+def test_without_gradients_the_seed_network_reads_uint8_batches_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validation, test and prediction on the CPU: a uint8 batch goes to the fused first block as
+    bytes, so the float batch is never made (`to_float` is not called), with the converted
+    batch's logits bit for bit; with gradients on, or a hook on the network, it is converted."""
+    torch.manual_seed(0)
+    module = LeafClassifier(
+        model={"image_size": 48}, optimizer=SGD, lr=0.1, class_names=["a", "b", "c"],
+        preprocessing={"image_size": 48, "normalize": "standardize"},
+    ).eval()  # fmt: skip
+    x = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = module.net(module.to_input(x))
+    converted: list[int] = []
+    real = module_code.to_float
+    monkeypatch.setattr(module_code, "to_float", lambda *a: converted.append(1) or real(*a))
+    with torch.inference_mode():
+        assert torch.equal(module(x), want) and converted == []
+    torch.testing.assert_close(module(x), want, rtol=0, atol=0)
+    assert converted == [1]
+    module.net.register_forward_pre_hook(lambda net, args: None)
+    with torch.inference_mode():
+        assert torch.equal(module(x), want) and converted == [1, 1]
 
 
 def test_hparams_are_primitives() -> None:

@@ -322,6 +322,14 @@ def to_float(x: Tensor, prep: Preprocessing) -> Tensor:
     return _scale(x.float(), prep)
 
 
+def byte_table(prep: Preprocessing) -> Tensor:
+    """float32 [3, 256]: what `to_float` makes of each byte value in each channel, computed by
+    `to_float` itself, so a lookup gives exactly its numbers (the fused first block reads uint8
+    batches through it)."""
+    ramp = torch.arange(256, dtype=torch.uint8).expand(3, 1, 256).clone()
+    return to_float(ramp, prep).reshape(3, 256).contiguous()
+
+
 def _scale(out: Tensor, prep: Preprocessing) -> Tensor:
     """A float image or batch in 0..255 scaled in place as `prep.normalize` says."""
     out = out.mul_(1.0 / 255.0)

@@ -41,10 +41,11 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class ConvPool:
-    """`conv_pool.c`'s two entry points (see their comments there for the arguments)."""
+    """`conv_pool.c`'s entry points (see their comments there for the arguments)."""
 
     forward: Callable[..., None]
     weight_grad: Callable[..., None]
+    forward_bytes: Callable[..., None]
 
 
 def compiler() -> list[str] | None:
@@ -100,9 +101,13 @@ def conv_pool() -> ConvPool | None:
         log.info("conv1 runs on PyTorch's kernels, about half as fast on the CPU: %s", e)
         return None
     forward, weight_grad = lib.conv_pool_forward, lib.conv_pool_weight_grad
+    forward_bytes = lib.conv_pool_forward_bytes
     # x, height, width, w, b, channels, out, code, i0, i1, r0, r1
     forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, *[_INT] * 4]
     # x, height, width, out, grad_out, code, channels, i0, i1, r0, r1, gw, gb
     weight_grad.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, *[_INT] * 5, _PTR, _PTR]
+    # x (uint8), height, width, table, w, b, channels, out, code, i0, i1, r0, r1
+    forward_bytes.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _INT, _PTR, _PTR, *[_INT] * 4]
     forward.restype = weight_grad.restype = None
-    return ConvPool(forward, weight_grad)
+    forward_bytes.restype = ctypes.c_int  # -1: no memory for its scratch
+    return ConvPool(forward, weight_grad, forward_bytes)

@@ -1,7 +1,7 @@
 /* The seed's first block on the CPU, fused: relu(max_pool2d(conv2d(x, w, b, padding=1), 3)) for
  * 3 input channels and a multiple of 32 output channels, float32, channels-last; and, for
  * backward, that block's weight and bias gradients (the input's is never needed by a first
- * layer).
+ * layer); and, without gradients, the same forward reading a uint8 image through a table.
  *
  * Why by hand: no library fuses a convolution with the pooling after it. Layer by layer the
  * convolution writes 52 MB per 640 px image for max-pool to keep a ninth of, and PyTorch's
@@ -21,6 +21,7 @@
  * core runs its own bands (leafnet/banded.py). */
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* VEC floats a vector, NV vectors of channels a pass: 18 sums in AVX-512's 32 registers or
@@ -161,6 +162,50 @@ void conv_pool_forward(const float *x, int64_t height, int64_t width, const floa
                     forward_block(pad, w + h, channels, b + h, out + at + h, code + at + h);
             }
     }
+}
+
+/* conv_pool_forward for a uint8 image x (n, height, width, 3) read through `table` (3 x 256
+ * floats): byte v of input channel ci becomes table[ci * 256 + v], the float the data pipeline's
+ * conversion makes of it (leafnet computes the table with that conversion, so the outputs are
+ * the same as converting the batch first). Each image's band of rows is converted once into a
+ * scratch with its zero border (the 'same' padding), which stays in cache while the band is
+ * computed: the float image, four times the bytes, is never written whole. Returns 0, or -1 if
+ * the scratch could not be allocated (nothing written). */
+int conv_pool_forward_bytes(const uint8_t *x, int64_t height, int64_t width, const float *table,
+                            const float *w, const float *b, int64_t channels, float *out,
+                            uint8_t *code, int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
+    int64_t pooled_h = height / 3, pooled_w = width / 3;
+    /* Scratch row y is image row 3 * r0 - 1 + y, column k image column k - 1. */
+    int64_t rows = 3 * (r1 - r0) + 2, cols = width + 2;
+    float *scratch = malloc((size_t)(rows * cols * 3) * sizeof(float));
+    if (scratch == NULL) return -1;
+    float pad[75];
+    for (int64_t i = i0; i < i1; i++) {
+        const uint8_t *image = x + i * height * width * 3;
+        for (int64_t y = 0; y < rows; y++) {
+            float *dst = scratch + y * cols * 3;
+            int64_t source = 3 * r0 - 1 + y;
+            memset(dst, 0, 3 * sizeof(float));
+            memset(dst + (cols - 1) * 3, 0, 3 * sizeof(float));
+            if (source < 0 || source >= height) {
+                memset(dst, 0, (size_t)(cols * 3) * sizeof(float));
+                continue;
+            }
+            const uint8_t *src = image + source * width * 3;
+            for (int64_t k = 0; k < width; k++)
+                for (int ci = 0; ci < 3; ci++) dst[(k + 1) * 3 + ci] = table[ci * 256 + src[k * 3 + ci]];
+        }
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t c = 0; c < pooled_w; c++) {
+                int64_t at = ((i * pooled_h + r) * pooled_w + c) * channels;
+                const float *area = scratch + (3 * (r - r0) * cols + 3 * c) * 3;
+                for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, area + y * cols * 3, 60);
+                for (int64_t h = 0; h < channels; h += BLOCK)
+                    forward_block(pad, w + h, channels, b + h, out + at + h, code + at + h);
+            }
+    }
+    free(scratch);
+    return 0;
 }
 
 /* The same band's gradients: grad_out gated by ReLU (where out > 0, or NaN), sent to the place
