@@ -407,7 +407,6 @@ def conv_pool_relu_bytes(
     n, _, h, w = x.shape
     shape = (n, weight.shape[0], h // pool, w // pool)
     out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-    where = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last)
     # Bands as the float path cuts them: by the bytes of float32 conv output rows.
     bands = _bands(n, h // pool, weight.shape[0] * pool * w * 4, budget or band_bytes())
     taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
@@ -416,7 +415,7 @@ def conv_pool_relu_bytes(
         for _, (i0, i1, r0, r1) in claims:
             failed = kernel.forward_bytes(
                 x.data_ptr(), h, w, table.data_ptr(), taps.data_ptr(), bias.data_ptr(),
-                weight.shape[0], out.data_ptr(), where.data_ptr(), i0, i1, r0, r1,
+                weight.shape[0], out.data_ptr(), None, i0, i1, r0, r1,  # no codes: no backward
             )  # fmt: skip
             if failed:
                 raise MemoryError("the fused first block could not allocate its band's scratch")

@@ -114,6 +114,7 @@ static inline __attribute__((always_inline)) void pool(const vf sums[9], float *
         at = (at & ~take) | (((vi){0} + o) & take);
     }
     store(out, pick((best > 0) | (best != best), best, (vf){0}));
+    if (code == NULL) return; /* no backward to come */
     vb bytes = __builtin_convertvector(at, vb);
     memcpy(code, &bytes, VEC);
 }
@@ -142,7 +143,7 @@ static inline __attribute__((always_inline)) void forward_block(const float *p, 
             UNROLL(2) for (int v = 0; v < NV; v++) sums[v][oy * 3 + ox] += x * taps[v];
         }
     }
-    UNROLL(2) for (int v = 0; v < NV; v++) pool(sums[v], out + v * VEC, code + v * VEC);
+    UNROLL(2) for (int v = 0; v < NV; v++) pool(sums[v], out + v * VEC, code ? code + v * VEC : NULL);
 }
 
 /* x: (n, height, width, 3); w: (3, 3, 3, channels) as (ky, kx, ci, co); b: (channels);
@@ -169,8 +170,8 @@ void conv_pool_forward(const float *x, int64_t height, int64_t width, const floa
  * conversion makes of it (leafnet computes the table with that conversion, so the outputs are
  * the same as converting the batch first). Each image's band of rows is converted once into a
  * scratch with its zero border (the 'same' padding), which stays in cache while the band is
- * computed: the float image, four times the bytes, is never written whole. Returns 0, or -1 if
- * the scratch could not be allocated (nothing written). */
+ * computed: the float image, four times the bytes, is never written whole. `code` may be NULL
+ * (no backward to come). Returns 0, or -1 if the scratch could not be allocated. */
 int conv_pool_forward_bytes(const uint8_t *x, int64_t height, int64_t width, const float *table,
                             const float *w, const float *b, int64_t channels, float *out,
                             uint8_t *code, int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
@@ -201,7 +202,7 @@ int conv_pool_forward_bytes(const uint8_t *x, int64_t height, int64_t width, con
                 const float *area = scratch + (3 * (r - r0) * cols + 3 * c) * 3;
                 for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, area + y * cols * 3, 60);
                 for (int64_t h = 0; h < channels; h += BLOCK)
-                    forward_block(pad, w + h, channels, b + h, out + at + h, code + at + h);
+                    forward_block(pad, w + h, channels, b + h, out + at + h, code ? code + at + h : NULL);
             }
     }
     free(scratch);
