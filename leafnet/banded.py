@@ -216,8 +216,8 @@ def fused_takes(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
 
 
 def fused_takes_bytes(x: Tensor, table: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
-    """Whether `conv_pool_relu_bytes(x, table, weight, bias, pool)` can run: the seed's block on a
-    uint8 batch, a float32 [3, 256] table, no gradient being recorded, the C kernel built."""
+    """Whether `conv_pool_relu(x, weight, bias, pool, table=table)` can run: the seed's block on a
+    uint8 batch, a float32 [3, 256] table, the C kernel built."""
     return (
         _seed_block(x, weight, bias, pool)
         and x.dtype == torch.uint8
@@ -225,26 +225,42 @@ def fused_takes_bytes(x: Tensor, table: Tensor, weight: Tensor, bias: Tensor, po
         and table.shape == (3, 256)
         and table.is_contiguous()
         and table.device.type == "cpu"
-        and not torch.is_grad_enabled()
         and kernels.conv_pool() is not None
     )
 
 
 def _fused_bands(
-    kernel: kernels.ConvPool, x: Tensor, weight: Tensor, bias: Tensor, out: Tensor, where: Tensor
+    kernel: kernels.ConvPool,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    out: Tensor,
+    where: Tensor | None,
+    table: Tensor | None = None,
 ) -> Callable[[Claims], None]:
-    """Forward, band by band, through the C kernel: `out` and `where` written in place."""
+    """Forward, band by band, through the C kernel: `out` and `where` written in place. A uint8
+    `x` is read through `table`, and `where` may then be None (no backward to come)."""
     taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
     h, w = x.shape[2], x.shape[3]
+    code = None if where is None else where.data_ptr()
 
     def run(claims: Claims) -> None:
         for _, (i0, i1, r0, r1) in claims:
-            kernel.forward(
-                x.data_ptr(), h, w, taps.data_ptr(), bias.data_ptr(), weight.shape[0],
-                out.data_ptr(), where.data_ptr(), i0, i1, r0, r1,
-            )  # fmt: skip
+            if table is None:
+                kernel.forward(
+                    x.data_ptr(), h, w, taps.data_ptr(), bias.data_ptr(), weight.shape[0],
+                    out.data_ptr(), code, i0, i1, r0, r1,
+                )  # fmt: skip
+            elif kernel.forward_bytes(
+                x.data_ptr(), h, w, table.data_ptr(), taps.data_ptr(), bias.data_ptr(),
+                weight.shape[0], out.data_ptr(), code, i0, i1, r0, r1,
+            ):  # fmt: skip
+                raise MemoryError(_NO_SCRATCH)
 
     return run
+
+
+_NO_SCRATCH = "the fused first block could not allocate memory to convert a band of the batch"
 
 
 def _torch_bands(
@@ -275,8 +291,10 @@ def _fused_backward(
     out: Tensor,
     where: Tensor,
     grad_out: Tensor,
-) -> tuple[None, Tensor, Tensor, None, None]:
-    """The weight and bias gradients from the C kernel, band by band, added in band order."""
+    table: Tensor | None = None,
+) -> tuple[None, Tensor, Tensor, None, None, None]:
+    """The weight and bias gradients from the C kernel, band by band, added in band order; a
+    uint8 `x` is read through `table`."""
     channels, h, w = weight.shape[0], x.shape[2], x.shape[3]
     grad = grad_out.contiguous(memory_format=torch.channels_last)
     grad_w_bands = weight.new_empty((len(bands), 3, 3, 3, channels))  # (ky, kx, ci, co)
@@ -284,14 +302,21 @@ def _fused_backward(
 
     def run(claims: Claims) -> None:
         for j, (i0, i1, r0, r1) in claims:
-            kernel.weight_grad(
-                x.data_ptr(), h, w, out.data_ptr(), grad.data_ptr(), where.data_ptr(), channels,
-                i0, i1, r0, r1, grad_w_bands[j].data_ptr(), grad_b_bands[j].data_ptr(),
-            )  # fmt: skip
+            gw, gb = grad_w_bands[j].data_ptr(), grad_b_bands[j].data_ptr()
+            if table is None:
+                kernel.weight_grad(
+                    x.data_ptr(), h, w, out.data_ptr(), grad.data_ptr(), where.data_ptr(),
+                    channels, i0, i1, r0, r1, gw, gb,
+                )  # fmt: skip
+            elif kernel.weight_grad_bytes(
+                x.data_ptr(), h, w, table.data_ptr(), out.data_ptr(), grad.data_ptr(),
+                where.data_ptr(), channels, i0, i1, r0, r1, gw, gb,
+            ):  # fmt: skip
+                raise MemoryError(_NO_SCRATCH)
 
     _per_core(run, bands)
     grad_w = grad_w_bands.sum(0).permute(3, 2, 0, 1).contiguous()
-    return None, grad_w, grad_b_bands.sum(0), None, None
+    return None, grad_w, grad_b_bands.sum(0), None, None, None
 
 
 class _ConvPoolReLU(torch.autograd.Function):
@@ -299,17 +324,22 @@ class _ConvPoolReLU(torch.autograd.Function):
     # PyTorch's band kernels write into a float32 output.
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int, table: Tensor | None
+    ) -> Tensor:
         n, _, h, w = x.shape
         fmt = _format(x)
         shape = (n, weight.shape[0], h // pool, w // pool)
-        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        bands = _bands(n, h // pool, weight.shape[0] * pool * w * x.element_size(), budget)
-        kernel = ctx.kernel = _fused(x, weight, bias, pool)
+        out = torch.empty(shape, dtype=weight.dtype, device=x.device, memory_format=fmt)
+        bands = _bands(n, h // pool, weight.shape[0] * pool * w * out.element_size(), budget)
+        kernel = ctx.kernel = (
+            kernels.conv_pool() if table is not None else _fused(x, weight, bias, pool)
+        )
+        ctx.table = table
         if kernel is not None:
             # Which of its window's nine places each maximum came from, a byte (0-8).
             where = torch.empty(shape, dtype=torch.uint8, memory_format=fmt)
-            run = _fused_bands(kernel, x, weight, bias, out, where)
+            run = _fused_bands(kernel, x, weight, bias, out, where, table)
         else:
             # Where each maximum was, as max-pool reports it: relative to its band's conv output.
             where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
@@ -324,7 +354,9 @@ class _ConvPoolReLU(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         x, weight, out, where = ctx.saved_tensors
         if ctx.kernel is not None:
-            return _fused_backward(ctx.kernel, ctx.bands, x, weight, out, where, grad_out)
+            return _fused_backward(
+                ctx.kernel, ctx.bands, x, weight, out, where, grad_out, ctx.table
+            )
         pool, k = ctx.pool, [ctx.pool, ctx.pool]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         w = x.shape[-1]
@@ -378,47 +410,41 @@ class _ConvPoolReLU(torch.autograd.Function):
                 grad_x[i0:i1, :, image_rows] += gx
         grad_w = grad_w_bands.sum(0) if grad_w_bands is not None else None
         grad_b = grad_b_bands.sum(0) if grad_b_bands is not None else None
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 # Left to eager mode under torch.compile: a loop over bands handed to worker threads is nothing a
 # compiler can fuse, and tracing into it would rebuild the thread pool.
 @torch.compiler.disable
 def conv_pool_relu(
-    x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int | None = None
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    pool: int,
+    budget: int | None = None,
+    table: Tensor | None = None,
 ) -> Tensor:
-    """relu(max_pool2d(conv2d(x, weight, bias, padding=1), pool)) for a 3x3 kernel, in bands."""
+    """relu(max_pool2d(conv2d(x, weight, bias, padding=1), pool)) for a 3x3 kernel, in bands.
+
+    With `table` (float32 [3, 256]), x is a uint8 batch standing for f[:, c] = table[c][x[:, c]]
+    (`data.images.byte_table`): the C kernel reads the bytes, so the float batch (four times
+    the bytes) is never written, forward or backward. Only where `fused_takes_bytes` says so."""
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"conv_pool_relu takes a 3x3 kernel, got {tuple(weight.shape[-2:])}")
-    return _ConvPoolReLU.apply(x, weight, bias, pool, budget or band_bytes())
-
-
-@torch.compiler.disable
-def conv_pool_relu_bytes(
-    x: Tensor, table: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int | None = None
-) -> Tensor:
-    """`conv_pool_relu(f, weight, bias, pool)` where f[:, c] = table[c][x[:, c]], for a uint8 batch
-    and without gradients: the C kernel reads the bytes through the table, so the float batch
-    (four times the bytes) is never written. Only where `fused_takes_bytes` says so."""
+    budget = budget or band_bytes()
+    if table is None:
+        return _ConvPoolReLU.apply(x, weight, bias, pool, budget, None)
     if not fused_takes_bytes(x, table, weight, bias, pool):
-        raise ValueError("conv_pool_relu_bytes takes what fused_takes_bytes accepts")
+        raise ValueError("conv_pool_relu takes a uint8 batch where fused_takes_bytes says so")
+    if torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad):
+        return _ConvPoolReLU.apply(x, weight, bias, pool, budget, table)
+    # No backward to come: no max-pool codes to keep.
     kernel = kernels.conv_pool()
     assert kernel is not None
     n, _, h, w = x.shape
-    shape = (n, weight.shape[0], h // pool, w // pool)
-    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-    # Bands as the float path cuts them: by the bytes of float32 conv output rows.
-    bands = _bands(n, h // pool, weight.shape[0] * pool * w * 4, budget or band_bytes())
-    taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
-
-    def run(claims: Claims) -> None:
-        for _, (i0, i1, r0, r1) in claims:
-            failed = kernel.forward_bytes(
-                x.data_ptr(), h, w, table.data_ptr(), taps.data_ptr(), bias.data_ptr(),
-                weight.shape[0], out.data_ptr(), None, i0, i1, r0, r1,  # no codes: no backward
-            )  # fmt: skip
-            if failed:
-                raise MemoryError("the fused first block could not allocate its band's scratch")
-
-    _per_core(run, bands)
+    out = torch.empty((n, weight.shape[0], h // pool, w // pool), memory_format=torch.channels_last)
+    _per_core(
+        _fused_bands(kernel, x, weight, bias, out, None, table),
+        _bands(n, h // pool, weight.shape[0] * pool * w * out.element_size(), budget),
+    )
     return out

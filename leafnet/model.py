@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from leafnet.adapters.pytorch import is_hooked
-from leafnet.banded import conv_pool_relu, conv_pool_relu_bytes, fused_takes, fused_takes_bytes
+from leafnet.banded import conv_pool_relu, fused_takes, fused_takes_bytes
 
 
 class KerasFlatten(nn.Module):
@@ -138,11 +138,12 @@ class LeafNet(nn.Module):
 
     def forward_bytes(self, x: Tensor, table: Tensor) -> Tensor | None:
         """`forward(f)` for a uint8 batch x, where f[:, c] = table[c][x[:, c]]
-        (`data.images.byte_table`), with the first block reading the bytes itself: the same
-        numbers without the float batch, whose conversion took 12% of a forward pass at 640 px.
-        Only without gradients, on the CPU, where the C kernel takes the block and no hook
-        watches it or the network (a hook on the network expects `forward`'s float input); None
-        elsewhere (convert the batch and call the network then)."""
+        (`data.images.byte_table`), with the first block reading the bytes itself, forward and
+        backward: the same numbers without the float batch, whose conversion took 12% of a
+        forward pass at 640 px. Only on the CPU where the C kernel takes the block, and while no
+        hook watches it or the network (a hook on the network expects `forward`'s float input)
+        and nothing traces or compiles the model; None elsewhere (convert the batch and call the
+        network then)."""
         weight, bias = self.conv2d.weight, self.conv2d.bias
         if is_hooked(self) or not self._may_band(x):
             return None
@@ -150,7 +151,7 @@ class LeafNet(nn.Module):
             return None
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             return None
-        return self._after_block(conv_pool_relu_bytes(x, table, weight, bias, 3))
+        return self._after_block(conv_pool_relu(x, weight, bias, 3, table=table))
 
     def _after_block(self, x: Tensor) -> Tensor:
         """Everything after the first conv block: logits from its pooled, ReLU'd output."""

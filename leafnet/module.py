@@ -292,9 +292,9 @@ class LeafClassifier(pl.LightningModule):
         return to_float(x, self.prep).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Logits for a uint8 batch (scaled here) or an already scaled float batch. Without
-        gradients on the CPU, the seed's network reads a uint8 batch itself (LeafNet.forward_bytes):
-        the same numbers, without the float batch."""
+        """Logits for a uint8 batch (scaled here) or an already scaled float batch. On the CPU the
+        seed's network reads a uint8 batch itself (LeafNet.forward_bytes): the same numbers and
+        gradients, without the float batch."""
         if isinstance(self.net, LeafNet) and not x.is_floating_point():
             logits = self.net.forward_bytes(x, self._byte_table)
             if logits is not None:

@@ -299,6 +299,7 @@ def _counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         note("forward", kernel.forward),
         note("grad", kernel.weight_grad),
         note("bytes", kernel.forward_bytes),
+        note("grad bytes", kernel.weight_grad_bytes),
     )
     monkeypatch.setattr(kernels, "conv_pool", lambda: counted)
     return calls
@@ -382,31 +383,36 @@ def test_the_fused_kernel_gives_the_same_bits_on_any_number_of_cores() -> None:
 def test_the_fused_kernel_reads_uint8_batches_with_the_converted_batchs_numbers(
     monkeypatch: pytest.MonkeyPatch, normalize: str, shape: tuple[int, ...], budget: int
 ) -> None:
-    """Without gradients the kernel reads a uint8 batch through `byte_table`: bit for bit the
-    output it gives on the batch `to_float` converts, at every edge and band cut, in both
-    normalisations. With gradients, on a float batch or NCHW it does not apply."""
+    """A uint8 batch read through `byte_table` gives bit for bit the output and the weight and
+    bias gradients of the batch `to_float` converts, at every edge and band cut, in both
+    normalisations; without gradients too. A float batch or NCHW does not take that path."""
     calls = _counted(monkeypatch)
     prep = Preprocessing(image_size=shape[-1], normalize=normalize)
     torch.manual_seed(0)
     x = torch.randint(0, 256, shape, dtype=torch.uint8).contiguous(
         memory_format=torch.channels_last
     )
-    w, b = torch.randn(32, 3, 3, 3), torch.randn(32)
+    w = torch.randn(32, 3, 3, 3, requires_grad=True)
+    b = torch.randn(32, requires_grad=True)
     table = byte_table(prep)
-    with torch.no_grad():
-        want = conv_pool_relu(
-            to_float(x, prep).contiguous(memory_format=torch.channels_last), w, b, 3, budget
-        )
-        calls.clear()
-        got = banded.conv_pool_relu_bytes(x, table, w, b, 3, budget)
-    assert calls and set(calls) == {"bytes"}
+    converted = to_float(x, prep).contiguous(memory_format=torch.channels_last)
+    want = conv_pool_relu(converted, w, b, 3, budget)
+    grad = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, (w, b), grad)
+    calls.clear()
+    got = conv_pool_relu(x, w, b, 3, budget, table=table)
     assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
-    assert not banded.fused_takes_bytes(x, table, w, b, 3)  # gradients are on here
+    for have, expected in zip(torch.autograd.grad(got, (w, b), grad), want_grads, strict=True):
+        assert torch.equal(have, expected)
+    assert set(calls) == {"bytes", "grad bytes"}
+    calls.clear()
     with torch.no_grad():
-        assert not banded.fused_takes_bytes(x.float(), table, w, b, 3)
-        assert not banded.fused_takes_bytes(x.contiguous(), table, w, b, 3)
-        with pytest.raises(ValueError, match="fused_takes_bytes"):
-            banded.conv_pool_relu_bytes(x.contiguous(), table, w, b, 3)
+        assert torch.equal(conv_pool_relu(x, w, b, 3, budget, table=table), want)
+    assert set(calls) == {"bytes"}
+    assert not banded.fused_takes_bytes(converted, table, w, b, 3)
+    assert not banded.fused_takes_bytes(x.contiguous(), table, w, b, 3)
+    with pytest.raises(ValueError, match="fused_takes_bytes"):
+        conv_pool_relu(x.contiguous(), w, b, 3, table=table)
 
 
 @pytest.mark.parametrize("why", ["input_grad", "nchw", "16_filters", "switched_off"])

@@ -71,31 +71,34 @@ def test_forward_takes_uint8_or_scaled_float() -> None:
 
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler here")
-def test_without_gradients_the_seed_network_reads_uint8_batches_itself(
+def test_on_the_cpu_the_seed_network_reads_uint8_batches_itself(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Validation, test and prediction on the CPU: a uint8 batch goes to the fused first block as
-    bytes, so the float batch is never made (`to_float` is not called), with the converted
-    batch's logits bit for bit; with gradients on, or a hook on the network, it is converted."""
+    """A uint8 batch goes to the fused first block as bytes, so the float batch is never made
+    (`to_float` is not called): the converted batch's logits and gradients bit for bit, in
+    prediction and in training. With a hook on the network, the batch is converted."""
     torch.manual_seed(0)
     module = LeafClassifier(
         model={"image_size": 48}, optimizer=SGD, lr=0.1, class_names=["a", "b", "c"],
         preprocessing={"image_size": 48, "normalize": "standardize"},
-    ).eval()  # fmt: skip
+    )  # fmt: skip
     x = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
     x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        want = module.net(module.to_input(x))
+    want = module.net(module.to_input(x))
+    want_grads = torch.autograd.grad(want.sum(), list(module.net.parameters()))
     converted: list[int] = []
     real = module_code.to_float
     monkeypatch.setattr(module_code, "to_float", lambda *a: converted.append(1) or real(*a))
+    got = module(x)
+    got_grads = torch.autograd.grad(got.sum(), list(module.net.parameters()))
+    assert torch.equal(got, want) and converted == []
+    assert all(torch.equal(g, w) for g, w in zip(got_grads, want_grads, strict=True))
     with torch.inference_mode():
-        assert torch.equal(module(x), want) and converted == []
-    torch.testing.assert_close(module(x), want, rtol=0, atol=0)
-    assert converted == [1]
+        assert torch.equal(module.eval()(x), module.net(real(x, module.prep))) and converted == []
     module.net.register_forward_pre_hook(lambda net, args: None)
     with torch.inference_mode():
-        assert torch.equal(module(x), want) and converted == [1, 1]
+        module(x)
+    assert converted == [1]
 
 
 def test_hparams_are_primitives() -> None:

@@ -45,7 +45,8 @@ class ConvPool:
 
     forward: Callable[..., None]
     weight_grad: Callable[..., None]
-    forward_bytes: Callable[..., None]
+    forward_bytes: Callable[..., int]
+    weight_grad_bytes: Callable[..., int]
 
 
 def compiler() -> list[str] | None:
@@ -101,13 +102,15 @@ def conv_pool() -> ConvPool | None:
         log.info("conv1 runs on PyTorch's kernels, about half as fast on the CPU: %s", e)
         return None
     forward, weight_grad = lib.conv_pool_forward, lib.conv_pool_weight_grad
-    forward_bytes = lib.conv_pool_forward_bytes
+    forward_bytes, weight_grad_bytes = lib.conv_pool_forward_bytes, lib.conv_pool_weight_grad_bytes
     # x, height, width, w, b, channels, out, code, i0, i1, r0, r1
     forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, *[_INT] * 4]
     # x, height, width, out, grad_out, code, channels, i0, i1, r0, r1, gw, gb
     weight_grad.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, *[_INT] * 5, _PTR, _PTR]
     # x (uint8), height, width, table, w, b, channels, out, code, i0, i1, r0, r1
     forward_bytes.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _INT, _PTR, _PTR, *[_INT] * 4]
+    # x (uint8), height, width, table, out, grad_out, code, channels, i0, i1, r0, r1, gw, gb
+    weight_grad_bytes.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _PTR, _PTR, *[_INT] * 5, _PTR, _PTR]
     forward.restype = weight_grad.restype = None
-    forward_bytes.restype = ctypes.c_int  # -1: no memory for its scratch
-    return ConvPool(forward, weight_grad, forward_bytes)
+    forward_bytes.restype = weight_grad_bytes.restype = ctypes.c_int  # -1: no memory for a scratch
+    return ConvPool(forward, weight_grad, forward_bytes, weight_grad_bytes)

@@ -1,7 +1,7 @@
 /* The seed's first block on the CPU, fused: relu(max_pool2d(conv2d(x, w, b, padding=1), 3)) for
  * 3 input channels and a multiple of 32 output channels, float32, channels-last; and, for
  * backward, that block's weight and bias gradients (the input's is never needed by a first
- * layer); and, without gradients, the same forward reading a uint8 image through a table.
+ * layer); and both again for a uint8 batch read through a table, so the float batch never exists.
  *
  * Why by hand: no library fuses a convolution with the pooling after it. Layer by layer the
  * convolution writes 52 MB per 640 px image for max-pool to keep a ninth of, and PyTorch's
@@ -165,56 +165,69 @@ void conv_pool_forward(const float *x, int64_t height, int64_t width, const floa
     }
 }
 
-/* conv_pool_forward for a uint8 image x (n, height, width, 3) read through `table` (3 x 256
- * floats): byte v of input channel ci becomes table[ci * 256 + v], the float the data pipeline's
- * conversion makes of it (leafnet computes the table with that conversion, so the outputs are
- * the same as converting the batch first). Each image's band of rows is converted once into a
- * scratch with its zero border (the 'same' padding), which stays in cache while the band is
- * computed: the float image, four times the bytes, is never written whole. `code` may be NULL
- * (no backward to come). Returns 0, or -1 if the scratch could not be allocated. */
-int conv_pool_forward_bytes(const uint8_t *x, int64_t height, int64_t width, const float *table,
-                            const float *w, const float *b, int64_t channels, float *out,
-                            uint8_t *code, int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
-    int64_t pooled_h = height / 3, pooled_w = width / 3;
-    /* Scratch row y is image row 3 * r0 - 1 + y, column k image column k - 1. */
-    int64_t rows = 3 * (r1 - r0) + 2, cols = width + 2;
-    float *scratch = malloc((size_t)(rows * cols * 3) * sizeof(float));
-    if (scratch == NULL) return -1;
-    float pad[75];
-    for (int64_t i = i0; i < i1; i++) {
-        const uint8_t *image = x + i * height * width * 3;
+/* A band's images (i0..i1, pooled rows r0..r1) of a uint8 batch x (n, height, width, 3)
+ * converted through `table` (3 x 256 floats: byte v of input channel ci becomes
+ * table[ci * 256 + v], the float the data pipeline's conversion makes of it; leafnet computes
+ * the table with that conversion) into `scratch`, with the zero border of the 'same' padding:
+ * per image, BAND_ROWS rows of width + 2 columns, row y being image row 3 * r0 - 1 + y and
+ * column k image column k - 1. Each pixel is converted once, into a scratch that stays in
+ * cache while the band is computed: the float image, four times the bytes, is never written. */
+#define BAND_ROWS(r0, r1) (3 * ((r1) - (r0)) + 2)
+static float *convert_band(const uint8_t *x, int64_t height, int64_t width, const float *table,
+                           int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
+    int64_t rows = BAND_ROWS(r0, r1), cols = width + 2;
+    float *scratch = malloc((size_t)((i1 - i0) * rows * cols * 3) * sizeof(float));
+    if (scratch == NULL) return NULL;
+    for (int64_t i = i0; i < i1; i++)
         for (int64_t y = 0; y < rows; y++) {
-            float *dst = scratch + y * cols * 3;
+            float *dst = scratch + ((i - i0) * rows + y) * cols * 3;
             int64_t source = 3 * r0 - 1 + y;
-            memset(dst, 0, 3 * sizeof(float));
-            memset(dst + (cols - 1) * 3, 0, 3 * sizeof(float));
-            if (source < 0 || source >= height) {
-                memset(dst, 0, (size_t)(cols * 3) * sizeof(float));
-                continue;
-            }
-            const uint8_t *src = image + source * width * 3;
+            memset(dst, 0, (size_t)(cols * 3) * sizeof(float));
+            if (source < 0 || source >= height) continue;
+            const uint8_t *src = x + (i * height + source) * width * 3;
             for (int64_t k = 0; k < width; k++)
                 for (int ci = 0; ci < 3; ci++) dst[(k + 1) * 3 + ci] = table[ci * 256 + src[k * 3 + ci]];
         }
+    return scratch;
+}
+
+/* Where the area under pooled position (r, c) of the band's image i starts in its scratch. */
+static inline const float *scratch_area(const float *scratch, int64_t width, int64_t i0, int64_t i,
+                                        int64_t r0, int64_t r1, int64_t r, int64_t c) {
+    return scratch + (((i - i0) * BAND_ROWS(r0, r1) + 3 * (r - r0)) * (width + 2) + 3 * c) * 3;
+}
+
+/* conv_pool_forward for a uint8 batch x read through `table` (convert_band): the same outputs
+ * as converting the batch first. `code` may be NULL (no backward to come). Returns 0, or -1
+ * if the scratch could not be allocated. */
+int conv_pool_forward_bytes(const uint8_t *x, int64_t height, int64_t width, const float *table,
+                            const float *w, const float *b, int64_t channels, float *out,
+                            uint8_t *code, int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
+    int64_t pooled_h = height / 3, pooled_w = width / 3, row_step = (width + 2) * 3;
+    float *scratch = convert_band(x, height, width, table, i0, i1, r0, r1);
+    if (scratch == NULL) return -1;
+    float pad[75];
+    for (int64_t i = i0; i < i1; i++)
         for (int64_t r = r0; r < r1; r++)
             for (int64_t c = 0; c < pooled_w; c++) {
                 int64_t at = ((i * pooled_h + r) * pooled_w + c) * channels;
-                const float *area = scratch + (3 * (r - r0) * cols + 3 * c) * 3;
-                for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, area + y * cols * 3, 60);
+                const float *area = scratch_area(scratch, width, i0, i, r0, r1, r, c);
+                for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, area + y * row_step, 60);
                 for (int64_t h = 0; h < channels; h += BLOCK)
                     forward_block(pad, w + h, channels, b + h, out + at + h, code ? code + at + h : NULL);
             }
-    }
     free(scratch);
     return 0;
 }
 
-/* The same band's gradients: grad_out gated by ReLU (where out > 0, or NaN), sent to the place
+/* The band's gradients: grad_out gated by ReLU (where out > 0, or NaN), sent to the place
  * `code` names; gw (3, 3, 3, channels) as (ky, kx, ci, co) and gb (channels) are written. One
- * sweep per kernel row and block of channels keeps the sums in registers. */
-void conv_pool_weight_grad(const float *x, int64_t height, int64_t width, const float *out,
-                           const float *grad_out, const uint8_t *code, int64_t channels,
-                           int64_t i0, int64_t i1, int64_t r0, int64_t r1, float *gw, float *gb) {
+ * sweep per kernel row and block of channels keeps the sums in registers. The input is either
+ * the float batch x, or (x NULL) the band's converted scratch (convert_band). */
+static inline __attribute__((always_inline)) void weight_grad(
+    const float *x, const float *scratch, int64_t height, int64_t width, const float *out,
+    const float *grad_out, const uint8_t *code, int64_t channels, int64_t i0, int64_t i1,
+    int64_t r0, int64_t r1, float *gw, float *gb) {
     int64_t pooled_h = height / 3, pooled_w = width / 3;
     float pad[75];
     for (int64_t h = 0; h < channels; h += BLOCK)
@@ -225,11 +238,16 @@ void conv_pool_weight_grad(const float *x, int64_t height, int64_t width, const 
                 for (int k = 0; k < 9; k++) sums[v][k] = (vf){0};
             }
             for (int64_t i = i0; i < i1; i++) {
-                const float *image = x + i * height * width * 3;
                 for (int64_t r = r0; r < r1; r++)
                     for (int64_t c = 0; c < pooled_w; c++) {
                         int64_t row_step, at = ((i * pooled_h + r) * pooled_w + c) * channels + h;
-                        const float *p = area(image, height, width, r, c, pad, &row_step);
+                        const float *p;
+                        if (x == NULL) {
+                            p = scratch_area(scratch, width, i0, i, r0, r1, r, c);
+                            row_step = (width + 2) * 3;
+                        } else {
+                            p = area(x + i * height * width * 3, height, width, r, c, pad, &row_step);
+                        }
                         vf g[NV];
                         vi place[NV];
                         UNROLL(2) for (int v = 0; v < NV; v++) {
@@ -255,4 +273,23 @@ void conv_pool_weight_grad(const float *x, int64_t height, int64_t width, const 
                 if (ky == 0) store(gb + h + v * VEC, bias[v]);
             }
         }
+}
+
+void conv_pool_weight_grad(const float *x, int64_t height, int64_t width, const float *out,
+                           const float *grad_out, const uint8_t *code, int64_t channels,
+                           int64_t i0, int64_t i1, int64_t r0, int64_t r1, float *gw, float *gb) {
+    weight_grad(x, NULL, height, width, out, grad_out, code, channels, i0, i1, r0, r1, gw, gb);
+}
+
+/* conv_pool_weight_grad for a uint8 batch read through `table`. Returns 0, or -1 if the
+ * scratch could not be allocated. */
+int conv_pool_weight_grad_bytes(const uint8_t *x, int64_t height, int64_t width,
+                                const float *table, const float *out, const float *grad_out,
+                                const uint8_t *code, int64_t channels, int64_t i0, int64_t i1,
+                                int64_t r0, int64_t r1, float *gw, float *gb) {
+    float *scratch = convert_band(x, height, width, table, i0, i1, r0, r1);
+    if (scratch == NULL) return -1;
+    weight_grad(NULL, scratch, height, width, out, grad_out, code, channels, i0, i1, r0, r1, gw, gb);
+    free(scratch);
+    return 0;
 }
