@@ -531,3 +531,34 @@ def test_checkpoints_are_written_off_the_training_thread_with_the_weights_asked_
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]["layer.weight"]
     assert len(asked) == 2 and torch.equal(last, asked[-1])
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+class _GoesBad(_TwoWeights):
+    """Its weights turn non-finite (`bad`) in the second epoch."""
+
+    def __init__(self, bad: float) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        last = batch_idx == self.trainer.num_training_batches - 1
+        if self.current_epoch == 1 and last:  # after its last step: the epoch ends with this value
+            with torch.no_grad():
+                self.layer.weight[0, 1] = self.bad
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_weights_that_are_not_finite_are_never_checkpointed(tmp_path: Path, bad: float) -> None:
+    """A NaN or an infinity of either sign anywhere in the weights: the epoch's checkpoint is not
+    written, and last.ckpt keeps the last finite weights (those of the first epoch)."""
+    from leafnet.training.checkpoint import AtomicCheckpoint
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)))
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[AtomicCheckpoint(dirpath=tmp_path, save_last=True)],
+        logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(_GoesBad(bad), data)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and torch.isfinite(last["state_dict"]["layer.weight"]).all()
