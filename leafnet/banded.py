@@ -229,6 +229,9 @@ def fused_takes_bytes(x: Tensor, table: Tensor, weight: Tensor, bias: Tensor, po
     )
 
 
+_NO_SCRATCH = "the fused first block could not allocate memory to convert a band of the batch"
+
+
 def _fused_bands(
     kernel: kernels.ConvPool,
     x: Tensor,
@@ -258,9 +261,6 @@ def _fused_bands(
                 raise MemoryError(_NO_SCRATCH)
 
     return run
-
-
-_NO_SCRATCH = "the fused first block could not allocate memory to convert a band of the batch"
 
 
 def _torch_bands(

@@ -3,9 +3,10 @@
 Memory does not grow with the number of photos. `prepare(files, ...)` makes sure each file has a
 cache entry (its resized uint8 pixels and fingerprints, or the reason it is not a usable image): a
 warm start only stats files and reads the small notes, a cold pass decodes the missing ones in parallel processes with a progress bar, and
-an interrupted pass keeps what it finished. `CachedImages` then reads a batch's entries from disk
-(the page cache, after the first epoch); where an entry is missing (cache off, a read-only or full
-cache disk) it decodes the file instead: slower, same pixels.
+an interrupted pass keeps what it finished. `CachedImages` then makes each batch from its entries:
+their pages mapped as the batch where they can be (no copy), else read from disk (the page cache,
+after the first epoch); where an entry is missing (cache off, a read-only or full cache disk) it
+decodes the file instead: slower, same pixels.
 """
 
 from __future__ import annotations
