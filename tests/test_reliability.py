@@ -548,7 +548,9 @@ class _GoesBad(_TwoWeights):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_weights_that_are_not_finite_are_never_checkpointed(tmp_path: Path, bad: float) -> None:
+def test_the_checkpoint_guard_refuses_a_nan_and_infinities_of_either_sign(
+    tmp_path: Path, bad: float
+) -> None:
     """A NaN or an infinity of either sign anywhere in the weights: the epoch's checkpoint is not
     written, and last.ckpt keeps the last finite weights (those of the first epoch)."""
     from leafnet.training.checkpoint import AtomicCheckpoint

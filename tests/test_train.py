@@ -22,7 +22,10 @@ from fixtures_runs import REPO, tiny_args, train_cli, train_main
 
 import leafnet.errors
 import leafnet.train  # (also: TensorBoard without TensorFlow, see leafnet/train.py)
+from leafnet.banded import fused_available
 from leafnet.config import compose
+from leafnet.data.cache import DiskCache
+from leafnet.model import LeafNet
 from leafnet.runs import read_run
 from leafnet.train import make_logger, train
 from leafnet.training.bookkeeping import Diverged, Run, run_job, sigterm_as_ctrl_c
@@ -475,3 +478,43 @@ def test_epochs_without_validation_have_no_validation_figures(
     assert rows[3]["lr"] == rows[0]["lr"]  # epoch 4 starts at the first rate: no stale step
     log = (run_dir / "train.log").read_text()
     assert log.count("not validated this epoch") == 2
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler here")
+def test_mapped_uint8_batches_train_exactly_as_read_and_converted_ones(
+    tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a side whose rows fill whole pages (64 px) a run's batches are the cache files' mapped
+    pages and the first block reads them as bytes; with both switched off (entries read into a
+    batch, the batch converted by to_float) the run ends with the same weights, bit for bit."""
+    mapped: list[bool] = []
+    as_bytes: list[bool] = []
+    map_batch, forward_bytes = DiskCache.map_batch, LeafNet.forward_bytes
+
+    def spy_map(self: DiskCache, *args: object) -> torch.Tensor | None:
+        batch = map_batch(self, *args)
+        mapped.append(batch is not None)
+        return batch
+
+    def spy_bytes(self: LeafNet, *args: object) -> torch.Tensor | None:
+        logits = forward_bytes(self, *args)
+        as_bytes.append(logits is not None)
+        return logits
+
+    def weights(run: str, *extra: str) -> dict[str, torch.Tensor]:
+        out = tmp_path / run
+        args = tiny_args(tiny_train_images, out, "data.image_size=64", "epochs=2", *extra)
+        train(compose("train", args), out / "run")
+        return torch.load(out / "run" / "checkpoints" / "last.ckpt", weights_only=True)[
+            "state_dict"
+        ]
+
+    monkeypatch.setattr(DiskCache, "map_batch", spy_map)
+    monkeypatch.setattr(LeafNet, "forward_bytes", spy_bytes)
+    fast = weights("fast")
+    assert mapped and all(mapped) and as_bytes and all(as_bytes)
+    monkeypatch.setattr(DiskCache, "map_batch", lambda self, *args: None)
+    monkeypatch.setattr(LeafNet, "forward_bytes", lambda self, *args: None)
+    plain = weights("plain")
+    assert fast.keys() == plain.keys()
+    assert all(torch.equal(fast[k], plain[k]) for k in fast)
