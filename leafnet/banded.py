@@ -188,7 +188,7 @@ def _seed_block(x: Tensor, weight: Tensor, bias: Tensor, pool: int) -> bool:
     multiple of 32 float32 filters, pool 3), channels-last on the CPU, the kernel switched on."""
     return (
         FUSED
-        and x.device.type == "cpu"
+        and x.device.type == weight.device.type == bias.device.type == "cpu"
         and weight.dtype == bias.dtype == torch.float32
         and x.shape[1] == 3
         and weight.shape[0] % 32 == 0
@@ -442,7 +442,8 @@ def conv_pool_relu(
     kernel = kernels.conv_pool()
     assert kernel is not None
     n, _, h, w = x.shape
-    out = torch.empty((n, weight.shape[0], h // pool, w // pool), memory_format=torch.channels_last)
+    shape = (n, weight.shape[0], h // pool, w // pool)
+    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
     _per_core(
         _fused_bands(kernel, x, weight, bias, out, None, table),
         _bands(n, h // pool, weight.shape[0] * pool * w * out.element_size(), budget),

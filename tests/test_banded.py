@@ -407,8 +407,14 @@ def test_the_fused_kernel_reads_uint8_batches_with_the_converted_batchs_numbers(
     assert set(calls) == {"bytes", "grad bytes"}
     calls.clear()
     with torch.no_grad():
-        assert torch.equal(conv_pool_relu(x, w, b, 3, budget, table=table), want)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # the output is float32 whatever the default
+        try:
+            assert torch.equal(conv_pool_relu(x, w, b, 3, budget, table=table), want)
+        finally:
+            torch.set_default_dtype(previous)
     assert set(calls) == {"bytes"}
+    assert not banded.fused_takes_bytes(x, table, w.to("meta"), b.to("meta"), 3)
     assert not banded.fused_takes_bytes(converted, table, w, b, 3)
     assert not banded.fused_takes_bytes(x.contiguous(), table, w, b, 3)
     with pytest.raises(ValueError, match="fused_takes_bytes"):

@@ -76,7 +76,7 @@ def test_on_the_cpu_the_seed_network_reads_uint8_batches_itself(
 ) -> None:
     """A uint8 batch goes to the fused first block as bytes, so the float batch is never made
     (`to_float` is not called): the converted batch's logits and gradients bit for bit, in
-    prediction and in training. With a hook on the network, the batch is converted."""
+    prediction and in training. With a hook on the network or on every module, it is converted."""
     torch.manual_seed(0)
     module = LeafClassifier(
         model={"image_size": 48}, optimizer=SGD, lr=0.1, class_names=["a", "b", "c"],
@@ -95,10 +95,15 @@ def test_on_the_cpu_the_seed_network_reads_uint8_batches_itself(
     assert all(torch.equal(g, w) for g, w in zip(got_grads, want_grads, strict=True))
     with torch.inference_mode():
         assert torch.equal(module.eval()(x), module.net(real(x, module.prep))) and converted == []
+    everywhere = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    with torch.inference_mode():
+        module(x)
+    everywhere.remove()
+    assert converted == [1]
     module.net.register_forward_pre_hook(lambda net, args: None)
     with torch.inference_mode():
         module(x)
-    assert converted == [1]
+    assert converted == [1, 1]
 
 
 def test_hparams_are_primitives() -> None:

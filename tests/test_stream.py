@@ -14,6 +14,7 @@ import torch
 from fixtures_data import tiny_data_cfg, write_odd_image
 from torch.utils.data import DataLoader
 
+from leafnet.data import cache as cache_code
 from leafnet.data import stream
 from leafnet.data.cache import DiskCache
 from leafnet.data.cache import main as cache_main
@@ -187,13 +188,13 @@ def _mapped_file(address: int) -> tuple[str, int] | None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_a_batch_is_the_cache_files_own_pages_unmapped_with_it(
-    own_dir: Path, tmp_path: Path
+    own_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Entries whose pixels fill whole pages start them on a page (np.load still reads them), and
     `map_batch` returns such entries as one channels-last batch whose rows are the files mapped,
     not copies; writing into it leaves the files alone, and freeing it unmaps them. An entry in
-    np.save's layout among the keys, a truncated entry or a miss: None, and the dataset reads
-    them. The dataset's batches at a mapped size are the same pixels, in a worker too."""
+    np.save's layout among the keys, a truncated entry, a miss or a row the system fails to map:
+    None, and the dataset reads them. An image that is not square keeps np.save's layout. The dataset's batches at a mapped size are the same pixels, in a worker too."""
     side, page = 64, mmap.PAGESIZE  # 64 x 64 x 3 bytes: three 4 KiB pages
     if (side * side * 3) % page:
         pytest.skip(f"{side} px rows do not fill {page}-byte pages")
@@ -214,6 +215,23 @@ def test_a_batch_is_the_cache_files_own_pages_unmapped_with_it(
     assert np.array_equal(np.load(entry), images[0].permute(1, 2, 0).numpy())
     del batch
     assert str(tmp_path) not in Path("/proc/self/maps").read_text()
+
+    failing = cache_code._MMAP
+    calls: list[int] = []
+
+    def second_row_fails(at: int, size: int, prot: int, flags: int, fd: int, offset: int) -> int:
+        calls.append(fd)
+        return 0 if len(calls) == 2 else failing(at, size, prot, flags, fd, offset)
+
+    monkeypatch.setattr(cache_code, "_MMAP", second_row_fails)
+    assert cache.map_batch(keys[:3], side) is None
+    assert calls[2] == -1  # the failed row's place filled again (anonymous) before the range goes
+    monkeypatch.setattr(cache_code, "_MMAP", failing)
+    assert str(tmp_path) not in Path("/proc/self/maps").read_text()
+    assert cache.put("9" * 40, torch.zeros((3, side, side + 1), dtype=torch.uint8))
+    oblong = tmp_path / "cache" / "99" / f"{'9' * 40}.npy"
+    pixels = side * (side + 1) * 3  # np.save's 128-byte header, not a page
+    assert oblong.stat().st_size == 128 + pixels and np.load(oblong).shape == (side, side + 1, 3)
 
     (tmp_path / "cache" / "dd").mkdir()
     np.save(tmp_path / "cache" / "dd" / f"{keys[3]}.npy", images[0].permute(1, 2, 0).numpy())

@@ -15,9 +15,20 @@ def cpu_has_bf16() -> bool:
 
 
 def is_hooked(module: nn.Module) -> bool:
-    """Whether a forward hook or pre-hook is registered on `module` itself (torch has no public
-    way to ask)."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether a hook would see `module`'s call: a forward or backward hook or pre-hook on the
+    module itself, or one registered for every module (torch has no public way to ask)."""
+    own = (
+        module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+        module._backward_pre_hooks,
+    )  # fmt: skip
+    every = (
+        getattr(nn.modules.module, name, None)
+        for name in (
+            "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )  # fmt: skip
+    return any(own) or any(bool(hooks) for hooks in every)
 
 
 def profiler(activities: list[Any]) -> torch.profiler.profile:

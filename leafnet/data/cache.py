@@ -5,7 +5,9 @@ contiguous copy of the entry, where a [3, S, S] entry cost a transposing copy se
 long (docs/performance.md). Entries written as [3, S, S] before are still read. Where an image's
 pixels fill whole memory pages (a side that is a multiple of 64, such as 640), the entry's header
 is padded to one page, so its pixels start on a page and `map_batch` can hand the step the
-page cache's own pages as a batch instead of copying them (np.load still reads such a file).
+page cache's own pages as a batch instead of copying them. Such a file is a valid `.npy`; with
+4 KiB pages np.load reads it as it is, with larger ones only with a larger `max_header_size`
+(leafnet reads its entries itself).
 
 The key hashes the file's absolute path, size and mtime with every setting that changes the
 pixels (side, resize mode, pad colour), so a changed file or a different setting is simply a miss
@@ -91,7 +93,8 @@ _MAP_FIXED = 0x10
 
 
 def _libc_mmap() -> Any:
-    if os.name != "posix":
+    # 64-bit only: the offset is passed as a 64-bit off_t.
+    if os.name != "posix" or ctypes.sizeof(ctypes.c_void_p) < 8:
         return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).mmap
@@ -195,6 +198,10 @@ class DiskCache:
             for i, fd in enumerate(fds):
                 at = base + i * row
                 if _MMAP(at, row, prot, mmap.MAP_PRIVATE | _MAP_FIXED, fd, len(head)) != at:
+                    # A failed MAP_FIXED may have unmapped the row: fill the gap again, so that
+                    # freeing the range never unmaps memory something else placed there.
+                    anonymous = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED
+                    _MMAP(at, row, prot, anonymous, -1, 0)
                     return None
         except OSError:  # a missing entry, or too many open files: read them instead
             return None
@@ -207,7 +214,8 @@ class DiskCache:
         if self.root is None:
             return False
         pixels = x.permute(1, 2, 0).contiguous().numpy()
-        head = _page_header(x.shape[-1]) if x.shape[0] == 3 and x.dtype == torch.uint8 else None
+        square = x.shape[0] == 3 and x.shape[1] == x.shape[2] and x.dtype == torch.uint8
+        head = _page_header(x.shape[-1]) if square else None
         try:
             with atomic_path(self._file(key)) as tmp, tmp.open("wb") as fh:
                 if head is None:
