@@ -26,9 +26,15 @@ def test_torch_still_answers_bf16_and_hook_questions() -> None:
     assert isinstance(cpu_has_bf16(), bool)
     conv = nn.Conv2d(1, 1, 1)
     assert not is_hooked(conv)
-    for register in (conv.register_forward_hook, conv.register_forward_pre_hook):
+    every = nn.modules.module
+    for register in (
+        conv.register_forward_hook, conv.register_forward_pre_hook,
+        conv.register_full_backward_hook, conv.register_full_backward_pre_hook,
+        every.register_module_forward_hook, every.register_module_forward_pre_hook,
+        every.register_module_full_backward_hook, every.register_module_full_backward_pre_hook,
+    ):  # fmt: skip
         handle = register(lambda *args: None)
-        assert is_hooked(conv)
+        assert is_hooked(conv), register
         handle.remove()
         assert not is_hooked(conv)
 
