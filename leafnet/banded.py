@@ -319,6 +319,17 @@ def _fused_backward(
     return None, grad_w, grad_b_bands.sum(0), None, None, None
 
 
+def _output_and_bands(
+    x: Tensor, weight: Tensor, pool: int, budget: int
+) -> tuple[Tensor, list[Band]]:
+    """The block's (empty) output, in the weights' dtype and the batch's layout, and the bands it
+    is computed in, cut by the bytes of their conv output rows."""
+    n, _, h, w = x.shape
+    shape = (n, weight.shape[0], h // pool, w // pool)
+    out = torch.empty(shape, dtype=weight.dtype, device=x.device, memory_format=_format(x))
+    return out, _bands(n, h // pool, weight.shape[0] * pool * w * out.element_size(), budget)
+
+
 class _ConvPoolReLU(torch.autograd.Function):
     # Float32 inside under CPU autocast (precision=bf16-mixed): the C kernel is float32 only, and
     # PyTorch's band kernels write into a float32 output.
@@ -327,11 +338,8 @@ class _ConvPoolReLU(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, x: Tensor, weight: Tensor, bias: Tensor, pool: int, budget: int, table: Tensor | None
     ) -> Tensor:
-        n, _, h, w = x.shape
-        fmt = _format(x)
-        shape = (n, weight.shape[0], h // pool, w // pool)
-        out = torch.empty(shape, dtype=weight.dtype, device=x.device, memory_format=fmt)
-        bands = _bands(n, h // pool, weight.shape[0] * pool * w * out.element_size(), budget)
+        out, bands = _output_and_bands(x, weight, pool, budget)
+        shape, fmt = out.shape, _format(x)
         kernel = ctx.kernel = (
             kernels.conv_pool() if table is not None else _fused(x, weight, bias, pool)
         )
@@ -441,11 +449,6 @@ def conv_pool_relu(
     # No backward to come: no max-pool codes to keep.
     kernel = kernels.conv_pool()
     assert kernel is not None
-    n, _, h, w = x.shape
-    shape = (n, weight.shape[0], h // pool, w // pool)
-    out = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last)
-    _per_core(
-        _fused_bands(kernel, x, weight, bias, out, None, table),
-        _bands(n, h // pool, weight.shape[0] * pool * w * out.element_size(), budget),
-    )
+    out, bands = _output_and_bands(x, weight, pool, budget)
+    _per_core(_fused_bands(kernel, x, weight, bias, out, None, table), bands)
     return out

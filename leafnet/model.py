@@ -65,6 +65,12 @@ def _autocast_on(device: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device == "cpu" else torch.is_autocast_enabled()
 
 
+def _capturing() -> bool:
+    """Whether TorchScript traces or torch.compile/torch.export captures the model: a C call in
+    bands is nothing they can record."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _pooled(size: int, pool: int) -> int:
     """Output side of a Keras MaxPooling2D with padding='valid' and stride = pool size."""
     return (size - pool) // pool + 1
@@ -147,9 +153,7 @@ class LeafNet(nn.Module):
         weight, bias = self.conv2d.weight, self.conv2d.bias
         if is_hooked(self) or not self._may_band(x):
             return None
-        if not fused_takes_bytes(x, table, weight, bias, 3):
-            return None
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if _capturing() or not fused_takes_bytes(x, table, weight, bias, 3):
             return None
         return self._after_block(conv_pool_relu(x, weight, bias, 3, table=table))
 
@@ -182,8 +186,7 @@ class LeafNet(nn.Module):
             return False
         if self.training and torch.is_grad_enabled() and not _autocast_on("cpu"):
             return True
-        capturing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-        return not capturing and fused_takes(x, self.conv2d.weight, self.conv2d.bias, 3)
+        return not _capturing() and fused_takes(x, self.conv2d.weight, self.conv2d.bias, 3)
 
     @property
     def hidden_layer(self) -> str:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,9 @@ def tiny_data_cfg(data_dir: str | Path, **overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return cfg
+
+
+def page_filling_side() -> int:
+    """The smallest image side (a multiple of 64) whose uint8 rows fill whole memory pages here,
+    where the disk cache's entries can be mapped as batches: 64 with 4 KiB pages."""
+    return next(s for s in (64, 128, 256) if s * s * 3 % mmap.PAGESIZE == 0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_browser import chromium, needs_chromium
+from fixtures_data import page_filling_side
 from fixtures_runs import REPO, tiny_args, train_cli, train_main
 
 import leafnet.errors
@@ -484,7 +485,7 @@ def test_epochs_without_validation_have_no_validation_figures(
 def test_mapped_uint8_batches_train_exactly_as_read_and_converted_ones(
     tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At a side whose rows fill whole pages (64 px) a run's batches are the cache files' mapped
+    """At a side whose rows fill whole pages (64 px with 4 KiB pages) a run's batches are the cache files' mapped
     pages and the first block reads them as bytes; with both switched off (entries read into a
     batch, the batch converted by to_float) the run ends with the same weights, bit for bit."""
     mapped: list[bool] = []
@@ -503,7 +504,8 @@ def test_mapped_uint8_batches_train_exactly_as_read_and_converted_ones(
 
     def weights(run: str, *extra: str) -> dict[str, torch.Tensor]:
         out = tmp_path / run
-        args = tiny_args(tiny_train_images, out, "data.image_size=64", "epochs=2", *extra)
+        side = f"data.image_size={page_filling_side()}"
+        args = tiny_args(tiny_train_images, out, side, "epochs=2", *extra)
         train(compose("train", args), out / "run")
         return torch.load(out / "run" / "checkpoints" / "last.ckpt", weights_only=True)[
             "state_dict"

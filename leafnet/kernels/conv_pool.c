@@ -146,32 +146,14 @@ static inline __attribute__((always_inline)) void forward_block(const float *p, 
     UNROLL(2) for (int v = 0; v < NV; v++) pool(sums[v], out + v * VEC, code ? code + v * VEC : NULL);
 }
 
-/* x: (n, height, width, 3); w: (3, 3, 3, channels) as (ky, kx, ci, co); b: (channels);
- * out, code: (n, height / 3, width / 3, channels), written for images i0..i1, rows r0..r1. */
-void conv_pool_forward(const float *x, int64_t height, int64_t width, const float *w,
-                       const float *b, int64_t channels, float *out, uint8_t *code, int64_t i0,
-                       int64_t i1, int64_t r0, int64_t r1) {
-    int64_t pooled_h = height / 3, pooled_w = width / 3;
-    float pad[75];
-    for (int64_t i = i0; i < i1; i++) {
-        const float *image = x + i * height * width * 3;
-        for (int64_t r = r0; r < r1; r++)
-            for (int64_t c = 0; c < pooled_w; c++) {
-                int64_t at = ((i * pooled_h + r) * pooled_w + c) * channels;
-                copy_area(image, height, width, r, c, pad);
-                for (int64_t h = 0; h < channels; h += BLOCK)
-                    forward_block(pad, w + h, channels, b + h, out + at + h, code + at + h);
-            }
-    }
-}
-
 /* A band's images (i0..i1, pooled rows r0..r1) of a uint8 batch x (n, height, width, 3)
  * converted through `table` (3 x 256 floats: byte v of input channel ci becomes
  * table[ci * 256 + v], the float the data pipeline's conversion makes of it; leafnet computes
  * the table with that conversion) into `scratch`, with the zero border of the 'same' padding:
  * per image, BAND_ROWS rows of width + 2 columns, row y being image row 3 * r0 - 1 + y and
- * column k image column k - 1. Each pixel is converted once, into a scratch that stays in
- * cache while the band is computed: the float image, four times the bytes, is never written. */
+ * column k image column k - 1. Each pixel is converted once a call (forward and backward each
+ * convert their band), into a scratch that stays in cache while the band is computed: the float
+ * image, four times the bytes, is never written. */
 #define BAND_ROWS(r0, r1) (3 * ((r1) - (r0)) + 2)
 static float *convert_band(const uint8_t *x, int64_t height, int64_t width, const float *table,
                            int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
@@ -197,25 +179,46 @@ static inline const float *scratch_area(const float *scratch, int64_t width, int
     return scratch + (((i - i0) * BAND_ROWS(r0, r1) + 3 * (r - r0)) * (width + 2) + 3 * c) * 3;
 }
 
+/* The band's forward pass, from the float batch x or (x NULL) the band's converted scratch
+ * (convert_band); `code` may be NULL (no backward to come). */
+static inline __attribute__((always_inline)) void forward(
+    const float *x, const float *scratch, int64_t height, int64_t width, const float *w,
+    const float *b, int64_t channels, float *out, uint8_t *code, int64_t i0, int64_t i1,
+    int64_t r0, int64_t r1) {
+    int64_t pooled_h = height / 3, pooled_w = width / 3, row_step = (width + 2) * 3;
+    float pad[75];
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t c = 0; c < pooled_w; c++) {
+                int64_t at = ((i * pooled_h + r) * pooled_w + c) * channels;
+                if (x == NULL) {
+                    const float *area = scratch_area(scratch, width, i0, i, r0, r1, r, c);
+                    for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, area + y * row_step, 60);
+                } else {
+                    copy_area(x + i * height * width * 3, height, width, r, c, pad);
+                }
+                for (int64_t h = 0; h < channels; h += BLOCK)
+                    forward_block(pad, w + h, channels, b + h, out + at + h, code ? code + at + h : NULL);
+            }
+}
+
+/* x: (n, height, width, 3); w: (3, 3, 3, channels) as (ky, kx, ci, co); b: (channels);
+ * out, code: (n, height / 3, width / 3, channels), written for images i0..i1, rows r0..r1. */
+void conv_pool_forward(const float *x, int64_t height, int64_t width, const float *w,
+                       const float *b, int64_t channels, float *out, uint8_t *code, int64_t i0,
+                       int64_t i1, int64_t r0, int64_t r1) {
+    forward(x, NULL, height, width, w, b, channels, out, code, i0, i1, r0, r1);
+}
+
 /* conv_pool_forward for a uint8 batch x read through `table` (convert_band): the same outputs
  * as converting the batch first. `code` may be NULL (no backward to come). Returns 0, or -1
  * if the scratch could not be allocated. */
 int conv_pool_forward_bytes(const uint8_t *x, int64_t height, int64_t width, const float *table,
                             const float *w, const float *b, int64_t channels, float *out,
                             uint8_t *code, int64_t i0, int64_t i1, int64_t r0, int64_t r1) {
-    int64_t pooled_h = height / 3, pooled_w = width / 3, row_step = (width + 2) * 3;
     float *scratch = convert_band(x, height, width, table, i0, i1, r0, r1);
     if (scratch == NULL) return -1;
-    float pad[75];
-    for (int64_t i = i0; i < i1; i++)
-        for (int64_t r = r0; r < r1; r++)
-            for (int64_t c = 0; c < pooled_w; c++) {
-                int64_t at = ((i * pooled_h + r) * pooled_w + c) * channels;
-                const float *area = scratch_area(scratch, width, i0, i, r0, r1, r, c);
-                for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, area + y * row_step, 60);
-                for (int64_t h = 0; h < channels; h += BLOCK)
-                    forward_block(pad, w + h, channels, b + h, out + at + h, code ? code + at + h : NULL);
-            }
+    forward(NULL, scratch, height, width, w, b, channels, out, code, i0, i1, r0, r1);
     free(scratch);
     return 0;
 }
