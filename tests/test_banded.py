@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import shlex
 import threading
 import time
 import warnings
@@ -419,6 +422,53 @@ def test_the_fused_kernel_reads_uint8_batches_with_the_converted_batchs_numbers(
     assert not banded.fused_takes_bytes(x.contiguous(), table, w, b, 3)
     with pytest.raises(ValueError, match="fused_takes_bytes"):
         conv_pool_relu(x.contiguous(), w, b, 3, table=table)
+
+
+@pytest.fixture(scope="module")
+def avx2_kernel() -> kernels.ConvPool:
+    """The C kernel built as for an x86 CPU with AVX2 and no AVX-512: its other vector width
+    (8 floats a vector, one vector of channels a pass) and its own way of reading the codes."""
+    cc = kernels.compiler()
+    if platform.machine().lower() not in ("x86_64", "amd64") or cc is None:
+        pytest.skip("not an x86 machine with a C compiler")
+    before = os.environ.get("CC")
+    os.environ["CC"] = shlex.join([*cc, "-mno-avx512f"])
+    kernels.conv_pool.cache_clear()
+    try:
+        kernel = kernels.conv_pool()
+    finally:
+        os.environ.pop("CC") if before is None else os.environ.update(CC=before)
+        kernels.conv_pool.cache_clear()
+    if kernel is None:
+        pytest.skip("this CPU has no AVX2")
+    return kernel
+
+
+@fused_kernel
+@pytest.mark.parametrize("uint8", [False, True])
+def test_the_avx2_build_gives_the_native_builds_bits(
+    monkeypatch: pytest.MonkeyPatch, avx2_kernel: kernels.ConvPool, uint8: bool
+) -> None:
+    """Each channel's sums are added in the same order at any vector width, so the AVX2 build's
+    outputs and weight and bias gradients are this machine's build's, bit for bit, from a float
+    or a uint8 batch (edges and band cuts included)."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, 20, 17), dtype=torch.uint8)
+    table = byte_table(Preprocessing(image_size=17))
+    if not uint8:
+        x = to_float(x, Preprocessing(image_size=17))
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 3, 3, 3, requires_grad=True)
+    b = torch.randn(64, requires_grad=True)
+    grad = torch.randn(3, 64, 6, 5)
+    results = []
+    for kernel in (kernels.conv_pool(), avx2_kernel):
+        monkeypatch.setattr(kernels, "conv_pool", lambda kernel=kernel: kernel)
+        out = conv_pool_relu(x, w, b, 3, 500, table=table if uint8 else None)
+        results.append((out.detach(), *torch.autograd.grad(out, (w, b), grad)))
+    assert results[0][1].abs().sum() > 0  # gradients flowed
+    for native, avx2 in zip(*results, strict=True):
+        assert torch.equal(native, avx2)
 
 
 @pytest.mark.parametrize("why", ["input_grad", "nchw", "16_filters", "switched_off"])
