@@ -50,7 +50,7 @@ Claims = Iterator[tuple[int, Band]]  # (band number, band), as a core takes them
 # fastest with an 8 MiB L3, 4-8 MiB 10% faster than 2 with 48 MiB (docs/performance.md, "Why
 # the code is as it is").
 MIN_BAND_BYTES, MAX_BAND_BYTES = 2 << 20, 8 << 20
-# One band per core at a time (see _per_core); False: one band at a time over all cores, which the
+# One band per core at a time (see per_core); False: one band at a time over all cores, which the
 # bench's `+serial` option measures against.
 PER_CORE = True
 # The seed's block through the C kernel (leafnet.kernels) where it builds; False: PyTorch's
@@ -85,7 +85,7 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="leafnet-band")
 
 
-def _per_core(work: Callable[[Claims], None], bands: list[Band]) -> None:
+def per_core(work: Callable[[Claims], None], bands: list[Band]) -> None:
     """work(claims) on each core side by side, each with one intra-op thread: `claims` yields the
     next band no core has taken yet, so a core that another process slows simply takes fewer.
 
@@ -314,7 +314,7 @@ def _fused_backward(
             ):  # fmt: skip
                 raise MemoryError(_NO_SCRATCH)
 
-    _per_core(run, bands)
+    per_core(run, bands)
     grad_w = grad_w_bands.sum(0).permute(3, 2, 0, 1).contiguous()
     return None, grad_w, grad_b_bands.sum(0), None, None, None
 
@@ -352,7 +352,7 @@ class _ConvPoolReLU(torch.autograd.Function):
             # Where each maximum was, as max-pool reports it: relative to its band's conv output.
             where = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt)
             run = _torch_bands(x, weight, bias, pool, out, where)
-        _per_core(run, bands)
+        per_core(run, bands)
         ctx.save_for_backward(x, weight, out, where)
         ctx.pool, ctx.bands, ctx.fmt = pool, bands, fmt
         return out
@@ -407,7 +407,7 @@ class _ConvPoolReLU(torch.autograd.Function):
                     grad_w_bands[j] = gw
                 grad_x_bands[j] = (i0, i1, image_rows, gx[:, :, own])
 
-        _per_core(run, ctx.bands)
+        per_core(run, ctx.bands)
         grad_x = None
         if need_x:
             grad_x = torch.zeros_like(x, memory_format=ctx.fmt)
@@ -450,5 +450,5 @@ def conv_pool_relu(
     kernel = kernels.conv_pool()
     assert kernel is not None
     out, bands = _output_and_bands(x, weight, pool, budget)
-    _per_core(_fused_bands(kernel, x, weight, bias, out, None, table), bands)
+    per_core(_fused_bands(kernel, x, weight, bias, out, None, table), bands)
     return out

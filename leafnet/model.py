@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from leafnet.adapters.pytorch import is_hooked
 from leafnet.banded import conv_pool_relu, fused_takes, fused_takes_bytes
+from leafnet.pooling import pool_relu, pool_relu_takes
 
 
 class KerasFlatten(nn.Module):
@@ -158,11 +159,20 @@ class LeafNet(nn.Module):
         return self._after_block(conv_pool_relu(x, weight, bias, 3, table=table))
 
     def _after_block(self, x: Tensor) -> Tensor:
-        """Everything after the first conv block: logits from its pooled, ReLU'd output."""
-        x = torch.relu_(self.max_pooling2d_1(self.conv2d_1(x)))
+        """Everything after the first conv block: logits from its pooled, ReLU'd output. The
+        second max-pool and its ReLU are one C pass each way on the CPU (leafnet.pooling) where
+        the kernel takes the batch, banding is on, no hook watches the max-pool and nothing
+        traces or compiles the model: the same numbers and gradients."""
+        x = self.conv2d_1(x)
+        x = pool_relu(x) if self._fuse_pool(x) else torch.relu_(self.max_pooling2d_1(x))
         x = self.global_average_pooling2d(x) if self.global_pool else self.flatten(x)
         x = torch.relu_(self.dense(self.dropout(x)))
         return self.dense_1(self.dropout_1(x))
+
+    def _fuse_pool(self, x: Tensor) -> bool:
+        """Whether the second max-pool and its ReLU run as one C pass (leafnet.pooling)."""
+        hooked = is_hooked(self.max_pooling2d_1)
+        return self.banded and not hooked and not _capturing() and pool_relu_takes(x)
 
     def _may_band(self, x: Tensor) -> bool:
         """Banding on, on the CPU, and no hook on `conv2d` or `max_pooling2d` (which must see

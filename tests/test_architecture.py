@@ -14,7 +14,7 @@ TRAINING = {
     "adapters", "adapters.lightning", "adapters.pytorch", "adapters.tensorboard",
     "banded", "baseline", "config", "data", "data.cache", "data.datamodule", "data.images", "data.splits",
     "data.duplicates", "data.folder", "data.sampling", "data.stream", "data.synthetic", "data.synthetic.field",
-    "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "kernels", "model", "module", "optim", "perf", "rank", "runs",
+    "data.synthetic.lab", "data.synthetic.paint", "data.synthetic.render", "data.synthetic.writer", "errors", "figures", "files", "kernels", "model", "module", "optim", "perf", "pooling", "rank", "runs",
     "records", "schema", "tables", "train", "training.board", "training.callbacks", "training.checkpoint", "training.outcome", "training.resume",
     "training.bookkeeping", "training.logs", "training.quiet", "training.rundir", "training.sweep", "training.tune", "zoo",
 }  # fmt: skip

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from fixtures_runs import REPO
 
+from leafnet import kernels
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -56,7 +58,7 @@ def test_the_wheel_holds_every_module_and_config_and_its_script_answers(
     files = set((installed.parent / "wheel.txt").read_text().splitlines())
     sources = {
         str(p.relative_to(REPO))
-        for pattern in ("*.py", "*.c")
+        for pattern in ("*.py", "*.c", "*.h")
         for p in (REPO / "leafnet").rglob(pattern)
         if "__pycache__" not in p.parts
     }
@@ -67,6 +69,9 @@ def test_the_wheel_holds_every_module_and_config_and_its_script_answers(
     assert not [f for f in files if f.startswith(("tests/", "data/", "outputs/"))]
     where = run(installed, tmp_path, "-c", "import leafnet.config as c; print(c.CONFIG_DIR)")
     assert where.stdout.strip() == str(installed / "leafnet" / "conf"), where.stderr
+    if kernels.compiler() is not None and os.name != "nt":  # the installed sources build
+        built = "from leafnet import kernels; print(kernels.conv_pool() and kernels.pool_relu())"
+        assert "PoolReLU" in run(installed, tmp_path, "-c", built).stdout
     helped = run(installed, tmp_path, str(installed / "bin" / "leafnet"), "--help")
     assert helped.returncode == 0 and "import-keras" in helped.stdout, helped.stderr
 

@@ -482,15 +482,22 @@ def test_epochs_without_validation_have_no_validation_figures(
 
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler here")
-def test_mapped_uint8_batches_train_exactly_as_read_and_converted_ones(
+def test_the_cpu_fast_paths_train_exactly_as_the_plain_ones(
     tmp_path: Path, tiny_train_images: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """At a side whose rows fill whole pages (64 px with 4 KiB pages) a run's batches are the cache files' mapped
-    pages and the first block reads them as bytes; with both switched off (entries read into a
-    batch, the batch converted by to_float) the run ends with the same weights, bit for bit."""
+    """At a side whose rows fill whole pages (64 px with 4 KiB pages) a run's batches are the
+    cache files' mapped pages, the first block reads them as bytes and the second max-pool and
+    its ReLU run as one C pass; with all three switched off (entries read into a batch, the
+    batch converted by to_float, max-pool and ReLU layer by layer) the run ends with the same
+    weights, bit for bit."""
     mapped: list[bool] = []
     as_bytes: list[bool] = []
-    map_batch, forward_bytes = DiskCache.map_batch, LeafNet.forward_bytes
+    pooled: list[bool] = []
+    map_batch, forward_bytes, fuse_pool = (
+        DiskCache.map_batch,
+        LeafNet.forward_bytes,
+        LeafNet._fuse_pool,
+    )
 
     def spy_map(self: DiskCache, *args: object) -> torch.Tensor | None:
         batch = map_batch(self, *args)
@@ -501,6 +508,10 @@ def test_mapped_uint8_batches_train_exactly_as_read_and_converted_ones(
         logits = forward_bytes(self, *args)
         as_bytes.append(logits is not None)
         return logits
+
+    def spy_pool(self: LeafNet, x: torch.Tensor) -> bool:
+        pooled.append(fuse_pool(self, x))
+        return pooled[-1]
 
     def weights(run: str, *extra: str) -> dict[str, torch.Tensor]:
         out = tmp_path / run
@@ -513,10 +524,12 @@ def test_mapped_uint8_batches_train_exactly_as_read_and_converted_ones(
 
     monkeypatch.setattr(DiskCache, "map_batch", spy_map)
     monkeypatch.setattr(LeafNet, "forward_bytes", spy_bytes)
+    monkeypatch.setattr(LeafNet, "_fuse_pool", spy_pool)
     fast = weights("fast")
-    assert mapped and all(mapped) and as_bytes and all(as_bytes)
+    assert mapped and all(mapped) and as_bytes and all(as_bytes) and pooled and all(pooled)
     monkeypatch.setattr(DiskCache, "map_batch", lambda self, *args: None)
     monkeypatch.setattr(LeafNet, "forward_bytes", lambda self, *args: None)
+    monkeypatch.setattr(LeafNet, "_fuse_pool", lambda self, x: False)
     plain = weights("plain")
     assert fast.keys() == plain.keys()
     assert all(torch.equal(fast[k], plain[k]) for k in fast)

@@ -1,14 +1,16 @@
 """leafnet's C kernels, compiled by the machine's C compiler the first time a process needs one.
 
-One for now: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 + ReLU) fused for the
-CPU, forward and weight gradient (leafnet.banded calls it band by band, to train and to predict).
+Two, sharing `vectors.h`: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 + ReLU)
+fused for the CPU, forward and weight gradient (leafnet.banded calls it band by band, to train and
+to predict); `pool_relu.c`, the second block's max-pool 2x2 + ReLU, forward and backward
+(leafnet.pooling).
 
 No build step and nothing cached: a process compiles the source into a temporary folder (well
 under a second with gcc), loads it through ctypes and deletes the folder. `-march=native` builds
 for this CPU's vector units; a cluster's nodes each build their own. Where that flag is refused,
 the next flags in `FLAG_SETS` are tried. Where there is no compiler (Windows, a bare container),
-the build fails, or `LEAFNET_NATIVE=0` is set, `conv_pool()` returns None, one log line says
-why, and leafnet.banded uses PyTorch's kernels: the same numbers, slower.
+the build fails, or `LEAFNET_NATIVE=0` is set, `conv_pool()` and `pool_relu()` return None, one
+log line says why, and PyTorch's kernels run: the same numbers, slower.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ class ConvPool:
     weight_grad: Callable[..., None]
     forward_bytes: Callable[..., int]
     weight_grad_bytes: Callable[..., int]
+
+
+@dataclass(frozen=True)
+class PoolReLU:
+    """`pool_relu.c`'s entry points (see their comments there for the arguments)."""
+
+    forward: Callable[..., None]
+    backward: Callable[..., None]
 
 
 def compiler() -> list[str] | None:
@@ -90,16 +100,24 @@ def build(source: str) -> ctypes.CDLL:
         raise BuildError(f"{cc[0]} failed on {source}: {last}")
 
 
+def _load(source: str, fallback: str) -> ctypes.CDLL | None:
+    """`build(source)`, or None where LEAFNET_NATIVE=0 or it cannot be built: then `fallback`
+    (what runs instead) and the reason are logged once."""
+    if os.environ.get("LEAFNET_NATIVE", "1") == "0":
+        log.info("LEAFNET_NATIVE=0: %s", fallback)
+        return None
+    try:
+        return build(source)
+    except (BuildError, OSError) as e:
+        log.info("%s: %s", fallback, e)
+        return None
+
+
 @cache
 def conv_pool() -> ConvPool | None:
     """The fused first block, or None where it cannot be built (the reason logged once)."""
-    if os.environ.get("LEAFNET_NATIVE", "1") == "0":
-        log.info("LEAFNET_NATIVE=0: conv1 runs on PyTorch's kernels")
-        return None
-    try:
-        lib = build("conv_pool.c")
-    except (BuildError, OSError) as e:
-        log.info("conv1 runs on PyTorch's kernels, about half as fast on the CPU: %s", e)
+    lib = _load("conv_pool.c", "conv1 runs on PyTorch's kernels, about half as fast on the CPU")
+    if lib is None:
         return None
     forward, weight_grad = lib.conv_pool_forward, lib.conv_pool_weight_grad
     forward_bytes, weight_grad_bytes = lib.conv_pool_forward_bytes, lib.conv_pool_weight_grad_bytes
@@ -114,3 +132,19 @@ def conv_pool() -> ConvPool | None:
     forward.restype = weight_grad.restype = None
     forward_bytes.restype = weight_grad_bytes.restype = ctypes.c_int  # -1: no memory for a scratch
     return ConvPool(forward, weight_grad, forward_bytes, weight_grad_bytes)
+
+
+@cache
+def pool_relu() -> PoolReLU | None:
+    """The second block's fused max-pool + ReLU, or None where it cannot be built (the reason
+    logged once)."""
+    lib = _load("pool_relu.c", "the second max-pool and ReLU run on PyTorch's kernels")
+    if lib is None:
+        return None
+    forward, backward = lib.pool_relu_forward, lib.pool_relu_backward
+    # x, height, width, channels, out, code, i0, i1
+    forward.argtypes = [_PTR, _INT, _INT, _INT, _PTR, _PTR, _INT, _INT]
+    # out, grad_out, code, height, width, channels, grad_x, i0, i1
+    backward.argtypes = [_PTR, _PTR, _PTR, _INT, _INT, _INT, _PTR, _INT, _INT]
+    forward.restype = backward.restype = None
+    return PoolReLU(forward, backward)

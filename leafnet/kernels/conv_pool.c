@@ -15,64 +15,23 @@
  * only in rounding order.
  *
  * Plain C with GCC/Clang vector extensions, so one source builds for AVX-512, AVX2 or NEON; the
- * vector width and how many channels a pass keeps in registers follow the target (below).
+ * vector width (vectors.h) and how many channels a pass keeps in registers (below) follow the target.
  * leafnet/kernels/__init__.py compiles it at first use. Each call takes one band (images
  * i0..i1, pooled rows r0..r1) on the calling thread; Python's ctypes releases the GIL, so each
  * core runs its own bands (leafnet/banded.py). */
 
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
-/* VEC floats a vector, NV vectors of channels a pass: 18 sums in AVX-512's 32 registers or
- * NEON's 32, 9 in AVX2's 16. Elsewhere (an x86 build without AVX2, where this ran 3x slower
- * than PyTorch's kernels, or another architecture, unmeasured) the build stops here and
- * PyTorch's kernels run. */
-#if defined(__AVX512F__)
-#define VEC 16
-#define NV 2
-#elif defined(__AVX2__) && defined(__FMA__)
-#define VEC 8
+#include "vectors.h"
+
+/* NV vectors of channels a pass: 18 sums in AVX-512's 32 registers or NEON's 32, 9 in AVX2's
+ * 16. */
+#if VEC == 8
 #define NV 1
-#elif defined(__aarch64__)
-#define VEC 4
-#define NV 2
 #else
-#error "leafnet's fused kernel is built for AVX2, AVX-512 or NEON only"
+#define NV 2
 #endif
 #define BLOCK (VEC * NV) /* channels a pass: divides 32 */
-
-typedef float vf __attribute__((vector_size(VEC * 4), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(VEC * 4), aligned(4)));
-typedef uint8_t vb __attribute__((vector_size(VEC), aligned(1)));
-
-#define PRAGMA(x) _Pragma(#x)
-#define UNROLL(n) PRAGMA(GCC unroll n)
-
-static inline vf load(const float *p) { return *(const vf *)p; }
-static inline void store(float *p, vf v) { *(vf *)p = v; }
-static inline vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
-
-/* VEC max-pool codes (bytes) widened to ints. One instruction (vpmovzxbd) on x86: GCC 12 made
- * __builtin_convertvector of bytes dozens of scalar ones there, in the weight gradient's loop. */
-#if defined(__AVX512F__)
-static inline vi load_code(const uint8_t *p) {
-    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-}
-#elif defined(__AVX2__)
-static inline vi load_code(const uint8_t *p) {
-    return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
-}
-#else
-static inline vi load_code(const uint8_t *p) {
-    vb c;
-    memcpy(&c, p, VEC);
-    return __builtin_convertvector(c, vi);
-}
-#endif
 
 /* The 5x5 input pixels (3 floats each) under a pooled position whose area starts at row `top`,
  * column `left` of one image, copied into `pad` (rows of 15 floats) with zeros outside the image
@@ -130,8 +89,7 @@ static inline __attribute__((always_inline)) void pool(const vf sums[9], float *
     }
     store(out, pick((best > 0) | (best != best), best, (vf){0}));
     if (code == NULL) return; /* no backward to come */
-    vb bytes = __builtin_convertvector(at, vb);
-    memcpy(code, &bytes, VEC);
+    store_code(code, at);
 }
 
 /* Where tap t = (ky, kx, ci) of the kernel reads in a copied area: ky * 15 + kx * 3 + ci. */

@@ -1,0 +1,61 @@
+/* The vector types and helpers leafnet's C kernels share (conv_pool.c, pool_relu.c): GCC/Clang
+ * vector extensions, so one source builds for AVX-512, AVX2 or NEON. VEC is the floats a vector
+ * holds on the target. Elsewhere (an x86 build without AVX2, where conv_pool.c ran 3x slower
+ * than PyTorch's kernels, or another architecture, unmeasured) the build stops here and
+ * PyTorch's kernels run. */
+
+#ifndef LEAFNET_VECTORS_H
+#define LEAFNET_VECTORS_H
+
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#if defined(__AVX512F__)
+#define VEC 16
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VEC 8
+#elif defined(__aarch64__)
+#define VEC 4
+#else
+#error "leafnet's fused kernels are built for AVX2, AVX-512 or NEON only"
+#endif
+
+typedef float vf __attribute__((vector_size(VEC * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(VEC * 4), aligned(4)));
+typedef uint8_t vb __attribute__((vector_size(VEC), aligned(1)));
+
+#define PRAGMA(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA(GCC unroll n)
+
+static inline vf load(const float *p) { return *(const vf *)p; }
+static inline void store(float *p, vf v) { *(vf *)p = v; }
+static inline vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+
+/* VEC max-pool codes (bytes) widened to ints. One instruction (vpmovzxbd) on x86: GCC 12 made
+ * __builtin_convertvector of bytes dozens of scalar ones there. */
+#if defined(__AVX512F__)
+static inline vi load_code(const uint8_t *p) {
+    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+#elif defined(__AVX2__)
+static inline vi load_code(const uint8_t *p) {
+    return (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+#else
+static inline vi load_code(const uint8_t *p) {
+    vb c;
+    memcpy(&c, p, VEC);
+    return __builtin_convertvector(c, vi);
+}
+#endif
+
+/* VEC codes (ints 0-255) narrowed to bytes at p. */
+static inline void store_code(uint8_t *p, vi codes) {
+    vb bytes = __builtin_convertvector(codes, vb);
+    memcpy(p, &bytes, VEC);
+}
+
+#endif
