@@ -170,9 +170,13 @@ class LeafNet(nn.Module):
         return self.dense_1(self.dropout_1(x))
 
     def _fuse_pool(self, x: Tensor) -> bool:
-        """Whether the second max-pool and its ReLU run as one C pass (leafnet.pooling)."""
+        """Whether the second max-pool and its ReLU run as one C pass (leafnet.pooling): with at
+        least an image per core, as the kernel gives each core whole images (fewer, as in a
+        one-photo prediction, run the layers, which split an image over the cores)."""
         hooked = is_hooked(self.max_pooling2d_1)
-        return self.banded and not hooked and not _capturing() and pool_relu_takes(x)
+        if not self.banded or hooked or _capturing() or not pool_relu_takes(x):
+            return False
+        return x.shape[0] >= torch.get_num_threads()
 
     def _may_band(self, x: Tensor) -> bool:
         """Banding on, on the CPU, and no hook on `conv2d` or `max_pooling2d` (which must see

@@ -17,13 +17,17 @@ from leafnet.banded import Band, Claims, per_core
 
 
 def pool_relu_takes(x: Tensor) -> bool:
-    """Whether `pool_relu` computes x's block: float32, channels-last, on the CPU, channels a
-    multiple of 16, and the C kernel built here."""
+    """Whether `pool_relu` computes x's block: a float32 channels-last tensor on the CPU, at
+    least 2 x 2, channels a multiple of 16, nothing tracing it (a C call is nothing a trace can
+    record), and the C kernel built here."""
     return (
-        x.device.type == "cpu"
+        isinstance(x, Tensor)  # not an FX proxy
+        and not torch.jit.is_tracing()
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.dim() == 4
         and x.shape[1] % 16 == 0
+        and min(x.shape[2:]) >= 2
         and x.is_contiguous(memory_format=torch.channels_last)
         and kernels.pool_relu() is not None
     )
@@ -39,8 +43,10 @@ def _forward(x: Tensor, with_code: bool) -> tuple[Tensor, Tensor | None]:
     assert kernel is not None
     n, c, h, w = x.shape
     shape, fmt = (n, c, h // 2, w // 2), torch.channels_last
-    out = torch.empty(shape, memory_format=fmt)
-    code = torch.empty(shape, dtype=torch.uint8, memory_format=fmt) if with_code else None
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    code = (
+        x.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=fmt) if with_code else None
+    )
 
     def run(claims: Claims) -> None:
         for _, (i0, i1, _, _) in claims:
@@ -62,13 +68,14 @@ class _PoolReLU(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises, never zeros
     def backward(ctx, grad_out: Tensor) -> Tensor:  # type: ignore[override]
         kernel = kernels.pool_relu()
         assert kernel is not None
         out, code = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        grad_x = torch.empty(ctx.input_shape, memory_format=torch.channels_last)
+        grad_x = out.new_empty(ctx.input_shape).contiguous(memory_format=torch.channels_last)
 
         def run(claims: Claims) -> None:
             for _, (i0, i1, _, _) in claims:

@@ -20,8 +20,10 @@ needs_cc = pytest.mark.skipif(
 def fresh_build():
     """conv_pool() builds once per process: start and leave each test with it unbuilt."""
     kernels.conv_pool.cache_clear()
+    kernels.pool_relu.cache_clear()
     yield
     kernels.conv_pool.cache_clear()
+    kernels.pool_relu.cache_clear()
 
 
 @needs_cc
@@ -36,8 +38,9 @@ def test_without_a_compiler_leafnet_says_so_once_and_uses_pytorch(
     with caplog.at_level(logging.INFO, logger="leafnet.kernels"):
         assert kernels.conv_pool() is None
         assert kernels.conv_pool() is None
-    (line,) = [r.getMessage() for r in caplog.records]
-    assert "PyTorch's kernels" in line and "/nonexistent/cc" in line
+        assert kernels.pool_relu() is None
+    conv1, pool = [r.getMessage() for r in caplog.records]  # one line each
+    assert all("PyTorch's kernels" in line and "/nonexistent/cc" in line for line in (conv1, pool))
 
 
 @needs_cc
@@ -72,3 +75,4 @@ def test_a_compiler_that_refuses_march_native_gets_the_next_flags(
 def test_leafnet_native_0_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEAFNET_NATIVE", "0")
     assert kernels.conv_pool() is None
+    assert kernels.pool_relu() is None

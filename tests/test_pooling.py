@@ -3,7 +3,6 @@ only where nothing watches or records the layer."""
 
 from __future__ import annotations
 
-import os
 import platform
 import shlex
 
@@ -22,6 +21,7 @@ def _batch(shape: tuple[int, ...]) -> torch.Tensor:
     """Small integers (ties in most windows), negatives (ReLU's zeros) and NaNs, channels-last."""
     torch.manual_seed(0)
     x = torch.randint(-3, 4, shape).float()
+    x[x == 0] = torch.tensor([0.0, -0.0]).repeat((x == 0).sum().item())[: (x == 0).sum().item()]
     x[0, 0, 0, 1] = float("nan")
     if shape[2] > 5 and shape[3] > 5:
         x[-1, -1, 4, 4] = x[-1, -1, 5, 5] = float("nan")  # two in one window
@@ -29,7 +29,11 @@ def _batch(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan())
+    """Equal, NaNs in the same places and zeros of the same sign."""
+    same_values = torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+    return (
+        same_values and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.signbit(), b.signbit())
+    )
 
 
 def _through(x: torch.Tensor, grad: torch.Tensor, fused: bool):
@@ -57,6 +61,7 @@ def test_the_fused_pool_equals_max_pool_then_relu(shape: tuple[int, ...]) -> Non
     x = _batch(shape)
     n, c, h, w = shape
     grad = torch.randn(n, c, h // 2, w // 2)
+    grad[0, 0] = -0.0  # max-pool's backward adds into zeros: +0.0
     want = _through(x, grad, fused=False)
     got = _through(x, grad, fused=True)
     for have, expected in zip(got, want, strict=True):
@@ -81,14 +86,14 @@ def test_the_avx2_build_gives_the_native_builds_bits(monkeypatch: pytest.MonkeyP
     cc = kernels.compiler()
     if platform.machine().lower() not in ("x86_64", "amd64") or cc is None:
         pytest.skip("not an x86 machine with a C compiler")
-    monkeypatch.setenv("CC", shlex.join([*cc, "-mno-avx512f"]))
     native = kernels.pool_relu()
     kernels.pool_relu.cache_clear()
     try:
-        avx2 = kernels.pool_relu()
+        with monkeypatch.context() as m:
+            m.setenv("CC", shlex.join([*cc, "-mno-avx512f"]))
+            avx2 = kernels.pool_relu()
     finally:
         kernels.pool_relu.cache_clear()
-        os.environ.pop("CC")
     if avx2 is None:
         pytest.skip("this CPU has no AVX2")
     x = _batch((3, 32, 13, 11))
@@ -123,8 +128,9 @@ def test_leafnet_fuses_the_pool_unless_something_watches_or_records_it(
     TorchScript trace keep the layer."""
     torch.manual_seed(0)
     net = LeafNet(image_size=48).to(memory_format=torch.channels_last)
-    x = torch.rand(2, 3, 48, 48).contiguous(memory_format=torch.channels_last)
-    y = torch.tensor([0, 2])
+    n = max(2, torch.get_num_threads())  # an image per core at least, as the kernel takes them
+    x = torch.rand(n, 3, 48, 48).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(n) % 3
     seen: list[torch.Tensor] = []
     if watched == "hook":
         net.max_pooling2d_1.register_forward_hook(lambda m, i, o: seen.append(o))
@@ -146,3 +152,39 @@ def test_leafnet_fuses_the_pool_unless_something_watches_or_records_it(
         assert torch.equal(p.grad, reference[name]), name
     if watched == "hook":
         assert seen and seen[-1].shape[-1] == 8  # the layer ran and its hook saw its output
+
+
+def test_the_fused_pool_refuses_what_it_cannot_record_or_differentiate_twice() -> None:
+    """A trace records no C call (pool_relu_takes says no, pool_relu raises); fewer than 2 x 2
+    positions is max-pool's error, not an empty output; a second derivative raises rather than
+    coming out as zeros; outputs take the input's dtype whatever the default is."""
+    x = torch.rand(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="pool_relu_takes"):
+        torch.jit.trace(pool_relu, (x,), check_trace=False)
+    assert not pool_relu_takes(x[:, :, :1])
+    y = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad(pool_relu(y).sum(), y, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert torch.equal(pool_relu(x), torch.relu(F.max_pool2d(x, 2)))
+        y = x.detach().requires_grad_()
+        (g,) = torch.autograd.grad(pool_relu(y).sum(), y)
+        assert g.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_one_photo_pools_through_the_layers_across_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel gives each core whole images: a batch with fewer images than cores (one photo to
+    predict) keeps the layers, which split an image across them."""
+    net = LeafNet(image_size=48).to(memory_format=torch.channels_last).eval()
+    calls = _calls(monkeypatch)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with torch.no_grad():
+        net(torch.rand(1, 3, 48, 48).contiguous(memory_format=torch.channels_last))
+        assert calls == []
+        net(torch.rand(2, 3, 48, 48).contiguous(memory_format=torch.channels_last))
+    assert calls == ["forward", "forward"]

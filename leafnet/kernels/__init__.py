@@ -10,7 +10,7 @@ under a second with gcc), loads it through ctypes and deletes the folder. `-marc
 for this CPU's vector units; a cluster's nodes each build their own. Where that flag is refused,
 the next flags in `FLAG_SETS` are tried. Where there is no compiler (Windows, a bare container),
 the build fails, or `LEAFNET_NATIVE=0` is set, `conv_pool()` and `pool_relu()` return None, one
-log line says why, and PyTorch's kernels run: the same numbers, slower.
+log line each says why, and PyTorch's kernels run: the same numbers, slower.
 """
 
 from __future__ import annotations

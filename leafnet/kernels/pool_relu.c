@@ -36,7 +36,8 @@ void pool_relu_forward(const float *x, int64_t height, int64_t width, int64_t ch
                         best = pick(take, v, best);
                         which = (which & ~take) | (((vi){0} + q) & take);
                     }
-                    store(out + at + k, pick((best > 0) | (best != best), best, (vf){0}));
+                    /* ReLU as clamp_min: a negative becomes 0; -0.0 and NaN stay. */
+                    store(out + at + k, pick(~(best < 0), best, (vf){0}));
                     if (code != NULL) store_code(code + at + k, which);
                 }
             }
@@ -59,6 +60,8 @@ void pool_relu_backward(const float *out, const float *grad_out, const uint8_t *
                     /* ReLU's backward: grad_out unless out <= 0 (a NaN passes). */
                     vf g = pick(~(load(out + at + k) <= 0), load(grad_out + at + k), (vf){0});
                     vi which = load_code(code + at + k);
+                    /* g + 0 as max-pool's backward adds into zeros: a -0.0 gradient is +0.0. */
+                    g += (vf){0};
                     UNROLL(4) for (int q = 0; q < 4; q++) store(place[q] + k, pick(which == q, g, (vf){0}));
                 }
             }
