@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import platform
-import shlex
 import threading
 import time
 import warnings
@@ -12,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_kernels import avx2_build
 
 from leafnet import banded, kernels
 from leafnet.banded import conv_pool_relu
@@ -426,22 +424,9 @@ def test_the_fused_kernel_reads_uint8_batches_with_the_converted_batchs_numbers(
 
 @pytest.fixture(scope="module")
 def avx2_kernel() -> kernels.ConvPool:
-    """The C kernel built as for an x86 CPU with AVX2 and no AVX-512: its other vector width
-    (8 floats a vector, one vector of channels a pass) and its own way of reading the codes."""
-    cc = kernels.compiler()
-    if platform.machine().lower() not in ("x86_64", "amd64") or cc is None:
-        pytest.skip("not an x86 machine with a C compiler")
-    before = os.environ.get("CC")
-    os.environ["CC"] = shlex.join([*cc, "-mno-avx512f"])
-    kernels.conv_pool.cache_clear()
-    try:
-        kernel = kernels.conv_pool()
-    finally:
-        os.environ.pop("CC") if before is None else os.environ.update(CC=before)
-        kernels.conv_pool.cache_clear()
-    if kernel is None:
-        pytest.skip("this CPU has no AVX2")
-    return kernel
+    """The C kernel built as for an x86 CPU with AVX2 and no AVX-512 (one vector of channels a
+    pass)."""
+    return avx2_build(kernels.conv_pool)
 
 
 @fused_kernel

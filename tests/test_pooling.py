@@ -3,12 +3,10 @@ only where nothing watches or records the layer."""
 
 from __future__ import annotations
 
-import platform
-import shlex
-
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_kernels import avx2_build
 
 from leafnet import kernels
 from leafnet.model import LeafNet
@@ -83,19 +81,8 @@ def test_the_fused_pool_takes_only_what_its_kernel_computes() -> None:
 def test_the_avx2_build_gives_the_native_builds_bits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel built for an x86 CPU with AVX2 and no AVX-512 (8 floats a vector, its own way
     of widening the codes) gives the native build's outputs and gradients, bit for bit."""
-    cc = kernels.compiler()
-    if platform.machine().lower() not in ("x86_64", "amd64") or cc is None:
-        pytest.skip("not an x86 machine with a C compiler")
     native = kernels.pool_relu()
-    kernels.pool_relu.cache_clear()
-    try:
-        with monkeypatch.context() as m:
-            m.setenv("CC", shlex.join([*cc, "-mno-avx512f"]))
-            avx2 = kernels.pool_relu()
-    finally:
-        kernels.pool_relu.cache_clear()
-    if avx2 is None:
-        pytest.skip("this CPU has no AVX2")
+    avx2 = avx2_build(kernels.pool_relu)
     x = _batch((3, 32, 13, 11))
     grad = torch.randn(3, 32, 6, 5)
     results = []
