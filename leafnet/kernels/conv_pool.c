@@ -78,18 +78,32 @@ static void copy_area(const float *image, int64_t height, int64_t width, int64_t
     for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, image + ((top + y) * width + left) * 3, 60);
 }
 
-/* The maximum of nine sums per channel, ReLU'd, and which of the nine it was. */
+/* Max-pool's step: `v`, at place `o`, replaces the best so far where it is greater or NaN. */
+static inline __attribute__((always_inline)) void later(vf *best, vi *at, vf v, vi o) {
+    vi take = (v > *best) | (v != v);
+    *best = pick(take, v, *best);
+    *at = (*at & ~take) | (o & take);
+}
+
+/* The maximum of nine sums per channel, ReLU'd, and which of the nine it was. Max-pool's scan
+ * ends at the last NaN if there is one, else at the first maximum; so does a pairwise tree of
+ * the same step, each pair's later half stepping over its earlier: 4 dependent steps instead of
+ * the scan's 8, which the next position's sums can overlap. */
 static inline __attribute__((always_inline)) void pool(const vf sums[9], float *out, uint8_t *code) {
-    vf best = sums[0];
-    vi at = (vi){0};
-    UNROLL(8) for (int o = 1; o < 9; o++) {
-        vi take = (sums[o] > best) | (sums[o] != sums[o]); /* max-pool's rule: greater, or NaN */
-        best = pick(take, sums[o], best);
-        at = (at & ~take) | (((vi){0} + o) & take);
+    vf best[4];
+    vi at[4];
+    UNROLL(4) for (int k = 0; k < 4; k++) {
+        best[k] = sums[2 * k];
+        at[k] = (vi){0} + 2 * k;
+        later(&best[k], &at[k], sums[2 * k + 1], (vi){0} + 2 * k + 1);
     }
-    store(out, pick((best > 0) | (best != best), best, (vf){0}));
+    later(&best[0], &at[0], best[1], at[1]);
+    later(&best[2], &at[2], best[3], at[3]);
+    later(&best[0], &at[0], best[2], at[2]);
+    later(&best[0], &at[0], sums[8], (vi){0} + 8);
+    store(out, pick((best[0] > 0) | (best[0] != best[0]), best[0], (vf){0}));
     if (code == NULL) return; /* no backward to come */
-    store_code(code, at);
+    store_code(code, at[0]);
 }
 
 /* Where tap t = (ky, kx, ci) of the kernel reads in a copied area: ky * 15 + kx * 3 + ci. */
