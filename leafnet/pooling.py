@@ -45,7 +45,9 @@ def _forward(x: Tensor, with_code: bool) -> tuple[Tensor, Tensor | None]:
     shape, fmt = (n, c, h // 2, w // 2), torch.channels_last
     out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     code = (
-        x.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=fmt) if with_code else None
+        torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=fmt)
+        if with_code
+        else None
     )
 
     def run(claims: Claims) -> None:
@@ -75,7 +77,8 @@ class _PoolReLU(torch.autograd.Function):
         out, code = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-        grad_x = out.new_empty(ctx.input_shape).contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last
+        grad_x = torch.empty(ctx.input_shape, dtype=out.dtype, device=out.device, memory_format=fmt)
 
         def run(claims: Claims) -> None:
             for _, (i0, i1, _, _) in claims:

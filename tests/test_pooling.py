@@ -68,6 +68,19 @@ def test_the_fused_pool_equals_max_pool_then_relu(shape: tuple[int, ...]) -> Non
     assert (got[1] != 0).any() and (got[0] == 0).any()  # gradients flowed; ReLU zeroed some
 
 
+def test_the_fused_pool_copies_nothing_beside_its_kernel() -> None:
+    """Forward and backward allocate their outputs channels-last and let the kernel write them:
+    no copy of the input gradient (as large as the conv output it pools) or of the codes."""
+    x = _batch((2, 16, 12, 12)).requires_grad_()
+    grad = torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.profiler.profile() as prof:
+        out = pool_relu(x)
+        out.backward(grad)
+    ops = {event.name for event in prof.events()}
+    assert "_PoolReLUBackward" in ops  # the kernel's backward ran under the profiler
+    assert not ops & {"aten::copy_", "aten::clone", "aten::contiguous"}
+
+
 def test_the_fused_pool_takes_only_what_its_kernel_computes() -> None:
     x = torch.rand(2, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     assert pool_relu_takes(x)
