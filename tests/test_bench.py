@@ -289,6 +289,42 @@ def test_a_command_that_stops_before_a_steady_epoch_is_an_error_not_a_crash(
     assert "stopped before its third epoch began" in out["error"]
 
 
+def test_the_commands_parts_and_rest_add_up_to_the_epochs_they_were_summed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steady epochs of 1.2, 0.6 and 0.6 s (median 0.6, mean 0.8), 0.5 s of steps each: the
+    shares are of the mean, the epochs the parts are summed over, so they add up to 1 and the
+    rest is what the parts leave (0.3 of 0.8 s), not a median's leftover."""
+    from dataclasses import replace
+
+    from leafnet.lab import contenders
+
+    real_run = subprocess.run
+
+    def steady_run(cmd, **kwargs):
+        if "leafnet.train" not in cmd:  # e.g. the compiler's version, for the report
+            return real_run(cmd, **kwargs)
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        starts = [{"run_training_batch": i} for i in range(5)]  # one batch an epoch
+        profile = {"epoch_starts": starts, "epoch_ends": starts,
+                   "epoch_start_s": [0.0, 2.0, 3.2, 3.8, 4.4],
+                   "durations": {"run_training_batch": [0.5] * 5}}  # fmt: skip
+        (run_dir / "fit-profile.txt").write_text(json.dumps(profile))
+        classes = {"a": {"train": 4, "val": 1, "test": 1}}
+        (run_dir / "data_report.json").write_text(json.dumps({"classes": classes}))
+        summary = {"micro_batch_size": 4, "peak_rss_gb": 1.0}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(contenders.subprocess, "run", steady_run)
+    out = contenders.work_command(replace(ARGS, out_dir=str(tmp_path), epochs=5), [])
+    shares = out["breakdown_share"]
+    assert shares["step"] == pytest.approx(0.5 / 0.8)
+    assert shares["rest (Lightning's loop, logging)"] == pytest.approx(0.3 / 0.8)
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
 def test_lockstep_refuses_contenders_that_cannot_take_one_step(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,6 +416,38 @@ def test_lockstep_kills_a_worker_that_stops_answering(tmp_path: Path) -> None:
     assert raw["stuck"] == [{"error": "timed out after 2 s in cycle 2"}]
     assert raw["a"] == [{"times": pytest.approx([0.1, 0.2, 0.3])}]
     assert all(p.poll() is not None for p in procs)  # no worker left running
+
+
+def test_the_share_outside_the_step_is_each_rounds_own_whatever_the_host_did_between_them() -> None:
+    """Three rounds on a drifting host: 10%, 10% and 20% of each epoch outside the step. The
+    median step (12) and the median epoch (15) come from different rounds and would say 20%."""
+    from leafnet.lab.bench import contender_row
+    from leafnet.lab.bench_report import format_table
+
+    def round_(epoch: float, step: float) -> dict[str, object]:
+        parts = {"step": step, "validation": epoch - step}
+        shares = {k: v / epoch for k, v in parts.items()}
+        times = [epoch * 32 / 1000] * 3  # seconds per batch of 32
+        return {"times": times, "breakdown_ms_per_image": parts, "breakdown_share": shares}
+
+    rounds = [round_(10.0, 9.0), round_(20.0, 18.0), round_(15.0, 12.0)]
+    row = contender_row(rounds, batch=32, flops=1e9, peak=1e12)
+    assert row["ms_per_image"] == pytest.approx(15.0)
+    assert row["breakdown_ms_per_image"]["step"] == pytest.approx(12.0)
+    assert row["outside_share_rounds"] == pytest.approx([0.1, 0.1, 0.2])
+    assert row["outside_share"] == pytest.approx(0.1)
+    report = {
+        "date": "2026-12-07T08:00:00", "train_gflop_per_image": 2.68, "roofline_gflops": 250.0,
+        "copy_gbs": 20.0, "host_samples": [{"matmul_gflops": 250.0}],
+        "machine": {"cpu": "a CPU", "threads": 2, "torch": "2", "load_avg_1m": 0.5},
+        "config": {"image_size": 640, "batch": 32, "micro_batch": 32, "steps": 15, "warmup": 2,
+                   "rounds": 3},
+        "contenders": {"command": row},
+    }  # fmt: skip
+    table = format_table(report)
+    assert "outside the command's step (every part but the first): 10.0% of the epoch" in table
+    assert "(the median of the rounds' own, 10.0%-20.0%)" in table
+    assert "| validation | 2.00 | 10.0% |" in table  # the rounds' median share, not 2.0 of 15
 
 
 def test_the_table_says_how_the_host_moved_and_how_much_of_the_epoch_is_outside_the_step() -> None:

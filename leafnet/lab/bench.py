@@ -198,11 +198,17 @@ def contender_row(
     for key in keys:
         if key in parts[-1]:
             row[key] = parts[-1][key]
-    breakdowns = [p["breakdown_ms_per_image"] for p in parts if p.get("breakdown_ms_per_image")]
-    if breakdowns:  # the command's epoch, part by part: the median over rounds
-        row["breakdown_ms_per_image"] = {
-            k: statistics.median(b.get(k, 0.0) for b in breakdowns) for k in breakdowns[0]
-        }
+    # The command's epoch, part by part: each part's median over rounds, in ms and as a share of
+    # its round's epoch. The share outside the step is taken round by round: the host drifts
+    # between rounds, so the median step and the median epoch may come from different ones.
+    for key in ("breakdown_ms_per_image", "breakdown_share"):
+        rounds = [p[key] for p in parts if p.get(key)]
+        if rounds:
+            row[key] = {k: statistics.median(b.get(k, 0.0) for b in rounds) for k in rounds[0]}
+    shares = [p["breakdown_share"] for p in parts if p.get("breakdown_share")]
+    if shares:
+        row["outside_share_rounds"] = [1 - b["step"] for b in shares]
+        row["outside_share"] = statistics.median(row["outside_share_rounds"])
     if errors:
         row["errors"] = errors
     return row

@@ -105,10 +105,14 @@ def _breakdown(report: dict[str, Any]) -> list[str]:
         " Lightning's profiler; checkpoint writes are the hand-off to the writer thread, whose"
         " work falls in whatever runs beside it, mostly the step):",
     ]
-    rows = [[k, f"{v:.2f}", f"{v / epoch:.1%}"] for k, v in parts.items()]
+    shares = command.get("breakdown_share", {})  # older reports: the median epoch's share
+    rows = [[k, f"{v:.2f}", f"{shares.get(k, v / epoch):.1%}"] for k, v in parts.items()]
     lines.append(markdown_table(["part", "ms/image", "share"], rows, right=[False, True, True]))
-    outside = 1 - parts.get("step", epoch) / epoch
+    outside = command.get("outside_share", 1 - parts.get("step", epoch) / epoch)
     line = f"outside the command's step (every part but the first): {outside:.1%} of the epoch"
+    if len(command.get("outside_share_rounds", [])) > 1:
+        each = command["outside_share_rounds"]
+        line += f" (the median of the rounds' own, {min(each):.1%}-{max(each):.1%})"
     if alone:
         step = report["contenders"][alone[0]]["ms_per_image"]
         line += f"; the epoch against the step alone ({alone[0]}, {step:.1f} ms/image): "

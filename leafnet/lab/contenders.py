@@ -290,7 +290,8 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
             "error": f"the command stopped before its third epoch began; see {run_dir}/train.log"
         }
     parts = epoch_breakdown(profile, images)
-    epoch_ms = statistics.median(cycles) * 1000 / images
+    # The mean over the epochs the parts are summed over: the parts and the rest then add up to it.
+    epoch_ms = statistics.mean(cycles) * 1000 / images
     parts["rest (Lightning's loop, logging)"] = epoch_ms - sum(parts.values())
     summary = json.loads((run_dir / "summary.json").read_text())
     setting = dict(o.split("=", 1) for o in overrides if "=" in o)  # not `~key` deletions
@@ -300,6 +301,7 @@ def work_command(a: WorkerArgs, extra: list[str]) -> dict[str, Any]:
         "micro_batch": summary["micro_batch_size"],
         "peak_rss_gb": summary["peak_rss_gb"],  # the training process', not this worker's
         "breakdown_ms_per_image": parts,
+        "breakdown_share": {k: v / epoch_ms for k, v in parts.items()},
         "run_dir": str(run_dir),
         # This worker's environment and compiler are the training process'.
         **_band_info(
