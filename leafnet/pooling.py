@@ -76,8 +76,8 @@ class _PoolReLU(torch.autograd.Function):
         assert kernel is not None
         out, code = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
         fmt = torch.channels_last
+        grad_out = grad_out.contiguous(memory_format=fmt)
         grad_x = torch.empty(ctx.input_shape, dtype=out.dtype, device=out.device, memory_format=fmt)
 
         def run(claims: Claims) -> None:

@@ -78,13 +78,6 @@ static void copy_area(const float *image, int64_t height, int64_t width, int64_t
     for (int64_t y = 0; y < 5; y++) memcpy(pad + y * 15, image + ((top + y) * width + left) * 3, 60);
 }
 
-/* Max-pool's step: `v`, at place `o`, replaces the best so far where it is greater or NaN. */
-static inline __attribute__((always_inline)) void later(vf *best, vi *at, vf v, vi o) {
-    vi take = (v > *best) | (v != v);
-    *best = pick(take, v, *best);
-    *at = (*at & ~take) | (o & take);
-}
-
 /* The maximum of nine sums per channel, ReLU'd, and which of the nine it was. Max-pool's scan
  * ends at the last NaN if there is one, else at the first maximum; so does a pairwise tree of
  * the same step, each pair's later half stepping over its earlier: 4 dependent steps instead of
@@ -241,9 +234,8 @@ static inline __attribute__((always_inline)) void weight_grad(
                         vf g[NV];
                         vi place[NV];
                         UNROLL(2) for (int v = 0; v < NV; v++) {
-                            /* ReLU's backward: grad_out unless out <= 0 (a NaN passes). */
                             int64_t at_v = at + v * VEC;
-                            g[v] = pick(~(load(out + at_v) <= 0), load(grad_out + at_v), (vf){0});
+                            g[v] = relu_grad(out + at_v, grad_out + at_v);
                             bias[v] += g[v];
                             place[v] = load_code(code + at_v);
                         }

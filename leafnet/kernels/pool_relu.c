@@ -30,12 +30,8 @@ void pool_relu_forward(const float *x, int64_t height, int64_t width, int64_t ch
                 for (int64_t k = 0; k < channels; k += VEC) {
                     vf best = load(place[0] + k);
                     vi which = (vi){0};
-                    UNROLL(3) for (int q = 1; q < 4; q++) {
-                        vf v = load(place[q] + k);
-                        vi take = (v > best) | (v != v); /* max-pool's rule: greater, or NaN */
-                        best = pick(take, v, best);
-                        which = (which & ~take) | (((vi){0} + q) & take);
-                    }
+                    UNROLL(3) for (int q = 1; q < 4; q++)
+                        later(&best, &which, load(place[q] + k), (vi){0} + q);
                     /* ReLU as clamp_min: a negative becomes 0; -0.0 and NaN stay. */
                     store(out + at + k, pick(~(best < 0), best, (vf){0}));
                     if (code != NULL) store_code(code + at + k, which);
@@ -57,8 +53,7 @@ void pool_relu_backward(const float *out, const float *grad_out, const uint8_t *
                 float *place[4] = {p, p + channels, p + row, p + row + channels};
                 int64_t at = ((i * pooled_h + r) * pooled_w + c) * channels;
                 for (int64_t k = 0; k < channels; k += VEC) {
-                    /* ReLU's backward: grad_out unless out <= 0 (a NaN passes). */
-                    vf g = pick(~(load(out + at + k) <= 0), load(grad_out + at + k), (vf){0});
+                    vf g = relu_grad(out + at + k, grad_out + at + k);
                     vi which = load_code(code + at + k);
                     /* g + 0 as max-pool's backward adds into zeros: a -0.0 gradient is +0.0. */
                     g += (vf){0};

@@ -34,6 +34,19 @@ static inline vf load(const float *p) { return *(const vf *)p; }
 static inline void store(float *p, vf v) { *(vf *)p = v; }
 static inline vf pick(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
+/* Max-pool's step, as PyTorch takes it: `v`, at place `o` of the window, replaces the best so
+ * far (at place `*at`) where it is greater, or NaN. */
+static inline __attribute__((always_inline)) void later(vf *best, vi *at, vf v, vi o) {
+    vi take = (v > *best) | (v != v);
+    *best = pick(take, v, *best);
+    *at = (*at & ~take) | (o & take);
+}
+
+/* ReLU's backward at VEC values: the gradient where the ReLU'd output is > 0 or NaN, else 0. */
+static inline vf relu_grad(const float *out, const float *grad) {
+    return pick(~(load(out) <= 0), load(grad), (vf){0});
+}
+
 /* VEC max-pool codes (bytes) widened to ints. One instruction (vpmovzxbd) on x86: GCC 12 made
  * __builtin_convertvector of bytes dozens of scalar ones there. */
 #if defined(__AVX512F__)
