@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from leafnet.adapters.pytorch import is_hooked
 from leafnet.banded import conv_pool_relu, fused_takes, fused_takes_bytes
-from leafnet.pooling import pool_relu, pool_relu_takes
+from leafnet.pooling import pool_relu, pool_relu_takes, second_block, second_block_takes
 
 
 class KerasFlatten(nn.Module):
@@ -159,12 +159,16 @@ class LeafNet(nn.Module):
         return self._after_block(conv_pool_relu(x, weight, bias, 3, table=table))
 
     def _after_block(self, x: Tensor) -> Tensor:
-        """Everything after the first conv block: logits from its pooled, ReLU'd output. The
-        second max-pool and its ReLU are one C pass each way on the CPU (leafnet.pooling) where
-        the kernel takes the batch, banding is on, no hook watches the max-pool and nothing
-        traces or compiles the model: the same numbers and gradients."""
-        x = self.conv2d_1(x)
-        x = pool_relu(x) if self._fuse_pool(x) else torch.relu_(self.max_pooling2d_1(x))
+        """Everything after the first conv block: logits from its pooled, ReLU'd output. On the
+        CPU, where banding is on and nothing watches, traces or compiles the layers
+        (leafnet.pooling): to train, the second max-pool and its ReLU are one C pass each way,
+        the same numbers and gradients; without a gradient, the whole second block is one C
+        pass, its sums rounded in another order than oneDNN's (about 1e-7)."""
+        if self._fuse_second_block(x):
+            x = second_block(x, self.conv2d_1.weight, self.conv2d_1.bias)
+        else:
+            x = self.conv2d_1(x)
+            x = pool_relu(x) if self._fuse_pool(x) else torch.relu_(self.max_pooling2d_1(x))
         x = self.global_average_pooling2d(x) if self.global_pool else self.flatten(x)
         x = torch.relu_(self.dense(self.dropout(x)))
         return self.dense_1(self.dropout_1(x))
@@ -177,6 +181,15 @@ class LeafNet(nn.Module):
         if not self.banded or hooked or _capturing() or not pool_relu_takes(x):
             return False
         return x.shape[0] >= torch.get_num_threads()
+
+    def _fuse_second_block(self, x: Tensor) -> bool:
+        """Whether the second conv block runs as one C pass (leafnet.pooling.second_block): no
+        gradient wanted, no hook on its layers, no autocast (the kernel is float32) and nothing
+        tracing or compiling the model."""
+        hooked = is_hooked(self.conv2d_1) or is_hooked(self.max_pooling2d_1)
+        if not self.banded or hooked or _capturing() or _autocast_on("cpu"):
+            return False
+        return second_block_takes(x, self.conv2d_1.weight, self.conv2d_1.bias)
 
     def _may_band(self, x: Tensor) -> bool:
         """Banding on, on the CPU, and no hook on `conv2d` or `max_pooling2d` (which must see

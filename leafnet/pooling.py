@@ -1,10 +1,17 @@
-"""The seed's second max-pool and the ReLU after it, fused on the CPU (`kernels/pool_relu.c`).
+"""The seed's second block on the CPU: its max-pool and ReLU fused to train
+(`kernels/pool_relu.c`), and conv, max-pool and ReLU fused without a gradient
+(`kernels/second_block.c`), to validate and predict.
 
 `pool_relu(x)` is `relu(max_pool2d(x, 2))`, the same numbers and gradient, for a float32
 channels-last batch with a multiple of 16 channels where the C kernel builds (`pool_relu_takes`);
 one image at a time to each core, as `banded.per_core` hands out bands. Layer by layer, max-pool
 wrote an int64 index for every output value, zeroed the whole input gradient in backward and
 scattered into it, and ReLU added a pass each way (docs/performance.md).
+
+`second_block(x, weight, bias)` is `relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2))`
+where no gradient is wanted (`second_block_takes`): the conv's output is pooled in registers and
+never written. Its sums are added in another order than oneDNN's, so its outputs differ from the
+layers' by rounding (about 1e-7); training keeps the layers, so its numbers are unchanged.
 """
 
 from __future__ import annotations
@@ -101,3 +108,61 @@ def pool_relu(x: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return _PoolReLU.apply(x)
     return _forward(x, with_code=False)[0]
+
+
+# Pooled rows a band of the second block: several bands an image, so one photo to predict is
+# split over the cores; a band's call and its four input rows are small beside its sums.
+SECOND_BLOCK_ROWS = 16
+
+
+def second_block_takes(x: Tensor, weight: Tensor, bias: Tensor) -> bool:
+    """Whether `second_block` computes this block: no gradient wanted, a float32 channels-last
+    batch of 32 channels, at least 2 x 2, on the CPU; a 3x3 float32 weight with a multiple of 16
+    filters; nothing tracing it; and the C kernel built here (for AVX-512)."""
+    wants_grad = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or bias.requires_grad
+    )
+    return (
+        isinstance(x, Tensor)  # not an FX proxy
+        and not torch.jit.is_tracing()
+        and not wants_grad
+        and x.device.type == weight.device.type == bias.device.type == "cpu"
+        and x.dtype == weight.dtype == bias.dtype == torch.float32
+        and x.dim() == 4
+        and x.shape[1] == 32
+        and min(x.shape[2:]) >= 2
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and weight.shape[1:] == (32, 3, 3)
+        and weight.shape[0] % 16 == 0
+        and bias.shape == (weight.shape[0],)
+        and kernels.second_block() is not None
+    )
+
+
+# Left to eager mode under torch.compile, as pool_relu is.
+@torch.compiler.disable
+def second_block(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """relu(max_pool2d(conv2d(x, weight, bias, padding=1), 2)) where `second_block_takes` says so,
+    in bands of `SECOND_BLOCK_ROWS` pooled rows across the cores."""
+    if not second_block_takes(x, weight, bias):
+        raise ValueError("second_block takes the batches second_block_takes says it does")
+    kernel = kernels.second_block()
+    assert kernel is not None
+    n, c, h, w = x.shape
+    channels = weight.shape[0]
+    out = torch.empty((n, channels, h // 2, w // 2), memory_format=torch.channels_last)
+    taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
+    bias = bias.contiguous()
+    zeros = x.new_zeros(w * c)  # the 'same' padding's rows above and below the image
+    rows = SECOND_BLOCK_ROWS
+    bands = [(i, i + 1, r, min(r + rows, h // 2)) for i in range(n) for r in range(0, h // 2, rows)]
+
+    def run(claims: Claims) -> None:
+        for _, (i0, i1, r0, r1) in claims:
+            kernel.forward(
+                x.data_ptr(), h, w, taps.data_ptr(), bias.data_ptr(), channels, zeros.data_ptr(),
+                out.data_ptr(), i0, i1, r0, r1,
+            )  # fmt: skip
+
+    per_core(run, bands)
+    return out

@@ -1,5 +1,6 @@
 """A C kernel built for another vector width, for the tests that compare it with this machine's
-build (owned by the kernel tests: test_banded, test_pooling)."""
+build or check that leafnet refuses it (owned by the kernel tests: test_banded, test_pooling,
+test_kernels)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,10 @@ from leafnet import kernels
 NO_AVX512 = "-mno-avx512f"
 
 
-def avx2_build(loader: Callable[[], Any]) -> Any:
-    """`loader()` (`kernels.conv_pool` or `kernels.pool_relu`) built as for an x86 CPU with AVX2
-    and no AVX-512: 8 floats a vector and its own way of widening the codes. Skipped off x86,
-    without a compiler, on a CPU without AVX-512 (the native build is then that build, and
-    comparing them could not fail) or without AVX2; the cached native build is built again on
-    its next use."""
+def no_avx512_compiler() -> list[str]:
+    """This machine's C compiler with AVX-512 turned off, as for an x86 CPU with AVX2 and no
+    AVX-512. Skipped off x86, without a compiler, or on a CPU without AVX-512 (its native build
+    is then that build, and comparing them could not fail)."""
     cc = kernels.compiler()
     if platform.machine().lower() not in ("x86_64", "amd64") or cc is None:
         pytest.skip("not an x86 machine with a C compiler")
@@ -35,8 +34,16 @@ def avx2_build(loader: Callable[[], Any]) -> Any:
         pytest.skip("this CPU has no AVX-512: its native build is the AVX2 build")
     # The flag must turn AVX-512 off even after -march=native, or both builds would be one.
     assert "__AVX512F__" not in macros(NO_AVX512)
+    return [*cc, NO_AVX512]
+
+
+def avx2_build(loader: Callable[[], Any]) -> Any:
+    """`loader()` (`kernels.conv_pool` or `kernels.pool_relu`) built by `no_avx512_compiler`: 8
+    floats a vector and its own way of widening the codes. Skipped where that compiler is, or
+    without AVX2; the cached native build is built again on its next use."""
+    cc = no_avx512_compiler()
     before = os.environ.get("CC")
-    os.environ["CC"] = shlex.join([*cc, NO_AVX512])
+    os.environ["CC"] = shlex.join(cc)
     loader.cache_clear()  # type: ignore[attr-defined]
     try:
         built = loader()

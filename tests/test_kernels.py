@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures_kernels import no_avx512_compiler
 
 from leafnet import kernels
 
@@ -19,11 +21,12 @@ needs_cc = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def fresh_build():
     """conv_pool() builds once per process: start and leave each test with it unbuilt."""
-    kernels.conv_pool.cache_clear()
-    kernels.pool_relu.cache_clear()
+    loaders = (kernels.conv_pool, kernels.pool_relu, kernels.second_block)
+    for loader in loaders:
+        loader.cache_clear()
     yield
-    kernels.conv_pool.cache_clear()
-    kernels.pool_relu.cache_clear()
+    for loader in loaders:
+        loader.cache_clear()
 
 
 @needs_cc
@@ -39,8 +42,10 @@ def test_without_a_compiler_leafnet_says_so_once_and_uses_pytorch(
         assert kernels.conv_pool() is None
         assert kernels.conv_pool() is None
         assert kernels.pool_relu() is None
-    conv1, pool = [r.getMessage() for r in caplog.records]  # one line each
+        assert kernels.second_block() is None
+    conv1, pool, block = [r.getMessage() for r in caplog.records]  # one line each
     assert all("PyTorch's kernels" in line and "/nonexistent/cc" in line for line in (conv1, pool))
+    assert "layer by layer" in block and "/nonexistent/cc" in block
 
 
 @needs_cc
@@ -76,3 +81,20 @@ def test_leafnet_native_0_turns_the_kernels_off(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("LEAFNET_NATIVE", "0")
     assert kernels.conv_pool() is None
     assert kernels.pool_relu() is None
+    assert kernels.second_block() is None
+
+
+@needs_cc
+def test_the_second_block_is_taken_only_from_an_avx512_build(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its register blocking is for AVX-512's 32 registers of 16 floats: a build for AVX2 (8
+    floats a vector) compiles, says its width, and is refused in one line; the native build of
+    an AVX-512 CPU is taken."""
+    with monkeypatch.context() as m, caplog.at_level(logging.INFO, logger="leafnet.kernels"):
+        m.setenv("CC", shlex.join(no_avx512_compiler()))
+        assert kernels.second_block() is None
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "AVX-512" in line and "8 floats a vector" in line
+    kernels.second_block.cache_clear()
+    assert kernels.second_block() is not None

@@ -1,5 +1,6 @@
-"""The fused second max-pool + ReLU equals the layers, forward and backward, and LeafNet uses it
-only where nothing watches or records the layer."""
+"""The fused second max-pool + ReLU equals the layers, forward and backward; the fused second block
+(conv + max-pool + ReLU, no gradient) equals them up to rounding; LeafNet uses each only where
+nothing watches or records the layers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ from fixtures_kernels import avx2_build
 
 from leafnet import kernels
 from leafnet.model import LeafNet
-from leafnet.pooling import pool_relu, pool_relu_takes
+from leafnet.pooling import (
+    SECOND_BLOCK_ROWS,
+    pool_relu,
+    pool_relu_takes,
+    second_block,
+    second_block_takes,
+)
 
 pytestmark = pytest.mark.skipif(kernels.pool_relu() is None, reason="no C compiler here")
 
@@ -179,8 +186,10 @@ def test_the_fused_pool_refuses_what_it_cannot_record_or_differentiate_twice() -
 
 def test_one_photo_pools_through_the_layers_across_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel gives each core whole images: a batch with fewer images than cores (one photo to
-    predict) keeps the layers, which split an image across them."""
+    predict) keeps the layers, which split an image across them. (Where the second block's
+    kernel is not built, as here, prediction pools through this one.)"""
     net = LeafNet(image_size=48).to(memory_format=torch.channels_last).eval()
+    monkeypatch.setattr(kernels, "second_block", lambda: None)
     calls = _calls(monkeypatch)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     with torch.no_grad():
@@ -188,3 +197,115 @@ def test_one_photo_pools_through_the_layers_across_cores(monkeypatch: pytest.Mon
         assert calls == []
         net(torch.rand(2, 3, 48, 48).contiguous(memory_format=torch.channels_last))
     assert calls == ["forward", "forward"]
+
+
+second_block_kernel = pytest.mark.skipif(
+    kernels.second_block() is None, reason="the second block's kernel is built for AVX-512 only"
+)
+
+
+def _layers(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.relu(F.max_pool2d(F.conv2d(x, w, b, padding=1), 2))
+
+
+@second_block_kernel
+@pytest.mark.parametrize(
+    ("shape", "filters"),
+    [
+        ((3, 32, 13, 11), 16),  # odd height and width: the last conv row and column never pooled
+        ((2, 32, 12, 10), 16),  # even: the 'same' padding's last row and column are read
+        ((1, 32, 2 * SECOND_BLOCK_ROWS + 6, 21), 32),  # bands of rows; two vectors of filters
+        ((1, 32, 3, 2), 16),  # one window
+    ],
+)
+def test_the_fused_second_block_equals_conv_then_max_pool_then_relu(
+    shape: tuple[int, ...], filters: int
+) -> None:
+    """With small integers every sum is exact in any order: the same values, maxima (the first
+    greatest, or a NaN) and ReLU zeros as the layers, bit for bit, in every position of every
+    band. With real-valued inputs, the same up to rounding."""
+    torch.manual_seed(0)
+    w = torch.randint(-2, 3, (filters, 32, 3, 3)).float()
+    b = torch.randint(-3, 4, (filters,)).float()
+    x = _batch(shape)
+    if shape[0] > 1:
+        # A NaN reaches the 3 x 3 conv outputs around it: this one only the bottom left of
+        # pooled position (2, 3), the next only the top right of (5, 0): each place's NaN rule
+        # counts. (Image 0, which _batch's NaNs leave alone there.)
+        x[0, 1, 6, 5] = x[0, 2, 9, 2] = float("nan")
+    with torch.no_grad():
+        got, want = second_block(x, w, b), _layers(x, w, b)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert _same(got, want)
+    if shape[2] > 3:  # more than one window: each case met
+        assert (got == 0).any() and (got > 0).any() and got.isnan().any()
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(filters, 32, 3, 3) / 17, torch.randn(filters)
+    with torch.no_grad():
+        torch.testing.assert_close(second_block(x, w, b), _layers(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@second_block_kernel
+def test_the_second_block_takes_only_what_its_kernel_computes() -> None:
+    x = torch.rand(2, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    w, b = torch.rand(16, 32, 3, 3), torch.rand(16)
+    with torch.no_grad():
+        assert second_block_takes(x, w, b)
+        assert not second_block_takes(x.contiguous(), w, b)  # NCHW
+        assert not second_block_takes(x.double(), w.double(), b.double())
+        assert not second_block_takes(x[:, :16], w[:, :16], b)  # not the seed's 32 channels
+        assert not second_block_takes(x, w[:8], b[:8])  # filters not a multiple of 16
+        assert not second_block_takes(x, w[..., :2, :2], b)  # not 3x3
+        assert not second_block_takes(x[:, :, :1], w, b)  # no 2 x 2 window
+        with pytest.raises(ValueError, match="second_block_takes"):
+            torch.jit.trace(lambda t: second_block(t, w, b), (x,), check_trace=False)
+    assert second_block_takes(x, w, b)  # no tensor wants a gradient
+    assert not second_block_takes(x, w.requires_grad_(), b)  # training: the layers' backward
+
+
+def _block_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Note each band the second block's kernel computes (its first image)."""
+    kernel = kernels.second_block()
+    assert kernel is not None
+    calls: list[int] = []
+    counted = kernels.SecondBlock(lambda *a: calls.append(a[8]) or kernel.forward(*a))
+    monkeypatch.setattr(kernels, "second_block", lambda: counted)
+    return calls
+
+
+@second_block_kernel
+@pytest.mark.parametrize("watched", ["nothing", "one photo", "hook", "layers", "trace", "training"])
+def test_leafnet_predicts_through_the_second_block_unless_something_watches_or_records_it(
+    monkeypatch: pytest.MonkeyPatch, watched: str
+) -> None:
+    """Prediction, validation and testing (no gradient) go through the kernel, one photo too,
+    with the layers' logits up to rounding; a hook on its conv, banding switched off, a
+    TorchScript trace or training (which needs the conv's backward) keep the layers."""
+    torch.manual_seed(0)
+    net = LeafNet(image_size=48).to(memory_format=torch.channels_last)
+    x = torch.rand(1 if watched == "one photo" else 4, 3, 48, 48)
+    x = x.contiguous(memory_format=torch.channels_last)
+    seen: list[torch.Tensor] = []
+    if watched == "hook":
+        net.conv2d_1.register_forward_hook(lambda m, i, o: seen.append(o))
+    monkeypatch.setattr(LeafNet, "banded", watched != "layers")
+    with monkeypatch.context() as m, torch.no_grad():
+        m.setattr(LeafNet, "_fuse_second_block", lambda self, x: False)
+        reference = net.eval()(x)
+    calls = _block_calls(monkeypatch)
+    if watched == "trace":
+        torch.jit.trace(net.eval(), x, check_trace=False)
+        assert calls == []
+        return
+    if watched == "training":
+        F.cross_entropy(net.train()(x), torch.zeros(4, dtype=torch.long)).backward()
+        assert calls == [] and net.conv2d_1.weight.grad is not None
+        return
+    with torch.no_grad():
+        logits = net.eval()(x)
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-6)
+    if watched in ("hook", "layers"):
+        assert calls == []
+        assert watched == "layers" or seen[-1].shape[-1] == 16  # the conv ran; its hook saw it
+    else:
+        assert sorted(set(calls)) == list(range(x.shape[0]))  # every image through the kernel

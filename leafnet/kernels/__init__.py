@@ -1,9 +1,10 @@
 """leafnet's C kernels, compiled by the machine's C compiler the first time a process needs one.
 
-Two, sharing `vectors.h`: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 + ReLU)
-fused for the CPU, forward and weight gradient (leafnet.banded calls it band by band, to train and
-to predict); `pool_relu.c`, the second block's max-pool 2x2 + ReLU, forward and backward
-(leafnet.pooling).
+Three, sharing `vectors.h`: `conv_pool.c`, the seed's first block (conv 3x3 + max-pool 3x3 +
+ReLU) fused for the CPU, forward and weight gradient (leafnet.banded calls it band by band, to
+train and to predict); `pool_relu.c`, the second block's max-pool 2x2 + ReLU, forward and backward
+(leafnet.pooling, to train); `second_block.c`, the whole second block (conv 3x3 + max-pool 2x2 +
+ReLU) without a gradient, AVX-512 only (leafnet.pooling, to validate and predict).
 
 No build step and nothing cached: a process compiles the source into a temporary folder (well
 under a second with gcc), loads it through ctypes and deletes the folder. `-march=native` builds
@@ -49,6 +50,13 @@ class ConvPool:
     weight_grad: Callable[..., None]
     forward_bytes: Callable[..., int]
     weight_grad_bytes: Callable[..., int]
+
+
+@dataclass(frozen=True)
+class SecondBlock:
+    """`second_block.c`'s entry point (see its comment there for the arguments)."""
+
+    forward: Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -148,3 +156,26 @@ def pool_relu() -> PoolReLU | None:
     backward.argtypes = [_PTR, _PTR, _PTR, _INT, _INT, _INT, _PTR, _INT, _INT]
     forward.restype = backward.restype = None
     return PoolReLU(forward, backward)
+
+
+@cache
+def second_block() -> SecondBlock | None:
+    """The second block's fused conv + max-pool + ReLU without a gradient, or None where it cannot
+    be built or the build is not for AVX-512 (the vector width its register blocking is for);
+    the reason logged once."""
+    lib = _load("second_block.c", "the second conv block runs layer by layer to predict")
+    if lib is None:
+        return None
+    lib.second_block_vector_floats.restype = _INT
+    floats = lib.second_block_vector_floats()
+    if floats != 16:
+        log.info(
+            "the second conv block runs layer by layer to predict: its kernel is for AVX-512, "
+            "and this build has %d floats a vector", floats,
+        )  # fmt: skip
+        return None
+    forward = lib.second_block_forward
+    # x, height, width, w, b, channels, zeros, out, i0, i1, r0, r1
+    forward.argtypes = [_PTR, _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR, *[_INT] * 4]
+    forward.restype = None
+    return SecondBlock(forward)
