@@ -92,8 +92,13 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
         cfg = run.cfg  # a resumed run's own saved config
         validate(cfg)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        # Only the first process writes the data's files (split.csv, data_report.json): another
+        # one starting sooner would leave them in the directory the first has yet to claim.
         datamodule = LeafDataModule(
-            **to_primitive(cfg.data), batch_size=cfg.batch_size, seed=cfg.seed, run_dir=str(run.dir)
+            **to_primitive(cfg.data),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            run_dir=str(run.dir) if is_rank0() else None,
         )
         datamodule.prepare_data()
         datamodule.setup("fit")

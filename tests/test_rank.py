@@ -42,6 +42,24 @@ def test_a_launched_run_without_a_shared_directory_is_refused(monkeypatch, tmp_p
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_a_process_other_than_the_first_writes_no_data_files(
+    monkeypatch, tmp_path: Path, tiny_train_images: Path
+) -> None:
+    """The first process claims the run directory, which refuses a folder with files that no run
+    left: another process of the run, started a moment sooner, must not have written the data's
+    split and report there (torchrun's two processes raced so)."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's second process on this machine
+    monkeypatch.setenv("NODE_RANK", "0")
+    run_dir = tmp_path / "run"
+    result = train_main(
+        *tiny_args(tiny_train_images, tmp_path / "out", "epochs=1"), f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert not {"split.csv", "data_report.json"} & {p.name for p in run_dir.iterdir()}
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_share_one_run(tmp_path: Path, tiny_train_images: Path) -> None:
     run_dir = tmp_path / "run"
