@@ -50,6 +50,7 @@ from leafnet.schema import check_train_config
 from leafnet.training import logs, rundir
 from leafnet.training.bookkeeping import Run, open_run, run_job
 from leafnet.training.callbacks import DivergenceStop
+from leafnet.training.checkpoint import AtomicCheckpoint
 from leafnet.training.outcome import final_metrics, fit_outcome, test_outcome
 from leafnet.training.resume import resume_config
 from leafnet.training.tune import lr_find
@@ -134,8 +135,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
         run.summary["seed"] = cfg.seed
         run.summary["class_counts"] = datamodule.report["classes"]
 
-        best = run.dir / "checkpoints" / "best.ckpt"
-        if best.is_file():
+        best = AtomicCheckpoint.best_to_test(trainer, run.dir)
+        if best is not None:
             with interruptible(trainer):
                 tested = trainer.test(
                     classifier, datamodule=datamodule, ckpt_path=str(best), verbose=False,

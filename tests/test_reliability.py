@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -531,6 +532,30 @@ def test_checkpoints_are_written_off_the_training_thread_with_the_weights_asked_
     last = torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]["layer.weight"]
     assert len(asked) == 2 and torch.equal(last, asked[-1])
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("first_sees", [True, False])
+def test_every_process_tests_the_best_checkpoint_the_first_process_sees(
+    tmp_path: Path, first_sees: bool
+) -> None:
+    """Whether a run tests is the first process's answer, not each process's own view of the
+    folder: under torchrun a second process that looked before the first's writer thread had
+    renamed best.ckpt into place skipped the test alone, and the first then waited on it."""
+    from leafnet.training.checkpoint import AtomicCheckpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    if not first_sees:  # this process sees a file the first process's answer says is not there
+        (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"")
+    told: list[object] = []
+
+    def broadcast(obj: object, src: int = 0) -> bool:
+        told.append(obj)
+        return first_sees  # what the first process sends
+
+    trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=broadcast))
+    best = AtomicCheckpoint.best_to_test(trainer, tmp_path)  # type: ignore[arg-type]
+    assert best == (tmp_path / "checkpoints" / "best.ckpt" if first_sees else None)
+    assert told == [not first_sees]  # this process's own view was only offered
 
 
 class _GoesBad(_TwoWeights):

@@ -73,6 +73,15 @@ class AtomicCheckpoint(CheckpointSteps):
         boundary = checkpoints / cls.EPOCH_END
         return boundary if boundary.is_file() else checkpoints / "last.ckpt"
 
+    @staticmethod
+    def best_to_test(trainer: pl.Trainer, run_dir: Path) -> Path | None:
+        """`best.ckpt` as the first process sees it once fit has ended (its writer thread has
+        finished by then), or None; every process of a run gets the same answer. Another
+        process's view of the folder may lag behind, and one that skipped the test alone would
+        leave the others waiting in the test's collectives."""
+        best = Path(run_dir) / "checkpoints" / "best.ckpt"
+        return best if trainer.strategy.broadcast(best.is_file()) else None
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._boundary_step = trainer.global_step  # a fit starts or resumes at an epoch's end
