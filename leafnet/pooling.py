@@ -150,7 +150,8 @@ def second_block(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     assert kernel is not None
     n, c, h, w = x.shape
     channels = weight.shape[0]
-    out = torch.empty((n, channels, h // 2, w // 2), memory_format=torch.channels_last)
+    shape, fmt = (n, channels, h // 2, w // 2), torch.channels_last
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     taps = weight.permute(2, 3, 1, 0).contiguous()  # (ky, kx, ci, co), as the C reads them
     bias = bias.contiguous()
     zeros = x.new_zeros(w * c)  # the 'same' padding's rows above and below the image

@@ -260,6 +260,12 @@ def test_the_second_block_takes_only_what_its_kernel_computes() -> None:
         with pytest.raises(ValueError, match="second_block_takes"):
             torch.jit.trace(lambda t: second_block(t, w, b), (x,), check_trace=False)
     assert second_block_takes(x, w, b)  # no tensor wants a gradient
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:  # the output takes the input's dtype whatever the default is
+        torch.testing.assert_close(second_block(x, w, b), _layers(x, w, b), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_default_dtype(previous)
     assert not second_block_takes(x, w.requires_grad_(), b)  # training: the layers' backward
 
 
