@@ -99,7 +99,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> float | 
             **to_primitive(cfg.data),
             batch_size=cfg.batch_size,
             seed=cfg.seed,
-            run_dir=str(run.dir) if is_rank0() else None,
+            run_dir=str(run.dir) if run.rank0 else None,
         )
         datamodule.prepare_data()
         datamodule.setup("fit")

@@ -201,13 +201,15 @@ def contender_row(
     # The command's epoch, part by part: each part's median over rounds, in ms and as a share of
     # its round's epoch. The share outside the step is taken round by round: the host drifts
     # between rounds, so the median step and the median epoch may come from different ones.
+    rounds: dict[str, list[dict[str, float]]] = {}
     for key in ("breakdown_ms_per_image", "breakdown_share"):
-        rounds = [p[key] for p in parts if p.get(key)]
-        if rounds:
-            row[key] = {k: statistics.median(b.get(k, 0.0) for b in rounds) for k in rounds[0]}
-    shares = [p["breakdown_share"] for p in parts if p.get("breakdown_share")]
-    if shares:
-        row["outside_share_rounds"] = [1 - b["step"] for b in shares]
+        rounds[key] = [p[key] for p in parts if p.get(key)]
+        if rounds[key]:
+            row[key] = {
+                k: statistics.median(b.get(k, 0.0) for b in rounds[key]) for k in rounds[key][0]
+            }
+    if rounds["breakdown_share"]:
+        row["outside_share_rounds"] = [1 - b["step"] for b in rounds["breakdown_share"]]
         row["outside_share"] = statistics.median(row["outside_share_rounds"])
     if errors:
         row["errors"] = errors
