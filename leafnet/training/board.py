@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -12,9 +13,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from leafnet.adapters.tensorboard import add_jpeg
 from leafnet.figures import explain_figures, pyplot
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 GRID_PX = 160  # the side each validation image is drawn at in the grid
 LINE_PX = 12  # one line of a tile's label
+PAD_PX = 4  # white between the tiles and around them
+COLUMNS = 4
 
 
 def _tensorboards(trainer: pl.Trainer) -> list[Any]:
@@ -64,8 +66,7 @@ class ValidationImages(Callback):
         x, y, preds = self._batch
         self._batch = None
         names = pl_module.hparams.class_names
-        tiles = [_labelled(img, names[t], names[p]) for img, t, p in zip(x, y, preds, strict=True)]
-        grid = make_grid(torch.stack(tiles), nrow=min(4, len(tiles)), padding=4, pad_value=255)
+        grid = prediction_grid(x, [names[t] for t in y], [names[p] for p in preds])
         for writer in _tensorboards(trainer):
             add_jpeg(writer, "val/predictions", grid, trainer.global_step)
 
@@ -84,20 +85,45 @@ def thumbnails(x: Tensor) -> Tensor:
     return torch.nn.functional.interpolate(x.float(), size=size, mode="area")
 
 
-def _labelled(img: Tensor, true: str, pred: str) -> Tensor:
-    """One validation image (stretched to 0-255 for display, whatever the normalisation was)
-    under two lines: its true class, and the predicted one in green or red. uint8 [3, H, W]."""
-    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
-    photo = Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-    tile = Image.new("RGB", (photo.width, photo.height + 2 * LINE_PX), "white")
-    tile.paste(photo, (0, 2 * LINE_PX))
-    draw = ImageDraw.Draw(tile)
-    chars = max(4, photo.width // 6)  # the default font is about 6 px a character
-    draw.text((2, 1), f"true: {true}"[:chars], fill=(0, 0, 0))
-    draw.text(
-        (2, LINE_PX + 1), f"pred: {pred}"[:chars], fill=(0, 128, 0) if true == pred else (200, 0, 0)
-    )
-    return torch.from_numpy(np.array(tile)).permute(2, 0, 1)
+def prediction_grid(x: Tensor, true: list[str], pred: list[str]) -> Tensor:
+    """Images [N, 3, H, W] (each stretched to 0-255 for display, whatever the normalisation was)
+    in rows of `COLUMNS`, each under two lines: its true class, and the predicted one in green or
+    red. One canvas, each distinct label drawn once: tile by tile it took 1.4 ms an image, most of
+    it drawing the same few labels again (docs/performance.md). uint8 [3, height, width]."""
+    n, _, h, w = x.shape
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-8)
+    photos = ((x - lo) / span * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    columns, tile_h = min(COLUMNS, n), h + 2 * LINE_PX
+    rows = -(-n // columns)
+    size = (columns * (w + PAD_PX) + PAD_PX, rows * (tile_h + PAD_PX) + PAD_PX)
+    canvas = Image.new("RGB", size, "white")
+    chars = max(4, w // 6)  # the default font is about 6 px a character
+    labels: dict[tuple[str, tuple[int, int, int]], Image.Image] = {}
+
+    def label(text: str, colour: tuple[int, int, int]) -> Image.Image:
+        if (text, colour) not in labels:
+            line = Image.new("RGB", (w, LINE_PX), "white")
+            ImageDraw.Draw(line).text((2, 1), text[:chars], fill=colour, font=_font())
+            labels[text, colour] = line
+        return labels[text, colour]
+
+    for k in range(n):
+        left = PAD_PX + (k % columns) * (w + PAD_PX)
+        top = PAD_PX + (k // columns) * (tile_h + PAD_PX)
+        right = true[k] == pred[k]
+        canvas.paste(label(f"true: {true[k]}", (0, 0, 0)), (left, top))
+        canvas.paste(
+            label(f"pred: {pred[k]}", (0, 128, 0) if right else (200, 0, 0)), (left, top + LINE_PX)
+        )
+        canvas.paste(Image.fromarray(photos[k]), (left, top + 2 * LINE_PX))
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1)
+
+
+@cache
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font, loaded once (each ImageDraw loads its own otherwise)."""
+    return ImageFont.load_default()
 
 
 class ConfusionMatrixImage(Callback):
