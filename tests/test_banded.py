@@ -349,25 +349,62 @@ def test_the_fused_kernel_meets_nan_as_max_pool_does(monkeypatch: pytest.MonkeyP
     assert calls == ["forward"]
 
 
+def _read_through_a_table(values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A uint8 batch (2, 3, 12, 12) whose channel 0 is `values` (the others random, below 255),
+    the table that reads byte v as v, and weights and biases whose conv outputs are channel 0's
+    values less 150 (each filter reads it at its centre): windows' maxima can be placed by hand."""
+    x = torch.randint(
+        0, 255, (2, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    x[:, 0] = values
+    w = torch.zeros(32, 3, 3, 3)
+    w[:, 0, 1, 1] = 1.0
+    b = torch.full((32,), -150.0)
+    table = torch.arange(256, dtype=torch.float32).repeat(3, 1)
+    return x.contiguous(memory_format=torch.channels_last), w, b, table
+
+
 @fused_kernel
-def test_the_fused_kernel_gives_the_same_bits_on_any_number_of_cores() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(3, 3, 30, 31).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(32, 3, 3, 3, requires_grad=True)
-    b = torch.randn(32, requires_grad=True)
-    grad = torch.randn(3, 32, 10, 10)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            out = conv_pool_relu(x, w, b, 3, 32 * 3 * 31 * 4 * 2)  # two pooled rows a band
-            results.append((out.detach(), *torch.autograd.grad(out, (w, b), grad)))
-    finally:
-        torch.set_num_threads(before)
-    for other in results[1:]:
-        for got, one in zip(other, results[0], strict=True):
-            assert torch.equal(got, one)
+@pytest.mark.parametrize("at", [(5, 7), (0, 0), (11, 11), (2, 9)])
+def test_without_a_gradient_the_fused_kernel_meets_nan_as_max_pool_does(
+    at: tuple[int, int],
+) -> None:
+    """The pass without a gradient (a uint8 batch: validation, prediction) takes the plain
+    maximum instead of max-pool's scan: a NaN (here a byte the table reads as NaN) still makes
+    every window it touches NaN, inside the image or at its corners."""
+    x, w, b, table = _read_through_a_table(torch.full((12, 12), 160, dtype=torch.uint8))
+    table[1, 255] = float("nan")
+    x[0, 1, at[0], at[1]] = 255
+    w[:, 1] = 0.5  # the NaN's channel counts
+    floats = torch.stack([table[c][x[:, c].long()] for c in range(3)], 1)
+    with torch.no_grad():
+        got = conv_pool_relu(x, w, b, 3, table=table)
+    want = plain(floats.contiguous(memory_format=torch.channels_last), w, b, 3)
+    assert got.isnan().any()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4, equal_nan=True)
+
+
+@fused_kernel
+def test_without_a_gradient_the_fused_kernel_gives_the_bits_it_gives_to_train() -> None:
+    """Without a gradient the plain maximum gives max-pool's value wherever in its window the
+    greatest is, ties and ReLU's zeros included, bit for bit: image 0 is flat (every window a
+    tie), image 1 has each window's greatest at another place."""
+    values = torch.randint(0, 140, (12, 12), generator=torch.Generator().manual_seed(1))
+    greatest = torch.zeros(4, 4)
+    for k in range(12):  # windows 0-11: the greatest at place k % 9, above 150 and the others
+        r, c, place = k // 4, k % 4, k % 9
+        values[3 * r + place // 3, 3 * c + place % 3] = 160 + 5 * k
+        greatest[r, c] = 10 + 5 * k
+    values[10, 4] = 151  # the last row of windows: below 150 (ReLU's 0) but for one
+    greatest[3, 1] = 1
+    x, w, b, table = _read_through_a_table(values.to(torch.uint8))
+    x[0, 0] = 200
+    with torch.no_grad():
+        plain_max = conv_pool_relu(x, w, b, 3, table=table)
+    trained = conv_pool_relu(x, w, b.requires_grad_(), 3, table=table).detach()
+    assert torch.equal(plain_max, trained)
+    assert (plain_max[0] == 50).all()
+    assert torch.equal(plain_max[1], greatest.expand(32, 4, 4))
 
 
 @fused_kernel

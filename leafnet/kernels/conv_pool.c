@@ -81,8 +81,20 @@ static void copy_area(const float *image, int64_t height, int64_t width, int64_t
 /* The maximum of nine sums per channel, ReLU'd, and which of the nine it was. Max-pool's scan
  * ends at the last NaN if there is one, else at the first maximum; so does a pairwise tree of
  * the same step, each pair's later half stepping over its earlier: 4 dependent steps instead of
- * the scan's 8, which the next position's sums can overlap. */
+ * the scan's 8, which the next position's sums can overlap. Without `code` (no backward to come)
+ * only the value counts: the plain maximum, made NaN where a NaN is. */
 static inline __attribute__((always_inline)) void pool(const vf sums[9], float *out, uint8_t *code) {
+    if (code == NULL) {
+        vmask nan = unordered(sums[8], sums[8]);
+        vf pairs[4];
+        UNROLL(4) for (int k = 0; k < 4; k++) {
+            pairs[k] = vmax(sums[2 * k], sums[2 * k + 1]);
+            nan |= unordered(sums[2 * k], sums[2 * k + 1]);
+        }
+        vf best = vmax(vmax(vmax(pairs[0], pairs[1]), vmax(pairs[2], pairs[3])), sums[8]);
+        store(out, nan_where(nan, vmax(best, (vf){0})));
+        return;
+    }
     vf best[4];
     vi at[4];
     UNROLL(4) for (int k = 0; k < 4; k++) {
@@ -95,7 +107,6 @@ static inline __attribute__((always_inline)) void pool(const vf sums[9], float *
     later(&best[0], &at[0], best[2], at[2]);
     later(&best[0], &at[0], sums[8], (vi){0} + 8);
     store(out, pick((best[0] > 0) | (best[0] != best[0]), best[0], (vf){0}));
-    if (code == NULL) return; /* no backward to come */
     store_code(code, at[0]);
 }
 
