@@ -66,9 +66,9 @@ static inline vi load_code(const uint8_t *p) {
 #endif
 
 /* The greater of a and b in each lane, and the lanes where a or b is NaN (`unordered`), which
- * `nan_where` makes NaN. vmax alone gives b in those lanes (x86's maxps; here `pick` the same):
- * a max-pool of values only needs no place of the greatest, and one max instruction per pair
- * was a tenth faster than max-pool's scan step (`later`) in conv_pool.c's forward pass. */
+ * `nan_where` makes NaN. vmax alone gives b in those lanes (x86's maxps; `pick` the same
+ * elsewhere): a max-pool of values needs no place of the greatest, and one max instruction a
+ * pair costs less than max-pool's scan step (`later`; docs/performance.md). */
 #if defined(__AVX512F__)
 typedef __mmask16 vmask;
 static inline vf vmax(vf a, vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }

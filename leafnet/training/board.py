@@ -88,8 +88,8 @@ def thumbnails(x: Tensor) -> Tensor:
 def prediction_grid(x: Tensor, true: list[str], pred: list[str]) -> Tensor:
     """Images [N, 3, H, W] (each stretched to 0-255 for display, whatever the normalisation was)
     in rows of `COLUMNS`, each under two lines: its true class, and the predicted one in green or
-    red. One canvas, each distinct label drawn once: tile by tile it took 1.4 ms an image, most of
-    it drawing the same few labels again (docs/performance.md). uint8 [3, height, width]."""
+    red. One canvas, each distinct label drawn once: tile by tile, most of the time went to
+    drawing the same few labels again (docs/performance.md). uint8 [3, height, width]."""
     n, _, h, w = x.shape
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     span = (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-8)
