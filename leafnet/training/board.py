@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 GRID_PX = 160  # the side each validation image is drawn at in the grid
 LINE_PX = 12  # one line of a tile's label
 PAD_PX = 4  # white between the tiles and around them
-COLUMNS = 4
+COLUMNS = 4  # tiles a row
 
 
 def _tensorboards(trainer: pl.Trainer) -> list[Any]:
