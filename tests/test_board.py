@@ -3,8 +3,11 @@ layout (each image under its true and predicted class)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from PIL import ImageFont
 
+from leafnet.training import board
 from leafnet.training.board import GRID_PX, LINE_PX, PAD_PX, prediction_grid, thumbnails
 
 
@@ -53,3 +56,19 @@ def test_the_grid_puts_each_image_under_its_true_and_predicted_class_in_rows_of_
         assert (green, red) == ((True, False) if true[k] == pred[k] else (False, True)), k
     # Where a sixth tile would go, the grid is white.
     assert (grid[:, PAD_PX + tile_h :, PAD_PX + tile_w :] == 255).all()
+
+
+def test_class_names_in_any_script_are_drawn_with_either_default_font(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PIL's FreeType font draws any name; its bitmap font (PIL built without FreeType) draws
+    Latin-1 only, and the grid shows '?' for the rest rather than ending the run."""
+    names = (
+        ["Tomate_Feuille-Mineuse", "番茄_叶", "टमाटर"],
+        ["番茄_叶", "Tomate_Feuille-Mineuse", "x"],
+    )
+    x = torch.rand(3, 3, 60, 60)
+    assert prediction_grid(x, *names).shape[0] == 3
+    monkeypatch.setattr(board, "_font", ImageFont.load_default_imagefont)
+    assert board._drawable("番茄_叶 é") == "??_? é"
+    assert prediction_grid(x, *names).shape[0] == 3

@@ -104,7 +104,7 @@ def prediction_grid(x: Tensor, true: list[str], pred: list[str]) -> Tensor:
     def label(text: str, colour: tuple[int, int, int]) -> Image.Image:
         if (text, colour) not in labels:
             line = Image.new("RGB", (w, LINE_PX), "white")
-            ImageDraw.Draw(line).text((2, 1), text[:chars], fill=colour, font=_font())
+            ImageDraw.Draw(line).text((2, 1), _drawable(text[:chars]), fill=colour, font=_font())
             labels[text, colour] = line
         return labels[text, colour]
 
@@ -124,6 +124,15 @@ def prediction_grid(x: Tensor, true: list[str], pred: list[str]) -> Tensor:
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """PIL's default font, loaded once (each ImageDraw loads its own otherwise)."""
     return ImageFont.load_default()
+
+
+def _drawable(text: str) -> str:
+    """`text` as the default font can draw it: any class name where PIL has FreeType; where it
+    has not, its bitmap font draws Latin-1 only and raised on other letters, ending the run at
+    validation's end, so those become '?'."""
+    if isinstance(_font(), ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")
 
 
 class ConfusionMatrixImage(Callback):
