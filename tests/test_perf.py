@@ -101,6 +101,37 @@ def test_allocator_is_tuned_inside_a_training_process(tmp_path: Path) -> None:
     assert seen["allocator"]["keeps_freed_top"] is True
 
 
+# CPU time the process spends while it sleeps right after a parallel op over two threads: what
+# PyTorch's idle OpenMP thread burns spinning (ms, the median over five ops).
+_SPIN = """
+import statistics, time
+import leafnet, torch
+torch.set_num_threads(2)
+x = torch.randn(1 << 22)
+spins = []
+for _ in range(5):
+    x.mul_(1.0001)
+    start = time.process_time()
+    time.sleep(0.05)
+    spins.append(1000 * (time.process_time() - start))
+print(statistics.median(spins))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenMP spins only with a core to spare")
+def test_openmp_threads_sleep_after_an_op_unless_the_user_asks_them_to_spin() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    quiet = subprocess.run(
+        [sys.executable, "-c", _SPIN], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    asked = _python(_SPIN, {"OMP_WAIT_POLICY": "ACTIVE"})
+    assert asked.returncode == 0, asked.stderr[-2000:]
+    # Spinning burns the whole 50 ms sleep; a sleeping thread next to nothing.
+    assert float(quiet.stdout) < 2.0
+    assert float(asked.stdout) > 25.0
+
+
 # Every way a CPU tensor's value reaches Python: each one waits for the device on a GPU.
 _SYNCS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
 

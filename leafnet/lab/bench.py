@@ -335,6 +335,7 @@ def run_bench(cfg: Any) -> dict[str, Any]:
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # the workers' (leafnet's)
             "python": platform.python_version(),
             "torch": torch.__version__,
             "load_avg_1m": os.getloadavg()[0],

@@ -25,6 +25,7 @@ def _header(report: dict[str, Any]) -> list[str]:
     return [
         f"leafnet bench {report['date']}  {m['cpu']}, {m['threads']} threads, {l3}"
         f"torch {m['torch']}, load {m['load_avg_1m']:.1f}"
+        + (f", OpenMP waits {m['omp_wait_policy']}" if m.get("omp_wait_policy") else "")
         + (f"; conv1 bands of {' or '.join(f'{b / 2**20:g}' for b in bands)} MiB" if bands else "")
         + (f" ({' and '.join(kernels)} kernels)" if kernels else ""),
         f"{c['image_size']}x{c['image_size']}, batch {c['batch']} (micro {c['micro_batch']}), "
