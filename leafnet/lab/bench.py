@@ -23,10 +23,13 @@ Contenders:
                        kernel (LEAFNET_NATIVE=0)
   command+bf16         the same at precision=bf16-mixed (CPUs with AVX512-BF16 or AMX), its own
                        micro-batch
+  command+spin         the same with PyTorch's OpenMP threads spinning about 5 ms after each op,
+                       libgomp's default before leafnet set OMP_WAIT_POLICY=PASSIVE (GOMP_SPINCOUNT)
   leafnet              the step: `LeafClassifier` fitted by Lightning's Trainer from the
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)
   leafnet+bf16         the same at precision=bf16-mixed (fast on CPUs with AMX, e.g. Sapphire Rapids)
+  leafnet+spin         the same with OpenMP's threads spinning, as command+spin
   torch[+opts]         a bare PyTorch loop over the same `LeafNet`; options: +tuned (leafnet.perf
                        allocator/threads), +cl (channels_last), +compile (torch.compile),
                        +unbanded (conv1 layer by layer, not leafnet.banded; its own auto micro-batch),
@@ -84,6 +87,8 @@ def _worker(name: str, a: WorkerArgs) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if "+library" in name:  # conv1 on PyTorch's kernels, not leafnet.kernels' fused one
         env["LEAFNET_NATIVE"] = "0"
+    if name.endswith("+spin"):  # libgomp's default spin after each op (leafnet/__init__.py)
+        env["GOMP_SPINCOUNT"] = "300000"
     if name in KERAS_BACKENDS or name == "predict-keras":
         env["KERAS_BACKEND"] = KERAS_BACKENDS.get(name, "tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -148,14 +153,14 @@ def contender_names(value: Any) -> list[str]:
     for c in names:
         base, *options = c.split("+")
         known = (
-            c in ("leafnet", "leafnet+bf16", *COMMANDS)
+            c in ("leafnet", "leafnet+bf16", "leafnet+spin", *COMMANDS)
             or c in KERAS_BACKENDS
             or (base == "torch" and set(options) <= set(TORCH_OPTIONS))
         )
         if not known:
             raise LeafnetError(
-                f"contenders: {c!r} is unknown; use command[+layers|+library|+bf16], leafnet, "
-                "leafnet+bf16, "
+                f"contenders: {c!r} is unknown; use command[+layers|+library|+bf16|+spin], "
+                "leafnet[+bf16|+spin], "
                 f"torch[+{']['.join(f'+{o}' for o in TORCH_OPTIONS)[1:]}] or "
                 + ", ".join(KERAS_BACKENDS)
             )

@@ -24,11 +24,13 @@ KERAS_BACKENDS = {
 }
 TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static", "2mib", "library")
 # The training command as a contender, and the overrides each variant adds to it.
-# (`+library` runs without leafnet's C kernel: bench._worker sets LEAFNET_NATIVE=0.)
+# (`+library` runs without leafnet's C kernel: bench._worker sets LEAFNET_NATIVE=0; `+spin` with
+# OpenMP's threads spinning after each op, as before leafnet set its wait policy: GOMP_SPINCOUNT.)
 COMMANDS = {
     "command": [],
     "command+layers": ["model.conv1_in_bands=false"],
     "command+library": [],
+    "command+spin": [],
     "command+bf16": ["precision=bf16-mixed"],
 }
 # What a lockstep worker prints once warm, and after each step (`lab.lockstep`).
@@ -70,7 +72,7 @@ def run(name: str, a: WorkerArgs) -> dict[str, Any]:
     else:
         from leafnet.lab import contenders
 
-        if name == "leafnet":
+        if name in ("leafnet", "leafnet+spin"):
             out = contenders.work_leafnet(a)
         elif name == "leafnet+bf16":  # bf16-mixed, its own micro-batch
             micro = a.micro if a.micro_fixed else auto_micro_batch(a, "bf16-mixed")
