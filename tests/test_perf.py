@@ -101,24 +101,40 @@ def test_allocator_is_tuned_inside_a_training_process(tmp_path: Path) -> None:
     assert seen["allocator"]["keeps_freed_top"] is True
 
 
-# CPU time the process spends while it sleeps right after a parallel op over two threads: what
-# PyTorch's idle OpenMP thread burns spinning (ms, the median over five ops).
+# Of ten parallel ops over two threads, after how many another thread of the process was still
+# running within a millisecond: PyTorch's idle OpenMP thread spinning (Linux' task states).
 _SPIN = """
-import statistics, time
+import os, threading, time
 import leafnet, torch
 torch.set_num_threads(2)
 x = torch.randn(1 << 22)
-spins = []
-for _ in range(5):
+me = threading.get_native_id()
+def others_running():
+    states = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:  # the thread ended
+            continue
+        if int(tid) == me:
+            states.pop()
+    return "R" in states
+seen = 0
+for _ in range(10):
     x.mul_(1.0001)
-    start = time.process_time()
-    time.sleep(0.05)
-    spins.append(1000 * (time.process_time() - start))
-print(statistics.median(spins))
+    running = False
+    for _ in range(3):  # a busy host may not run the spinning thread at a given moment
+        time.sleep(0.0003)
+        running = running or others_running()
+    seen += running
+print(seen)
 """
+_SPINS = 7  # of ten: a thread spinning for milliseconds is seen running nearly every time
+_SLEEPS = 3  # of ten: a sleeping one only where a busy host ran it late
 
 
-def _spin_ms(env: dict[str, str]) -> float:
+def _spinning(env: dict[str, str]) -> int:
     result = subprocess.run(
         [sys.executable, "-c", _SPIN],
         cwd=REPO,
@@ -128,28 +144,40 @@ def _spin_ms(env: dict[str, str]) -> float:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return float(result.stdout)
+    return int(result.stdout)
 
 
-# Spinning burns the whole 50 ms sleep; a sleeping thread next to nothing.
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenMP spins only with a core to spare")
+# Up to three tries each: while the host is busy (the suite's other worker) OpenMP spins less.
+def _spins(env: dict[str, str]) -> bool:
+    return any(_spinning(env) >= _SPINS for _ in range(3))
+
+
+def _sleeps(env: dict[str, str]) -> bool:
+    return any(_spinning(env) <= _SLEEPS for _ in range(3))
+
+
+_LINUX_TWO_CORES = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir() or (os.cpu_count() or 1) < 2,
+    reason="reads Linux' task states; OpenMP spins only with a core to spare",
+)
+
+
+@_LINUX_TWO_CORES
 def test_openmp_threads_sleep_after_an_op_unless_the_user_asks_them_to_spin() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    assert _spin_ms(env) < 2.0
-    assert _spin_ms({**env, "OMP_WAIT_POLICY": "ACTIVE"}) > 25.0
+    assert _sleeps(env)
+    assert _spins({**env, "OMP_WAIT_POLICY": "ACTIVE"})
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="OpenMP spins only with a core to spare")
+@_LINUX_TWO_CORES
 def test_the_benchs_spin_contenders_spin_as_before_and_the_others_do_not() -> None:
     from leafnet.lab.bench import _worker
     from leafnet.lab.worker import WorkerArgs
 
     a = WorkerArgs(640, 32, 32, False, 0, "data", "cache", "out")
-    quiet = _spin_ms(_worker("command", a)[1])
-    assert quiet < 2.0
-    # libgomp's old default: 300,000 pauses, some 5 ms on an AVX-512 Xeon, less where a pause is short.
+    assert _sleeps(_worker("command", a)[1])
     for name in ("command+spin", "leafnet+spin"):
-        assert _spin_ms(_worker(name, a)[1]) > 5 * quiet + 0.3, name
+        assert _spins(_worker(name, a)[1]), name
 
 
 # Every way a CPU tensor's value reaches Python: each one waits for the device on a GPU.
