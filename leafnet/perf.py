@@ -16,10 +16,10 @@ below it. (Turning trimming off altogether, ``M_TRIM_THRESHOLD=-1``, was as fast
 only grows with fragmentation.)
 
 Why OpenMP's wait policy matters: PyTorch's OpenMP threads (libgomp in its Linux wheels) spin
-for about 300,000 pauses after every parallel op, some 5 ms on an AVX-512 Xeon, in case another
-op follows. leafnet's band workers (``leafnet.banded.per_core``) are other threads, so after each
-op that hands over to them (four a training step, two or three a validation batch) one core was
-shared with a spinning thread for those milliseconds. ``leafnet/__init__.py`` sets
+for about 300,000 pauses after every parallel op, milliseconds (docs/performance.md), in case
+another op follows. leafnet's band workers (``leafnet.banded.per_core``) are other threads, so
+after each op that hands over to them (four a training step, two or three a validation batch)
+one core was shared with a spinning thread for those milliseconds. ``leafnet/__init__.py`` sets
 ``OMP_WAIT_POLICY=PASSIVE`` (the threads sleep at once) unless the user has set it, before torch
 loads; a program that imports torch before leafnet keeps its own policy.
 

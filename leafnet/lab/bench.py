@@ -23,8 +23,9 @@ Contenders:
                        kernel (LEAFNET_NATIVE=0)
   command+bf16         the same at precision=bf16-mixed (CPUs with AVX512-BF16 or AMX), its own
                        micro-batch
-  command+spin         the same with PyTorch's OpenMP threads spinning about 5 ms after each op,
-                       libgomp's default before leafnet set OMP_WAIT_POLICY=PASSIVE (GOMP_SPINCOUNT)
+  command+spin         the same with PyTorch's OpenMP threads spinning for milliseconds after each
+                       op, libgomp's default before leafnet set OMP_WAIT_POLICY=PASSIVE
+                       (GOMP_SPINCOUNT)
   leafnet              the step: `LeafClassifier` fitted by Lightning's Trainer from the
                        `LeafDataModule` cache (timed end-of-batch to end-of-batch, so data loading,
                        uint8->float, logging and the optimizer step are all inside)
