@@ -475,3 +475,7 @@ def test_the_table_says_how_the_host_moved_and_how_much_of_the_epoch_is_outside_
     assert "the epoch against the step alone (torch+tuned+cl, 18.0 ms/image): +11.1%" in table
     report["contenders"]["leafnet"] = row(19.0)  # leafnet's own step, where it ran, comes first
     assert "(leafnet, 19.0 ms/image): +5.3%" in format_table(report)
+    # The workers' OpenMP wait policy, where the run recorded it (older reports have none).
+    assert "OpenMP" not in table
+    report["machine"]["omp_wait_policy"] = "PASSIVE"
+    assert "load 0.5, OpenMP waits PASSIVE" in format_table(report)

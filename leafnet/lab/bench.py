@@ -77,6 +77,7 @@ from leafnet.lab.lockstep import as_rounds, host_correlation, paired, run_lockst
 from leafnet.lab.worker import (
     COMMANDS,
     KERAS_BACKENDS,
+    STEPS,
     TORCH_OPTIONS,
     WorkerArgs,
     auto_micro_batch,
@@ -154,7 +155,7 @@ def contender_names(value: Any) -> list[str]:
     for c in names:
         base, *options = c.split("+")
         known = (
-            c in ("leafnet", "leafnet+bf16", "leafnet+spin", *COMMANDS)
+            c in (*STEPS, *COMMANDS)
             or c in KERAS_BACKENDS
             or (base == "torch" and set(options) <= set(TORCH_OPTIONS))
         )

@@ -23,6 +23,8 @@ KERAS_BACKENDS = {
     "keras-torch": "torch",
 }
 TORCH_OPTIONS = ("tuned", "cl", "compile", "unbanded", "serial", "static", "2mib", "library")
+# leafnet's own step as a contender: as trained, at bf16-mixed, with OpenMP spinning (`+spin`).
+STEPS = ("leafnet", "leafnet+bf16", "leafnet+spin")
 # The training command as a contender, and the overrides each variant adds to it.
 # (`+library` runs without leafnet's C kernel: bench._worker sets LEAFNET_NATIVE=0; `+spin` with
 # OpenMP's threads spinning after each op, as before leafnet set its wait policy: GOMP_SPINCOUNT.)
