@@ -249,3 +249,35 @@ def test_a_batch_is_the_cache_files_own_pages_unmapped_with_it(
     assert torch.equal(mapped, torch.stack([ds.read(i) for i in rows]))
     loader = DataLoader(ds, batch_size=len(ds), num_workers=1, collate_fn=stream.collate)
     assert torch.equal(next(iter(loader))[0], mapped)
+
+
+def test_a_mapped_entry_header_is_read_once_while_its_file_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`map_batch` reads each entry's header for its first batch only; an entry replaced by a
+    file of the same size with another header (a new file, as `put` writes) is read again and
+    refused."""
+    side = page_filling_side()
+    cache = DiskCache(tmp_path / "cache")
+    keys = ["a" * 40, "b" * 40]
+    for key in keys:
+        assert cache.put(key, torch.zeros((3, side, side), dtype=torch.uint8))
+    reads: list[int] = []
+    real_pread = cache_code.os.pread
+
+    def counted(fd: int, n: int, offset: int) -> bytes:
+        reads.append(fd)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(cache_code.os, "pread", counted)
+    for _ in range(3):
+        assert cache.map_batch(keys, side) is not None
+    assert len(reads) == 2
+
+    entry = tmp_path / "cache" / "aa" / f"{keys[0]}.npy"
+    other = bytearray(entry.read_bytes())
+    other[other.index(b"'shape'")] = ord('"')  # the same size, not the header `put` writes
+    (tmp_path / "new").write_bytes(bytes(other))
+    (tmp_path / "new").replace(entry)
+    assert cache.map_batch(keys, side) is None
+    assert len(reads) == 3

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import mmap
@@ -77,6 +78,7 @@ def _npy_header(side: int) -> str:
     return f"{{'descr': '|u1', 'fortran_order': False, 'shape': ({side}, {side}, 3), }}"
 
 
+@functools.cache
 def _page_header(side: int) -> bytes | None:
     """The start of an entry whose pixels begin on a page: magic, length and the header padded
     with spaces to one page (valid .npy). None where the pixels do not fill whole pages."""
@@ -117,10 +119,17 @@ class DiskCache:
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = None if root is None else Path(root)
+        self._root = "" if root is None else os.fspath(root)
+        self._checked: set[tuple[int, ...]] = set()  # entry versions whose header was read
+
+    def _name(self, key: str, kind: str = "npy") -> str:
+        """The entry's file as text: a batch opens every entry's file, and joining `Path`s cost
+        a third as much as the opens (docs/performance.md)."""
+        assert self.root is not None
+        return os.path.join(self._root, key[:2], f"{key}.{kind}")
 
     def _file(self, key: str, kind: str = "npy") -> Path:
-        assert self.root is not None
-        return self.root / key[:2] / f"{key}.{kind}"
+        return Path(self._name(key, kind))
 
     def has(self, key: str) -> bool:
         return self.root is not None and self._file(key).is_file()
@@ -155,7 +164,7 @@ class DiskCache:
         try:
             # Unbuffered, and the header compared as text rather than parsed: numpy's header
             # parser took as long as the read itself (docs/performance.md).
-            with self._file(key).open("rb", buffering=0) as fh:
+            with open(self._name(key), "rb", buffering=0) as fh:
                 magic = fh.read(len(_NPY_MAGIC) + 2)
                 if magic[: len(_NPY_MAGIC)] != _NPY_MAGIC:
                     return False
@@ -184,11 +193,8 @@ class DiskCache:
         fds: list[int] = []
         try:
             for key in keys:
-                fds.append(os.open(self._file(key), os.O_RDONLY))
-                if (
-                    os.pread(fds[-1], len(head), 0) != head
-                    or os.fstat(fds[-1]).st_size != len(head) + row
-                ):
+                fds.append(os.open(self._name(key), os.O_RDONLY))
+                if not self._page_entry(fds[-1], head, row):
                     return None
             # An untouched anonymous range of the batch's size, then each entry mapped over its
             # row; the range (and so every row) is unmapped when the tensor's memory is freed.
@@ -209,6 +215,21 @@ class DiskCache:
             for fd in fds:
                 os.close(fd)
         return batch.view(len(keys), side, side, 3).permute(0, 3, 1, 2)
+
+    def _page_entry(self, fd: int, head: bytes, row: int) -> bool:
+        """Whether the open file is `head` then `row` bytes. Its header is read once per version
+        of the file (device, inode, change time): reading it for every batch cost a third of
+        mapping the batch (docs/performance.md). A rewrite changes the change time, and `put`
+        replaces entries with new files."""
+        st = os.fstat(fd)
+        if st.st_size != len(head) + row:
+            return False
+        version = (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_size)
+        if version not in self._checked:
+            if os.pread(fd, len(head), 0) != head:
+                return False
+            self._checked.add(version)
+        return True
 
     def put(self, key: str, x: Tensor) -> bool:
         if self.root is None:
