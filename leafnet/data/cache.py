@@ -124,7 +124,7 @@ class DiskCache:
 
     def _name(self, key: str, kind: str = "npy") -> str:
         """The entry's file as text: a batch opens every entry's file, and joining `Path`s cost
-        a third as much as the opens (docs/performance.md)."""
+        a third to half as much as the opens (docs/performance.md)."""
         assert self.root is not None
         return os.path.join(self._root, key[:2], f"{key}.{kind}")
 
@@ -218,7 +218,7 @@ class DiskCache:
 
     def _page_entry(self, fd: int, head: bytes, row: int) -> bool:
         """Whether the open file is `head` then `row` bytes. Its header is read once per version
-        of the file (device, inode, change time): reading it for every batch cost a third of
+        of the file (device, inode, change time): reading it for every batch cost a quarter of
         mapping the batch (docs/performance.md). A rewrite changes the change time, and `put`
         replaces entries with new files."""
         st = os.fstat(fd)
