@@ -119,14 +119,13 @@ class DiskCache:
 
     def __init__(self, root: str | Path | None) -> None:
         self.root = None if root is None else Path(root)
-        self._root = "" if root is None else os.fspath(root)
         self._checked: set[tuple[int, ...]] = set()  # entry versions whose header was read
 
     def _name(self, key: str, kind: str = "npy") -> str:
         """The entry's file as text: a batch opens every entry's file, and joining `Path`s cost
         a third to half as much as the opens (docs/performance.md)."""
         assert self.root is not None
-        return os.path.join(self._root, key[:2], f"{key}.{kind}")
+        return os.path.join(self.root, key[:2], f"{key}.{kind}")
 
     def _file(self, key: str, kind: str = "npy") -> Path:
         return Path(self._name(key, kind))
